@@ -1,0 +1,164 @@
+"""Command line: ``python -m dakd {train,eval,calibrate,scenes,models} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  python -m dakd train configs/embedded.yaml --set stage=teacher_da --set seed=1
+  python -m dakd eval runs/experiments/NAME/model.pt
+  python -m dakd calibrate configs/embedded.yaml --seeds 0 1 2
+  python -m dakd scenes --domain city --out samples/
+  python -m dakd models
+"""
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by its dotted key, e.g. --set loss.kl=0.5 (repeatable)",
+    )
+
+
+def cmd_train(args) -> int:
+    from dakd.config import load_config
+    from dakd.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    print(f"run directory: {cfg.run_dir}")
+    result = train(cfg, resume=not args.restart)
+    print(json.dumps({k: round(v, 3) for k, v in result.metrics.items() if "/" not in k}, indent=1))
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from dakd import checkpoint as ckpt
+    from dakd.config import from_dict
+    from dakd.data.labels import NUM_CLASSES
+    from dakd.train import Trainer, build_network, resolve_device
+
+    state = ckpt.load(args.checkpoint)
+    overrides = dict(__import__("dakd.config", fromlist=["x"]).parse_override(o) for o in args.overrides)
+    cfg = from_dict(state["config"], {"stage": "source_only", "init": "", "teacher": "", **overrides})
+    model = build_network(state["network"])
+    ckpt.load_network(model, state, state["network"], args.checkpoint)
+    device = resolve_device(cfg.train.device)
+    trainer = Trainer.__new__(Trainer)  # reuse the data and evaluation set-up only
+    trainer.cfg, trainer.device, trainer.model = cfg, device, model.to(device)
+    from dakd.train import build_data
+
+    _, _, trainer.val = build_data(cfg)
+    torch.set_grad_enabled(False)
+    metrics = Trainer.evaluate(trainer)
+    source, target = cfg.domains
+    print(f"{state['network']['name']} on {target} val ({len(trainer.val)} images), {NUM_CLASSES} classes")
+    print(metrics.table())
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from dakd.pipeline import calibrate
+
+    calibrate(
+        args.config,
+        args.scenarios,
+        args.seeds,
+        overrides=args.overrides,
+        distill_steps=args.distill_steps,
+        out=Path(args.out),
+    )
+    print(f"written: {args.out}/calibration.md")
+    return 0
+
+
+def cmd_scenes(args) -> int:
+    from dakd.data.scenes import save_samples
+
+    paths = save_samples(args.domain, args.out, n=args.n, split=args.split, seed=args.seed,
+                         size=tuple(args.size))
+    print(f"wrote {len(paths)} files to {args.out}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from dakd.models import models_table
+
+    rows = models_table(width=args.width)
+    print(f"{'model':<22} {'parameters':>12}   (19 classes, width {args.width})")
+    for name, params in rows:
+        print(f"{name:<22} {params / 1e6:>11.2f}M")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dakd",
+        description="Domain Adaptive Knowledge Distillation for driving-scene segmentation.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one stage from a YAML config")
+    p.add_argument("config", help="experiment YAML (see configs/)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing last.pt and start over")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the target val split")
+    p.add_argument("checkpoint", help="a model.pt or last.pt written by train")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("calibrate", help="the embedded benchmark's calibration table")
+    p.add_argument("config", nargs="?", default="configs/embedded.yaml")
+    p.add_argument("--scenarios", nargs="+", default=["synth_to_real", "real_to_real"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--distill-steps", type=int, default=0, help="steps of DAKD and the fair baseline (default: train.steps)")
+    p.add_argument("--out", default="runs/calibration")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("scenes", help="write sample images and labels of an embedded domain")
+    p.add_argument("--domain", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--split", default="train")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, nargs=2, default=[64, 128], metavar=("H", "W"))
+    p.set_defaults(func=cmd_scenes)
+
+    p = sub.add_parser("models", help="list the registered segmenters and their sizes")
+    p.add_argument("--width", type=float, default=1.0)
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dakd.checkpoint import CheckpointError
+    from dakd.config import ConfigError
+    from dakd.train import NonFiniteLossError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError, NonFiniteLossError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept (run the same command to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,400 @@
+"""One typed configuration tree for an experiment, loaded from YAML with dotted overrides.
+
+Every sweep axis is a dotted path into this tree (``loss.kl``, ``distill.levels``, ``paradigm``,
+``seed``). Unknown keys, wrong types and impossible values raise :class:`ConfigError` naming the
+key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES = ("source_only", "oracle", "teacher_da", "student_da", "dakd")
+PARADIGMS = ("a", "b", "c", "d")
+LEVELS = ("output", "feature")
+SCENARIOS = {"synth_to_real": ("game", "city"), "real_to_real": ("dashcam", "city")}
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key (and the file, when there is one)."""
+
+
+@dataclass
+class DataConfig:
+    """Which domains to read and how. ``source``/``target`` default to the scenario's pair."""
+
+    scenario: str = "synth_to_real"
+    dataset: str = "scenes"
+    source: str = ""
+    target: str = ""
+    crop_size: list[int] = field(default_factory=lambda: [64, 128])
+    batch_size: int = 8
+    val_batch_size: int = 25
+    val_size: int = 0
+    scene_seed: int = 0
+    hflip: bool = True
+
+
+@dataclass
+class ModelConfig:
+    name: str = "drn_d_22"
+    width: float = 1.0
+
+
+@dataclass
+class ModelsConfig:
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig("drn_d_38", 0.25))
+    student: ModelConfig = field(default_factory=lambda: ModelConfig("drn_d_22", 0.125))
+    discriminator_ndf: int = 16
+
+
+@dataclass
+class LossConfig:
+    """Loss weights (PAPER.md). ``kl``, ``mse``, ``pseudo`` are lambda_KL, lambda_MSE, lambda_pseudoT."""
+
+    seg_aux: float = 0.1
+    adv_output: float = 1e-3
+    adv_feature: float = 2e-4
+    adv_kind: str = "bce"
+    kl: float = 0.1
+    mse: float = 0.01
+    pseudo: float = 1.0
+    target: float = 1.0
+    temperature: float = 1.0
+    pseudo_threshold: float = 0.0
+
+
+@dataclass
+class DistillConfig:
+    """Distillation levels and, for paradigm (d), the share of steps spent in phase (c)."""
+
+    levels: list[str] = field(default_factory=lambda: ["output", "feature"])
+    sequential_split: float = 0.5
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    disc_lr: float = 1e-4
+    disc_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    eval_interval: int = 250
+    log_interval: int = 50
+    device: str = "auto"
+    threads: int = 0
+    deterministic: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    """The whole experiment. ``stage`` picks what is trained (see ``dakd.paradigms``).
+
+    ``init``: checkpoint whose weights start the trained network (DAKD starts from student-DA).
+    ``teacher``: checkpoint of the frozen teacher (stage ``dakd``).
+    ``network``: which of ``models.teacher``/``models.student`` the source-only and oracle stages train.
+    """
+
+    name: str = "experiment"
+    stage: str = "dakd"
+    paradigm: str = "c"
+    network: str = "student"
+    seed: int = 0
+    init: str = ""
+    teacher: str = ""
+    out_dir: str = "runs/experiments"
+    data: DataConfig = field(default_factory=DataConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # -- derived --------------------------------------------------------------------------
+    @property
+    def domains(self) -> tuple[str, str]:
+        source, target = SCENARIOS.get(self.data.scenario, ("", ""))
+        return self.data.source or source, self.data.target or target
+
+    @property
+    def trained_model(self) -> ModelConfig:
+        if self.stage == "teacher_da" or (
+            self.stage in ("source_only", "oracle") and self.network == "teacher"
+        ):
+            return self.models.teacher
+        return self.models.student
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"loss.kl": 0.1, ...}``: the dotted view used for sweep axes and tracking params."""
+        return flatten(self.to_dict())
+
+    def fingerprint(self, exclude: tuple[str, ...] = ("name", "out_dir", "train.progress")) -> str:
+        """A short hash of everything that changes the trained weights (for stage reuse)."""
+        flat = {k: v for k, v in self.flat().items() if k not in exclude}
+        return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+# -- building from plain data -----------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected.
+
+    A nested section starts from ``default`` (the parent's default for it), so a partial mapping
+    such as ``{models: {teacher: {width: 0.5}}}`` keeps the teacher's default name.
+    """
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key + ".", default)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: {value!r} matches none of {_type_name(tp)}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r} ({type(value).__name__})")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "", defaults: Any = None) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]!s}; valid keys under "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))}"
+        )
+    defaults = defaults if defaults is not None else cls()
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], prefix + name, getattr(defaults, name))
+        else:
+            kwargs[name] = getattr(defaults, name)
+    return cls(**kwargs)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Reject impossible values, naming the key. Returns ``cfg`` for chaining."""
+    from dakd.data.scenes import DOMAINS
+    from dakd.models import list_models
+
+    _check(cfg.stage in STAGES, "stage", f"{cfg.stage!r} is not one of {', '.join(STAGES)}")
+    _check(
+        cfg.paradigm in PARADIGMS,
+        "paradigm",
+        f"{cfg.paradigm!r} is not one of {', '.join(PARADIGMS)}",
+    )
+    _check(cfg.network in ("student", "teacher"), "network", "must be 'student' or 'teacher'")
+    _check(cfg.seed >= 0, "seed", "must be >= 0")
+    _check(bool(cfg.name.strip()), "name", "must not be empty")
+    d = cfg.data
+    _check(
+        d.scenario in SCENARIOS,
+        "data.scenario",
+        f"{d.scenario!r} is not one of {', '.join(SCENARIOS)}",
+    )
+    _check(
+        d.dataset == "scenes",
+        "data.dataset",
+        f"{d.dataset!r}: the embedded 'scenes' benchmark is the only dataset",
+    )
+    for key, domain in (("data.source", cfg.domains[0]), ("data.target", cfg.domains[1])):
+        _check(
+            domain in DOMAINS, key, f"{domain!r} is not an embedded domain ({', '.join(DOMAINS)})"
+        )
+    _check(
+        len(d.crop_size) == 2 and min(d.crop_size) >= 16,
+        "data.crop_size",
+        "must be [height, width], each >= 16",
+    )
+    _check(
+        all(s % 8 == 0 for s in d.crop_size),
+        "data.crop_size",
+        "height and width must be multiples of 8 (output stride)",
+    )
+    _check(d.batch_size >= 1, "data.batch_size", "must be >= 1")
+    _check(d.val_batch_size >= 1, "data.val_batch_size", "must be >= 1")
+    _check(d.val_size >= 0, "data.val_size", "must be >= 0 (0 = the whole val split)")
+    models = set(list_models())
+    for key, m in (("models.teacher", cfg.models.teacher), ("models.student", cfg.models.student)):
+        _check(
+            m.name in models,
+            f"{key}.name",
+            f"{m.name!r} is not registered ({', '.join(sorted(models))})",
+        )
+        _check(0 < m.width <= 4, f"{key}.width", f"must be in (0, 4], got {m.width}")
+    _check(cfg.models.discriminator_ndf >= 1, "models.discriminator_ndf", "must be >= 1")
+    loss = cfg.loss
+    for name in ("seg_aux", "adv_output", "adv_feature", "kl", "mse", "pseudo", "target"):
+        _check(getattr(loss, name) >= 0, f"loss.{name}", f"must be >= 0, got {getattr(loss, name)}")
+    _check(loss.adv_kind in ("bce", "lsgan"), "loss.adv_kind", "must be 'bce' or 'lsgan'")
+    _check(loss.temperature > 0, "loss.temperature", "must be > 0")
+    _check(0 <= loss.pseudo_threshold < 1, "loss.pseudo_threshold", "must be in [0, 1)")
+    levels = cfg.distill.levels
+    _check(len(levels) >= 1, "distill.levels", f"choose one or both of {list(LEVELS)}")
+    _check(
+        all(lv in LEVELS for lv in levels),
+        "distill.levels",
+        f"{levels} has a level not in {list(LEVELS)}",
+    )
+    _check(len(set(levels)) == len(levels), "distill.levels", f"{levels} repeats a level")
+    _check(0 < cfg.distill.sequential_split < 1, "distill.sequential_split", "must be in (0, 1)")
+    o = cfg.optim
+    _check(o.lr > 0, "optim.lr", "must be > 0")
+    _check(o.disc_lr > 0, "optim.disc_lr", "must be > 0")
+    _check(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
+    _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    _check(o.poly_power >= 0, "optim.poly_power", "must be >= 0")
+    _check(
+        len(o.disc_betas) == 2 and all(0 <= b < 1 for b in o.disc_betas),
+        "optim.disc_betas",
+        "must be two numbers in [0, 1)",
+    )
+    t = cfg.train
+    _check(t.steps >= 1, "train.steps", "must be >= 1")
+    _check(t.eval_interval >= 1, "train.eval_interval", "must be >= 1")
+    _check(t.log_interval >= 1, "train.log_interval", "must be >= 1")
+    _check(
+        t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
+        "train.device",
+        "must be auto, cpu, cuda or cuda:N",
+    )
+    _check(t.threads >= 0, "train.threads", "must be >= 0 (0 = torch's default)")
+    if cfg.stage == "dakd":
+        _check(
+            bool(cfg.teacher), "teacher", "stage 'dakd' needs the frozen teacher's checkpoint path"
+        )
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"loss.kl=0.5"`` -> ``("loss.kl", 0.5)``; the value is read as YAML (``[output]``, ``true``)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. loss.kl=0.5")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {key}: cannot read value {raw!r}: {err}") from None
+    return key, value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``key = "a.b.c"``, creating nested mappings on the way."""
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(
+    data: dict[str, Any] | None, overrides: dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """Build and validate a config from nested plain data plus ``{dotted.key: value}`` overrides."""
+    tree = json.loads(json.dumps(data or {}))  # a deep, plain copy
+    if not isinstance(tree, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}")
+    for key, value in (overrides or {}).items():
+        set_dotted(tree, key, value)
+    return validate(_build(ExperimentConfig, tree))
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """Load YAML (``yaml.safe_load``) and apply ``--set`` overrides; errors name the file and key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(item) for item in overrides)
+    try:
+        return from_dict(data, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None

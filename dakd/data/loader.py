@@ -1,0 +1,71 @@
+"""Batches for the trainer, as a pure function of (seed, step).
+
+Which images form the batch at step ``t`` depends only on the experiment seed, the stream
+(source or target) and ``t``, never on what ran before: a resumed run draws exactly the
+batches an uninterrupted run would, and each data-parallel rank takes its slice of the same
+global batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_STREAMS = {"source": 1, "target": 2}
+
+
+class StepSampler:
+    """Draws the batch for a step from a dataset of ``{"image", "label"}`` samples."""
+
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        seed: int,
+        stream: str,
+        hflip: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world_size} ranks")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.stream = _STREAMS[stream]
+        self.hflip = hflip
+        self.rank, self.world_size = rank, world_size
+
+    def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Dataset indices and horizontal-flip flags of this rank's share of step ``step``."""
+        rng = np.random.default_rng([self.seed, self.stream, step])
+        n = len(self.dataset)
+        index = rng.choice(n, size=self.batch_size, replace=self.batch_size > n)
+        flip = rng.random(self.batch_size) < 0.5 if self.hflip else np.zeros(self.batch_size, bool)
+        share = self.batch_size // self.world_size
+        part = slice(self.rank * share, (self.rank + 1) * share)
+        return index[part], flip[part]
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        index, flip = self.indices(step)
+        images, labels = [], []
+        for i, f in zip(index.tolist(), flip.tolist(), strict=True):
+            sample = self.dataset[i]
+            image, label = sample["image"], sample["label"]
+            if f:
+                image, label = image.flip(-1), label.flip(-1)
+            images.append(image)
+            labels.append(label)
+        return {"image": torch.stack(images), "label": torch.stack(labels)}
+
+
+def eval_batches(dataset, batch_size: int, limit: int = 0, rank: int = 0, world_size: int = 1):
+    """Fixed, ordered batches over the first ``limit`` samples (all when 0), sharded by rank."""
+    n = len(dataset) if limit <= 0 else min(limit, len(dataset))
+    mine = list(range(rank, n, world_size))
+    for start in range(0, len(mine), batch_size):
+        items = [dataset[i] for i in mine[start : start + batch_size]]
+        yield {
+            "image": torch.stack([s["image"] for s in items]),
+            "label": torch.stack([s["label"] for s in items]),
+        }

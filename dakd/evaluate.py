@@ -1,0 +1,114 @@
+"""Segmentation evaluation: one confusion matrix over a whole split, per-class IoU, mIoU, accuracy.
+
+The matrix is accumulated over every image before any ratio is taken (the Cityscapes protocol),
+so large and small images weigh by their pixels, not per image. ``tests/test_evaluate.py`` checks
+the numbers against the official ``cityscapesscripts`` pixel-level evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dakd.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+
+
+class ConfusionMatrix:
+    """``matrix[g, p]`` counts pixels with ground truth ``g`` predicted as ``p``; ignore is skipped."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, device: torch.device | str = "cpu"):
+        self.num_classes = num_classes
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        if prediction.shape != target.shape:
+            raise ValueError(
+                f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ"
+            )
+        valid = target != IGNORE_INDEX
+        bad = valid & ((target < 0) | (target >= self.num_classes))
+        if bool(bad.any()):
+            values = torch.unique(target[bad]).tolist()
+            raise ValueError(
+                f"ground truth holds labels {values} outside 0..{self.num_classes - 1}"
+            )
+        index = target[valid].long() * self.num_classes + prediction[valid].long()
+        counts = torch.bincount(index, minlength=self.num_classes**2)
+        self.matrix += counts.view(self.num_classes, self.num_classes).to(self.matrix.device)
+
+    def all_reduce(self) -> None:
+        """Sum the matrix over the processes of the default ``torch.distributed`` group."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.matrix)
+
+    def compute(self) -> SegMetrics:
+        return SegMetrics.from_matrix(self.matrix.cpu().numpy())
+
+
+@dataclass(frozen=True)
+class SegMetrics:
+    """Per-class IoU (NaN for classes absent from both ground truth and prediction), mIoU over the
+    classes present, pixel accuracy, and the confusion matrix they came from."""
+
+    iou: np.ndarray
+    miou: float
+    pixel_accuracy: float
+    matrix: np.ndarray
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray) -> SegMetrics:
+        matrix = np.asarray(matrix, dtype=np.int64)
+        tp = np.diag(matrix).astype(np.float64)
+        union = matrix.sum(0) + matrix.sum(1) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        present = ~np.isnan(iou)
+        miou = float(iou[present].mean()) if present.any() else math.nan
+        total = matrix.sum()
+        accuracy = float(tp.sum() / total) if total else math.nan
+        return cls(iou=iou, miou=miou, pixel_accuracy=accuracy, matrix=matrix)
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        """Flat metrics in percent: ``miou``, ``pixel_acc`` and ``iou/<class name>`` (NaN skipped)."""
+        out = {
+            f"{prefix}miou": 100.0 * self.miou,
+            f"{prefix}pixel_acc": 100.0 * self.pixel_accuracy,
+        }
+        for name, value in zip(CLASS_NAMES, self.iou, strict=False):
+            if not math.isnan(value):
+                out[f"{prefix}iou/{name.replace(' ', '_')}"] = 100.0 * float(value)
+        return out
+
+    def table(self) -> str:
+        """A plain-text per-class table for the console."""
+        lines = [f"{'class':<14} {'IoU':>6}"]
+        for name, value in zip(CLASS_NAMES, self.iou, strict=False):
+            shown = "   n/a" if math.isnan(value) else f"{100 * value:6.2f}"
+            lines.append(f"{name:<14} {shown}")
+        lines.append(f"{'mIoU':<14} {100 * self.miou:6.2f}")
+        lines.append(f"{'pixel acc.':<14} {100 * self.pixel_accuracy:6.2f}")
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def evaluate(model, batches, device="cpu", num_classes: int = NUM_CLASSES) -> SegMetrics:
+    """Evaluate a segmenter on an iterable of ``{"image", "label"}`` batches (output level).
+
+    Predictions are bilinearly upsampled to the label resolution before the argmax.
+    """
+    from dakd.losses import upsample
+
+    was_training = model.training
+    model.eval()
+    confusion = ConfusionMatrix(num_classes, device=device)
+    for batch in batches:
+        image = batch["image"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True)
+        logits = upsample(model(image)["output"], label.shape[-2:])
+        confusion.update(logits.argmax(1), label)
+    confusion.all_reduce()
+    model.train(was_training)
+    return confusion.compute()

@@ -1,0 +1,143 @@
+"""The DAKD loss terms, each a small function of tensors (see PAPER.md, "Losses").
+
+Shapes: logits are ``[B, C, H, W]``, labels ``[B, H, W]`` (int64, ``IGNORE_INDEX`` = ignore).
+Every function returns a scalar tensor, averaged over the pixels it is defined on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from dakd.data.labels import IGNORE_INDEX
+
+#: AdaptSegNet's discriminator labels: source predictions are 0, target predictions are 1.
+SOURCE_LABEL = 0.0
+TARGET_LABEL = 1.0
+
+DISTILL_TERMS = ("kl", "mse", "pseudo")
+
+
+def upsample(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinearly resize stride-8 logits to ``size`` (H, W), as AdaptSegNet does before its losses."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def seg_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX):
+    """Pixel cross-entropy against ground truth, mean over the non-ignored pixels."""
+    return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+
+
+def adversarial(d_logits: torch.Tensor, is_source: bool, kind: str = "bce") -> torch.Tensor:
+    """Loss of a discriminator output against the domain label (source 0, target 1).
+
+    ``kind="bce"``: binary cross-entropy with logits (AdaptSegNet). ``kind="lsgan"``: least squares
+    on the raw output. The segmenter's adversarial term is ``adversarial(D(target), is_source=True)``.
+    """
+    label = SOURCE_LABEL if is_source else TARGET_LABEL
+    target = torch.full_like(d_logits, label)
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(d_logits, target)
+    if kind == "lsgan":
+        return F.mse_loss(d_logits, target)
+    raise ValueError(f"unknown adversarial loss kind {kind!r}; expected 'bce' or 'lsgan'")
+
+
+def kl_divergence(student_logits, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) of the per-pixel class distributions at temperature T, times T^2.
+
+    ``sum_c p_t (log p_t - log p_s)`` per pixel, averaged over pixels (B*H*W). The T^2 factor keeps
+    gradient magnitudes comparable across temperatures (Hinton et al.).
+    """
+    t = float(temperature)
+    log_p_s = F.log_softmax(student_logits / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits / t, dim=1)
+    per_pixel = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+    return per_pixel.mean() * (t * t)
+
+
+def mse(student_maps: torch.Tensor, teacher_maps: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between student and teacher maps ("hard alignment"), mean over elements."""
+    return F.mse_loss(student_maps, teacher_maps)
+
+
+def pseudo_labels(teacher_logits: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """Teacher argmax labels; pixels whose max softmax probability is below ``threshold`` are ignored."""
+    prob = F.softmax(teacher_logits, dim=1)
+    confidence, labels = prob.max(dim=1)
+    if threshold > 0:
+        labels = labels.masked_fill(confidence < threshold, IGNORE_INDEX)
+    return labels
+
+
+def pseudo_ce(student_logits, teacher_logits, threshold: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of the student against the teacher's (optionally thresholded) argmax labels.
+
+    Returns 0 (with a gradient path) when the threshold leaves no pixel.
+    """
+    labels = pseudo_labels(teacher_logits, threshold)
+    if not bool((labels != IGNORE_INDEX).any()):
+        return student_logits.sum() * 0.0
+    return F.cross_entropy(student_logits, labels, ignore_index=IGNORE_INDEX)
+
+
+def distill_terms(
+    student: Mapping[str, torch.Tensor],
+    teacher: Mapping[str, torch.Tensor],
+    levels: Sequence[str],
+    temperature: float = 1.0,
+    threshold: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """The unweighted distillation terms on one batch, summed over the selected levels.
+
+    ``student`` and ``teacher`` map a level name (``"output"``, ``"feature"``) to logits of the same
+    shape. At each level: KL between the level's class distributions, MSE between the level's maps,
+    and cross-entropy of the level's student logits against the teacher's *output-level* argmax
+    (the teacher's final prediction is the pseudo ground truth for every student head, as ground
+    truth is for L_seg).
+    """
+    pseudo_source = teacher["output"]
+    terms = {name: student[levels[0]].new_zeros(()) for name in DISTILL_TERMS}
+    for level in levels:
+        terms["kl"] = terms["kl"] + kl_divergence(student[level], teacher[level], temperature)
+        terms["mse"] = terms["mse"] + mse(student[level], teacher[level])
+        terms["pseudo"] = terms["pseudo"] + pseudo_ce(student[level], pseudo_source, threshold)
+    return terms
+
+
+def weighted_distill(
+    terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]
+) -> torch.Tensor:
+    """``lambda_KL * KL + lambda_MSE * MSE + lambda_pseudoT * pseudoT`` for one domain."""
+    total = None
+    for name in DISTILL_TERMS:
+        weight = float(weights[name])
+        if weight == 0.0:
+            continue
+        part = weight * terms[name]
+        total = part if total is None else total + part
+    if total is None:
+        return next(iter(terms.values())) * 0.0
+    return total
+
+
+def distillation_objective(
+    source_terms: Mapping[str, torch.Tensor] | None,
+    target_terms: Mapping[str, torch.Tensor] | None,
+    weights: Mapping[str, float],
+    lambda_target: float = 1.0,
+) -> torch.Tensor:
+    """L_distill = D(source) + lambda_target * D(target); a missing domain (paradigm) contributes 0."""
+    if source_terms is None and target_terms is None:
+        raise ValueError("distillation needs terms for the source, the target or both")
+    total = None
+    if source_terms is not None:
+        total = weighted_distill(source_terms, weights)
+    if target_terms is not None:
+        part = lambda_target * weighted_distill(target_terms, weights)
+        total = part if total is None else total + part
+    return total

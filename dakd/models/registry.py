@@ -1,0 +1,177 @@
+"""Model registry and the two-level segmenter interface.
+
+Every segmentation network in :mod:`dakd.models` is a :class:`Segmenter`: an encoder that yields
+an intermediate and a final feature map, each followed by a classifier head. ``forward`` returns
+``{"feature": logits, "output": logits}``, the AdaptSegNet-style feature-level and output-level
+predictions, both class-logit maps at output stride 8.
+
+Networks are registered by name with :func:`register_model` (segmenter factories) and
+:func:`register_backbone` (ImageNet classifier forms) and built with :func:`create_model` /
+:func:`create_backbone`, in the style of pytorch-image-models::
+
+    model = create_model("drn_d_22", num_classes=19, width=0.25)
+    logits = model(images)["output"]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Segmenter",
+    "count_parameters",
+    "create_backbone",
+    "create_model",
+    "list_backbones",
+    "list_models",
+    "models_table",
+    "register_backbone",
+    "register_model",
+]
+
+ModelFactory = Callable[..., "Segmenter"]
+BackboneFactory = Callable[..., nn.Module]
+
+_MODELS: dict[str, ModelFactory] = {}
+_BACKBONES: dict[str, BackboneFactory] = {}
+
+
+class Segmenter(nn.Module):
+    """Two-level semantic segmenter: an encoder plus a feature-level and an output-level head.
+
+    Args:
+        encoder: module with a ``forward_levels(x) -> (mid, last)`` method returning the
+            intermediate feature map (input of the feature-level head) and the final feature map
+            (input of the output-level head), both at output stride 8.
+        feature_head: classifier applied to ``mid``, producing class logits.
+        output_head: classifier applied to ``last``, producing class logits.
+        num_classes: number of classes the heads predict.
+
+    ``forward(x)`` with ``x`` of shape ``[B, 3, H, W]`` returns
+    ``{"feature": [B, C, h, w], "output": [B, C, h, w]}`` with ``h = ceil(H / 8)`` and
+    ``w = ceil(W / 8)`` (every stride-2 layer pads so that it rounds up); see
+    :meth:`output_size`. Logits are not upsampled: losses and evaluation resize them.
+    """
+
+    levels: tuple[str, str] = ("feature", "output")
+    output_stride: int = 8
+
+    def __init__(
+        self, encoder: nn.Module, feature_head: nn.Module, output_head: nn.Module, num_classes: int
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.feature_head = feature_head
+        self.output_head = output_head
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        mid, last = self.encoder.forward_levels(x)
+        return {"feature": self.feature_head(mid), "output": self.output_head(last)}
+
+    @classmethod
+    def output_size(cls, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of the logit maps for an input of ``height x width`` pixels."""
+        return math.ceil(height / cls.output_stride), math.ceil(width / cls.output_stride)
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the encoder (for a separate learning rate)."""
+        return self.encoder.parameters()
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of both classifier heads (for a separate learning rate)."""
+        yield from self.feature_head.parameters()
+        yield from self.output_head.parameters()
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator registering a segmenter factory ``fn(num_classes, width, **kwargs)`` as ``name``."""
+
+    def decorator(fn: ModelFactory) -> ModelFactory:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = fn
+        return fn
+
+    return decorator
+
+
+def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator registering an ImageNet classifier factory ``fn(width, **kwargs)`` as ``name``."""
+
+    def decorator(fn: BackboneFactory) -> BackboneFactory:
+        if name in _BACKBONES:
+            raise ValueError(f"backbone {name!r} is already registered")
+        _BACKBONES[name] = fn
+        return fn
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of the registered segmenters, sorted."""
+    return sorted(_MODELS)
+
+
+def list_backbones() -> list[str]:
+    """Names of the registered ImageNet classifier forms, sorted."""
+    return sorted(_BACKBONES)
+
+
+def _lookup(table: dict, name: str, kind: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown {kind} {name!r}; registered: {', '.join(sorted(table))}"
+        ) from None
+
+
+def create_model(name: str, num_classes: int = 19, width: float = 1.0, **kwargs) -> Segmenter:
+    """Build the registered segmenter ``name`` with ``num_classes`` outputs per level.
+
+    ``width`` scales every channel count (where the architecture supports it); extra keyword
+    arguments go to the model's factory. Unknown names raise ``ValueError`` listing the
+    registered ones.
+    """
+    factory = _lookup(_MODELS, name, "model")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return factory(num_classes=num_classes, width=width, **kwargs)
+
+
+def create_backbone(name: str, width: float = 1.0, **kwargs) -> nn.Module:
+    """Build the ImageNet classifier form (1000 classes) of the registered network ``name``."""
+    factory = _lookup(_BACKBONES, name, "backbone")
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return factory(width=width, **kwargs)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (all of them, or only those requiring gradients)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def models_table(num_classes: int = 19, width: float = 1.0) -> list[tuple[str, int]]:
+    """Rows ``(name, parameters)`` for every registered segmenter at the given width.
+
+    Models are built on the ``meta`` device, so no memory is allocated and no weights are
+    initialised; the listing is fast even for ResNet-101. Models that do not support ``width``
+    are listed at their only width (1.0).
+    """
+    rows = []
+    for name in list_models():
+        with torch.device("meta"):
+            try:
+                model = create_model(name, num_classes=num_classes, width=width)
+            except ValueError:
+                model = create_model(name, num_classes=num_classes)
+        rows.append((name, count_parameters(model)))
+    return rows

@@ -1,0 +1,157 @@
+"""Stages trained once and reused: the teacher, the student-DA baseline, and what builds on them.
+
+A stage's run directory is named by a fingerprint of its config (everything that changes the
+weights), so the same teacher is trained once and found again by every later run that needs it.
+The calibration study of the embedded benchmark (``python -m dakd calibrate``) is built here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dakd import checkpoint as ckpt
+from dakd.config import ExperimentConfig, from_dict, load_config
+from dakd.train import train
+
+#: Rows of the calibration table, in order: (row name, stage, what it starts from).
+CALIBRATION_ROWS = (
+    ("source-only", "source_only"),
+    ("oracle", "oracle"),
+    ("teacher-DA", "teacher_da"),
+    ("student-DA", "student_da"),
+    ("student-DA + extra steps", "student_da_long"),
+    ("DAKD (c)", "dakd"),
+)
+
+
+def stage_config(base: ExperimentConfig, stage: str, **changes: Any) -> ExperimentConfig:
+    """``base`` with another stage and dotted ``changes``, validated, named by its fingerprint."""
+    overrides = {"stage": stage, **{k.replace("__", "."): v for k, v in changes.items()}}
+    cfg = from_dict(base.to_dict(), overrides)
+    cfg.name = f"{stage}-{cfg.fingerprint()}"
+    return cfg
+
+
+def run_stage(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``cfg`` unless its finished weights (``model.pt``) already exist; return its summary."""
+    final = cfg.run_dir / "model.pt"
+    if final.exists():
+        state = ckpt.load(final)
+        log(
+            f"reusing {cfg.stage} {cfg.run_dir} (mIoU {state['metrics'].get('miou', math.nan):.2f})"
+        )
+        return {
+            "checkpoint": str(final),
+            "metrics": state["metrics"],
+            "seconds": 0.0,
+            "reused": True,
+        }
+    log(f"training {cfg.stage} -> {cfg.run_dir}")
+    tic = time.perf_counter()
+    result = train(cfg)
+    seconds = time.perf_counter() - tic
+    log(f"  {cfg.stage}: target mIoU {result.metrics['miou']:.2f} in {seconds:.0f} s")
+    return {
+        "checkpoint": str(final),
+        "metrics": result.metrics,
+        "seconds": seconds,
+        "reused": False,
+    }
+
+
+def calibration_configs(
+    base: ExperimentConfig, seed: int, distill_steps: int
+) -> dict[str, Callable]:
+    """Builders of each row's config for one seed; later rows need earlier rows' checkpoints.
+
+    The fair baseline trains student-DA on for exactly the steps DAKD takes from the same start.
+    """
+
+    def make(stage: str, **changes):
+        return stage_config(base, stage, seed=seed, **changes)
+
+    def start(done):
+        return done["student_da"]["checkpoint"]
+
+    later = {
+        "train__steps": distill_steps,
+        "train__eval_interval": min(base.train.eval_interval, distill_steps),
+    }
+    return {
+        "source_only": lambda done: make("source_only"),
+        "oracle": lambda done: make("oracle"),
+        "teacher_da": lambda done: make("teacher_da"),
+        "student_da": lambda done: make("student_da"),
+        "student_da_long": lambda done: make("student_da", init=start(done), **later),
+        "dakd": lambda done: make(
+            "dakd",
+            init=start(done),
+            teacher=done["teacher_da"]["checkpoint"],
+            **later,
+        ),
+    }
+
+
+def calibrate(
+    config_path: str | None,
+    scenarios: Sequence[str],
+    seeds: Sequence[int],
+    overrides: list[str] | None = None,
+    distill_steps: int = 0,
+    out: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every calibration row for each scenario and seed; write and return the table."""
+    results: dict[str, dict[str, list[float]]] = {}
+    seconds: dict[str, list[float]] = {}
+    for scenario in scenarios:
+        base = load_config(config_path, list(overrides or []) + [f"data.scenario={scenario}"])
+        extra = distill_steps or base.train.steps
+        rows = results.setdefault(scenario, {name: [] for name, _ in CALIBRATION_ROWS})
+        for seed in seeds:
+            builders = calibration_configs(base, seed, extra)
+            done: dict[str, dict[str, Any]] = {}
+            for name, key in CALIBRATION_ROWS:
+                cfg = builders[key](done)
+                done[key] = run_stage(cfg, log)
+                rows[name].append(float(done[key]["metrics"]["miou"]))
+                if not done[key]["reused"]:
+                    seconds.setdefault(key, []).append(done[key]["seconds"])
+    table = format_calibration(results, seeds)
+    log(table)
+    summary = {"results": results, "seconds": seconds, "seeds": list(seeds), "table": table}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "calibration.md").write_text(table + "\n")
+        (out / "calibration.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def format_calibration(results: dict[str, dict[str, list[float]]], seeds: Sequence[int]) -> str:
+    """A Markdown table: rows, then per scenario the mean +- std of target val mIoU."""
+    scenarios = list(results)
+    lines = [
+        f"Target val mIoU (%), mean +- std over seeds {list(seeds)}",
+        "",
+        "| row | " + " | ".join(scenarios) + " |",
+        "|---|" + "---|" * len(scenarios),
+    ]
+    for name, _ in CALIBRATION_ROWS:
+        cells = []
+        for scenario in scenarios:
+            mean, std = mean_std(results[scenario][name])
+            cells.append(f"{mean:.1f} +- {std:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

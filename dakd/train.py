@@ -1,0 +1,366 @@
+"""The DAKD trainer: one function, one loop, no framework between the reader and the math.
+
+``train(cfg, report)`` trains the network of ``cfg.stage`` (see ``dakd.paradigms``):
+
+* the segmenter: SGD with poly decay; per step ``L_seg(source) + L_adv(target) + L_distill``;
+* one output-space discriminator per level: Adam, source predictions labelled 0, target 1;
+* the teacher (stage ``dakd``): loaded from ``cfg.teacher``, frozen, in eval mode.
+
+Every ``train.eval_interval`` steps (and at the end) the target val split is evaluated, a
+checkpoint is written atomically and ``report(metrics, checkpoint_path)`` is called. The core
+knows nothing of Ray or MLflow: the sweep and tracking layers adapt ``report``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dakd import checkpoint as ckpt
+from dakd import losses
+from dakd.config import ExperimentConfig
+from dakd.data.labels import NUM_CLASSES
+from dakd.data.loader import StepSampler, eval_batches
+from dakd.data.scenes import SceneDataset
+from dakd.evaluate import evaluate
+from dakd.models import Discriminator, count_parameters, create_model
+from dakd.paradigms import STAGES, phase_at
+
+Report = Callable[[dict[str, float], Path | None], None]
+LEVELS = ("feature", "output")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and the terms."""
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]
+    checkpoint: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1):
+    """Source and target train samplers and the target val dataset of the experiment."""
+    source, target = cfg.domains
+    size = tuple(cfg.data.crop_size)
+    common = {"seed": cfg.data.scene_seed, "size": size}
+    kw = {"hflip": cfg.data.hflip, "rank": rank, "world_size": world_size}
+    src = StepSampler(
+        SceneDataset(source, "train", **common), cfg.data.batch_size, cfg.seed, "source", **kw
+    )
+    tgt = StepSampler(
+        SceneDataset(target, "train", **common), cfg.data.batch_size, cfg.seed, "target", **kw
+    )
+    val = SceneDataset(target, "val", **common)
+    return src, tgt, val
+
+
+def build_network(spec: dict[str, Any]) -> torch.nn.Module:
+    return create_model(spec["name"], num_classes=spec["num_classes"], width=spec["width"])
+
+
+def load_teacher(cfg: ExperimentConfig, device: torch.device) -> torch.nn.Module:
+    """The frozen teacher: weights from ``cfg.teacher``, eval mode, no gradients."""
+    spec = ckpt.network_spec(cfg.models.teacher.name, cfg.models.teacher.width, NUM_CLASSES)
+    state = ckpt.load(cfg.teacher)
+    teacher = build_network(spec)
+    ckpt.load_network(teacher, state, spec, cfg.teacher)
+    teacher.eval().requires_grad_(False)
+    return teacher.to(device)
+
+
+def poly_lr(base: float, step: int, total: int, power: float) -> float:
+    return base * (1.0 - step / total) ** power
+
+
+class Trainer:
+    """Holds the models, optimisers and the step; ``train()`` below is the usual way in."""
+
+    def __init__(self, cfg: ExperimentConfig, device: torch.device | None = None):
+        self.cfg = cfg
+        self.stage = STAGES[cfg.stage]
+        self.device = device or resolve_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        seed_everything(cfg.seed, cfg.train.deterministic)
+        self.source, self.target, self.val = build_data(cfg)
+
+        trained = cfg.trained_model
+        self.spec = ckpt.network_spec(trained.name, trained.width, NUM_CLASSES)
+        self.model = build_network(self.spec).to(self.device)
+        if cfg.init:
+            ckpt.load_network(self.model, ckpt.load(cfg.init), self.spec, cfg.init)
+        self.teacher = load_teacher(cfg, self.device) if self.stage.distill else None
+        self.discriminators = torch.nn.ModuleDict()
+        if self.stage.adversarial:
+            for level in LEVELS:
+                self.discriminators[level] = Discriminator(
+                    NUM_CLASSES, ndf=cfg.models.discriminator_ndf
+                )
+            self.discriminators.to(self.device)
+
+        o = cfg.optim
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+        )
+        self.d_optimizer = (
+            torch.optim.Adam(
+                self.discriminators.parameters(), lr=o.disc_lr, betas=tuple(o.disc_betas)
+            )
+            if self.stage.adversarial
+            else None
+        )
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    # -- one step ------------------------------------------------------------------------------
+    def _forward(self, model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = images.shape[-2:]
+        out = model(images)
+        return {level: losses.upsample(out[level], size) for level in LEVELS}
+
+    def _segmentation(self, pred, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        return losses.seg_ce(pred["output"], labels), losses.seg_ce(pred["feature"], labels)
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step of the segmenter (and the discriminators). Returns loss terms."""
+        cfg, stage, step = self.cfg, self.stage, self.step
+        lw = cfg.loss
+        lr = poly_lr(cfg.optim.lr, step, cfg.train.steps, cfg.optim.poly_power)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.d_optimizer is not None:
+            d_lr = poly_lr(cfg.optim.disc_lr, step, cfg.train.steps, cfg.optim.poly_power)
+            for group in self.d_optimizer.param_groups:
+                group["lr"] = d_lr
+
+        self.model.train()
+        terms: dict[str, torch.Tensor] = {}
+        needs_source = stage.supervised_on == "source"
+        needs_target = stage.supervised_on == "target" or stage.adversarial
+        src = self.source.batch(step) if needs_source else None
+        tgt = self.target.batch(step) if needs_target else None
+        pred_s = self._forward(self.model, src["image"].to(self.device)) if src else None
+        pred_t = self._forward(self.model, tgt["image"].to(self.device)) if tgt else None
+
+        if stage.supervised_on == "source":
+            seg, seg_aux = self._segmentation(pred_s, src["label"].to(self.device))
+        else:
+            seg, seg_aux = self._segmentation(pred_t, tgt["label"].to(self.device))
+        terms["seg"], terms["seg_aux"] = seg, seg_aux
+        total = seg + lw.seg_aux * seg_aux
+
+        if stage.adversarial:
+            self.discriminators.requires_grad_(False)
+            adv = {
+                level: losses.adversarial(
+                    self.discriminators[level](F.softmax(pred_t[level], dim=1)), True, lw.adv_kind
+                )
+                for level in LEVELS
+            }
+            terms["adv_output"], terms["adv_feature"] = adv["output"], adv["feature"]
+            total = total + lw.adv_output * adv["output"] + lw.adv_feature * adv["feature"]
+
+        if stage.distill:
+            phase = phase_at(cfg.paradigm, step, cfg.train.steps, cfg.distill.sequential_split)
+            args = (cfg.distill.levels, lw.temperature, lw.pseudo_threshold)
+            weights = {"kl": lw.kl, "mse": lw.mse, "pseudo": lw.pseudo}
+            domain_terms = {}
+            with torch.no_grad():
+                for name, on, batch in (
+                    ("source", phase.source, src),
+                    ("target", phase.target, tgt),
+                ):
+                    if on:
+                        domain_terms[name] = self._forward(
+                            self.teacher, batch["image"].to(self.device)
+                        )
+            per_domain = {}
+            for name, pred in (("source", pred_s), ("target", pred_t)):
+                if name in domain_terms:
+                    per_domain[name] = losses.distill_terms(pred, domain_terms[name], *args)
+                    for term, value in per_domain[name].items():
+                        terms[f"{term}_{name}"] = value
+            distill = losses.distillation_objective(
+                per_domain.get("source"), per_domain.get("target"), weights, lw.target
+            )
+            terms["distill"] = distill
+            total = total + distill
+
+        terms["total"] = total
+        if not math.isfinite(total.item()):
+            shown = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            raise NonFiniteLossError(f"step {step}: the training loss is not finite ({shown})")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+
+        if stage.adversarial:
+            self.discriminators.requires_grad_(True)
+            self.d_optimizer.zero_grad(set_to_none=True)
+            d_loss = 0.0
+            for level in LEVELS:
+                d = self.discriminators[level]
+                d_src = losses.adversarial(
+                    d(F.softmax(pred_s[level].detach(), dim=1)), True, lw.adv_kind
+                )
+                d_tgt = losses.adversarial(
+                    d(F.softmax(pred_t[level].detach(), dim=1)), False, lw.adv_kind
+                )
+                d_loss = d_loss + (d_src + d_tgt) / 2
+            d_loss.backward()
+            self.d_optimizer.step()
+            terms["disc"] = d_loss
+        self.step += 1
+        return {k: v.detach() for k, v in terms.items()}
+
+    # -- evaluation and checkpoints --------------------------------------------------------------
+    def evaluate(self):
+        cfg = self.cfg
+        batches = eval_batches(self.val, cfg.data.val_batch_size, cfg.data.val_size)
+        return evaluate(self.model, batches, device=self.device)
+
+    def state(self) -> dict[str, Any]:
+        state = {
+            "network": self.spec,
+            "config": self.cfg.to_dict(),
+            "stage": self.cfg.stage,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+        }
+        if self.d_optimizer is not None:
+            state["discriminators"] = self.discriminators.state_dict()
+            state["d_optimizer"] = self.d_optimizer.state_dict()
+        return state
+
+    def load_state(self, state: dict[str, Any], path) -> None:
+        ckpt.load_network(self.model, state, self.spec, path)
+        if state.get("stage") != self.cfg.stage:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} is from stage {state.get('stage')!r}, not {self.cfg.stage!r}"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.d_optimizer is not None:
+            self.discriminators.load_state_dict(state["discriminators"])
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.history = list(state.get("history", []))
+
+
+def _mean_terms(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+    return {f"loss/{k}": (v / max(count, 1)).item() for k, v in sums.items()}
+
+
+def train(
+    cfg: ExperimentConfig,
+    report: Report | None = None,
+    resume: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train ``cfg`` to ``cfg.train.steps`` steps; resume from ``run_dir/last.pt`` if it exists.
+
+    ``report(metrics, checkpoint)`` is called after every evaluation with the metrics in percent
+    (``miou``, ``pixel_acc``, ``iou/<class>``), the mean loss terms since the last report
+    (``loss/<term>``), ``step`` and ``lr``. ``stop_after`` ends the call early after that many
+    steps of this call (used to test resumption); the checkpoint then holds the exact state.
+    """
+    trainer = Trainer(cfg)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "last.pt"
+    if resume and last.exists():
+        trainer.load_state(ckpt.load(last), last)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    t = cfg.train
+    start = trainer.step
+    stop = t.steps if stop_after is None else min(t.steps, start + stop_after)
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    metrics: dict[str, float] = dict(trainer.history[-1]) if trainer.history else {}
+    bar = tqdm(
+        total=t.steps,
+        initial=start,
+        desc=f"{cfg.stage}:{cfg.name}",
+        disable=not t.progress,
+        dynamic_ncols=True,
+        leave=False,
+    )
+    step_time = 0.0
+    try:
+        while trainer.step < stop:
+            tic = time.perf_counter()
+            terms = trainer.train_step()
+            step_time += time.perf_counter() - tic
+            for k, v in terms.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            count += 1
+            bar.update(1)
+            if trainer.step % t.log_interval == 0:
+                bar.set_postfix(
+                    loss=f"{terms['total'].item():.3f}", miou=metrics.get("miou", float("nan"))
+                )
+            if trainer.step % t.eval_interval == 0 or trainer.step == t.steps:
+                result = trainer.evaluate()
+                metrics = {
+                    "step": trainer.step,
+                    "lr": trainer.optimizer.param_groups[0]["lr"],
+                    "sec_per_step": step_time / max(count, 1),
+                    **result.as_dict(),
+                    **_mean_terms(sums, count),
+                }
+                trainer.history.append(metrics)
+                sums, count, step_time = {}, 0, 0.0
+                ckpt.save(trainer.state(), last)
+                with (run_dir / "metrics.jsonl").open("a") as handle:
+                    handle.write(json.dumps(metrics) + "\n")
+                bar.set_postfix(miou=f"{metrics['miou']:.2f}")
+                if report is not None:
+                    report(dict(metrics), last)
+    finally:
+        bar.close()
+    if trainer.step < t.steps and count:
+        ckpt.save(trainer.state(), last)  # an early stop keeps its exact state
+    if trainer.step == t.steps:
+        final = {
+            "network": trainer.spec,
+            "config": cfg.to_dict(),
+            "stage": cfg.stage,
+            "step": trainer.step,
+            "model": trainer.model.state_dict(),
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "parameters": count_parameters(trainer.model),
+        }
+        ckpt.save(final, run_dir / "model.pt")
+    return TrainResult(metrics=metrics, checkpoint=last, history=trainer.history)
