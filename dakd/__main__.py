@@ -48,8 +48,12 @@ def cmd_eval(args) -> int:
     from dakd.train import Trainer, build_network, resolve_device
 
     state = ckpt.load(args.checkpoint)
-    overrides = dict(__import__("dakd.config", fromlist=["x"]).parse_override(o) for o in args.overrides)
-    cfg = from_dict(state["config"], {"stage": "source_only", "init": "", "teacher": "", **overrides})
+    overrides = dict(
+        __import__("dakd.config", fromlist=["x"]).parse_override(o) for o in args.overrides
+    )
+    cfg = from_dict(
+        state["config"], {"stage": "source_only", "init": "", "teacher": "", **overrides}
+    )
     model = build_network(state["network"])
     ckpt.load_network(model, state, state["network"], args.checkpoint)
     device = resolve_device(cfg.train.device)
@@ -61,7 +65,9 @@ def cmd_eval(args) -> int:
     torch.set_grad_enabled(False)
     metrics = Trainer.evaluate(trainer)
     source, target = cfg.domains
-    print(f"{state['network']['name']} on {target} val ({len(trainer.val)} images), {NUM_CLASSES} classes")
+    print(
+        f"{state['network']['name']} on {target} val ({len(trainer.val)} images), {NUM_CLASSES} classes"
+    )
     print(metrics.table())
     return 0
 
@@ -84,8 +90,9 @@ def cmd_calibrate(args) -> int:
 def cmd_scenes(args) -> int:
     from dakd.data.scenes import save_samples
 
-    paths = save_samples(args.domain, args.out, n=args.n, split=args.split, seed=args.seed,
-                         size=tuple(args.size))
+    paths = save_samples(
+        args.domain, args.out, n=args.n, split=args.split, seed=args.seed, size=tuple(args.size)
+    )
     print(f"wrote {len(paths)} files to {args.out}")
     return 0
 
@@ -111,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one stage from a YAML config")
     p.add_argument("config", help="experiment YAML (see configs/)")
-    p.add_argument("--restart", action="store_true", help="ignore an existing last.pt and start over")
+    p.add_argument(
+        "--restart", action="store_true", help="ignore an existing last.pt and start over"
+    )
     _add_overrides(p)
     p.set_defaults(func=cmd_train)
 
@@ -124,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", default="configs/embedded.yaml")
     p.add_argument("--scenarios", nargs="+", default=["synth_to_real", "real_to_real"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--distill-steps", type=int, default=0, help="steps of DAKD and the fair baseline (default: train.steps)")
+    p.add_argument(
+        "--distill-steps",
+        type=int,
+        default=0,
+        help="steps of DAKD and the fair baseline (default: train.steps)",
+    )
     p.add_argument("--out", default="runs/calibration")
     _add_overrides(p)
     p.set_defaults(func=cmd_calibrate)
@@ -156,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept (run the same command to resume)", file=sys.stderr)
+        print(
+            "interrupted; the last checkpoint is kept (run the same command to resume)",
+            file=sys.stderr,
+        )
         return 130
 
 

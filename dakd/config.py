@@ -30,7 +30,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Which domains to read and how. ``source``/``target`` default to the scenario's pair."""
+    """Which domains to read and how. ``source``/``target`` default to the scenario's pair.
+
+    ``cache_dir``: where the embedded splits are rendered once and reused ("" renders in memory).
+    """
 
     scenario: str = "synth_to_real"
     dataset: str = "scenes"
@@ -42,6 +45,7 @@ class DataConfig:
     val_size: int = 0
     scene_seed: int = 0
     hflip: bool = True
+    cache_dir: str = "runs/cache/scenes"
 
 
 @dataclass
@@ -151,7 +155,17 @@ class ExperimentConfig:
         """``{"loss.kl": 0.1, ...}``: the dotted view used for sweep axes and tracking params."""
         return flatten(self.to_dict())
 
-    def fingerprint(self, exclude: tuple[str, ...] = ("name", "out_dir", "train.progress")) -> str:
+    def fingerprint(
+        self,
+        exclude: tuple[str, ...] = (
+            "name",
+            "out_dir",
+            "data.cache_dir",
+            "train.progress",
+            "train.threads",
+            "train.log_interval",
+        ),
+    ) -> str:
         """A short hash of everything that changes the trained weights (for stage reuse)."""
         flat = {k: v for k, v in self.flat().items() if k not in exclude}
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]

@@ -71,7 +71,7 @@ def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1):
     """Source and target train samplers and the target val dataset of the experiment."""
     source, target = cfg.domains
     size = tuple(cfg.data.crop_size)
-    common = {"seed": cfg.data.scene_seed, "size": size}
+    common = {"seed": cfg.data.scene_seed, "size": size, "cache_dir": cfg.data.cache_dir or None}
     kw = {"hflip": cfg.data.hflip, "rank": rank, "world_size": world_size}
     src = StepSampler(
         SceneDataset(source, "train", **common), cfg.data.batch_size, cfg.seed, "source", **kw

@@ -76,5 +76,7 @@ def test_agrees_with_official_cityscapes_evaluation(tmp_path, monkeypatch):
 def official_class_names():
     from cityscapesscripts.helpers.labels import labels
 
-    evaluated = sorted((lab for lab in labels if 0 <= lab.trainId < 255), key=lambda lab: lab.trainId)
+    evaluated = sorted(
+        (lab for lab in labels if 0 <= lab.trainId < 255), key=lambda lab: lab.trainId
+    )
     return [lab.name for lab in evaluated]

@@ -92,7 +92,9 @@ def test_distillation_objective_weights_and_lambda_target():
     w = {"kl": 0.1, "mse": 0.01, "pseudo": 1.0}
     d_src = 0.1 * 1 + 0.01 * 10 + 2.0
     d_tgt = 0.1 * 3 + 0.01 * 20 + 4.0
-    assert losses.distillation_objective(src, tgt, w, 0.5).item() == pytest.approx(d_src + 0.5 * d_tgt)
+    assert losses.distillation_objective(src, tgt, w, 0.5).item() == pytest.approx(
+        d_src + 0.5 * d_tgt
+    )
     assert losses.distillation_objective(src, None, w).item() == pytest.approx(d_src)
     assert losses.distillation_objective(None, tgt, w, 2.0).item() == pytest.approx(2 * d_tgt)
     zero = {"kl": 0.0, "mse": 0.0, "pseudo": 0.0}

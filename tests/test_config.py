@@ -1,0 +1,89 @@
+"""The config tree: YAML, dotted overrides, and errors that name the key."""
+
+import pytest
+
+from dakd.config import ConfigError, ExperimentConfig, from_dict, load_config, parse_override
+
+
+def test_defaults_are_the_paper_weights():
+    cfg = ExperimentConfig()
+    assert (cfg.loss.kl, cfg.loss.mse, cfg.loss.pseudo, cfg.loss.target) == (0.1, 0.01, 1.0, 1.0)
+    assert (cfg.loss.adv_feature, cfg.loss.adv_output, cfg.loss.seg_aux) == (2e-4, 1e-3, 0.1)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (2.5e-4, 0.9, 5e-4)
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("stage: student_da\nloss: {kl: 0.5}\nmodels: {teacher: {width: 0.5}}\n")
+    cfg = load_config(path, ["loss.kl=0.25", "distill.levels=[feature]", "seed=3"])
+    assert cfg.stage == "student_da" and cfg.loss.kl == 0.25 and cfg.seed == 3
+    assert cfg.distill.levels == ["feature"]
+    # a partial section keeps the defaults of the keys it does not name
+    assert cfg.models.teacher.name == "drn_d_38" and cfg.models.teacher.width == 0.5
+    assert cfg.flat()["loss.kl"] == 0.25
+
+
+def test_ints_accepted_for_floats_but_not_the_reverse():
+    assert from_dict({"stage": "student_da", "loss": {"kl": 1}}).loss.kl == 1.0
+    with pytest.raises(ConfigError, match=r"train\.steps: expected an integer"):
+        from_dict({"stage": "student_da", "train": {"steps": 2.5}})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"loss": {"kk": 1.0}}, r"unknown key loss\.kk"),
+        ({"los": {}}, r"unknown key los"),
+        ({"loss": {"kl": "big"}}, r"loss\.kl: expected a number"),
+        ({"loss": {"kl": -1.0}}, r"loss\.kl: must be >= 0"),
+        ({"paradigm": "e"}, r"paradigm: 'e' is not one of"),
+        ({"distill": {"levels": ["output", "middle"]}}, r"distill\.levels"),
+        ({"distill": {"levels": "output"}}, r"distill\.levels: expected a list"),
+        ({"data": {"scenario": "mars"}}, r"data\.scenario"),
+        ({"data": {"crop_size": [60, 128]}}, r"data\.crop_size"),
+        (
+            {"models": {"student": {"name": "vgg"}}},
+            r"models\.student\.name: 'vgg' is not registered",
+        ),
+        ({"train": {"steps": 0}}, r"train\.steps: must be >= 1"),
+        ({"train": {"deterministic": "yes"}}, r"train\.deterministic: expected true or false"),
+        ({"stage": "dakd"}, r"teacher: stage 'dakd' needs"),
+    ],
+)
+def test_bad_values_name_the_key(data, message):
+    data = {"stage": "student_da", **data}
+    with pytest.raises(ConfigError, match=message):
+        from_dict(data)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: student_da\ntrain: {stepz: 3}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key train\.stepz"):
+        load_config(bad)
+    bad.write_text("stage: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_override_syntax():
+    assert parse_override("loss.kl=0.5") == ("loss.kl", 0.5)
+    assert parse_override("distill.levels=[output, feature]") == (
+        "distill.levels",
+        ["output", "feature"],
+    )
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("loss.kl")
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        from_dict({"stage": "student_da", "seed": 1}, {"seed.x": 1})
+    with pytest.raises(ConfigError, match="seed: expected an integer"):
+        from_dict({"stage": "student_da"}, {"seed.x": 1})
+
+
+def test_fingerprint_ignores_name_but_not_weights():
+    a = from_dict({"stage": "student_da", "name": "a"})
+    b = from_dict({"stage": "student_da", "name": "b"})
+    c = from_dict({"stage": "student_da", "loss": {"adv_output": 0.01}})
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
