@@ -42,7 +42,10 @@ def hand_loop(trainer: Trainer, batches, steps: int) -> float:
     levels = cfg.distill.levels
 
     def up(out, size):
-        return {k: F.interpolate(v, size=size, mode="bilinear", align_corners=False) for k, v in out.items()}
+        return {
+            k: F.interpolate(v, size=size, mode="bilinear", align_corners=False)
+            for k, v in out.items()
+        }
 
     tic = time.perf_counter()
     for i in range(steps):
@@ -53,12 +56,21 @@ def hand_loop(trainer: Trainer, batches, steps: int) -> float:
         with torch.no_grad():
             ts = up(teacher(src["image"]), size)
             tt = up(teacher(tgt["image"]), size)
-        loss = losses.seg_ce(ps["output"], src["label"]) + lw.seg_aux * losses.seg_ce(ps["feature"], src["label"])
+        loss = losses.seg_ce(ps["output"], src["label"]) + lw.seg_aux * losses.seg_ce(
+            ps["feature"], src["label"]
+        )
         discs.requires_grad_(False)
-        loss = loss + lw.adv_output * losses.adversarial(discs["output"](F.softmax(pt["output"], 1)), True)
-        loss = loss + lw.adv_feature * losses.adversarial(discs["feature"](F.softmax(pt["feature"], 1)), True)
+        loss = loss + lw.adv_output * losses.adversarial(
+            discs["output"](F.softmax(pt["output"], 1)), True
+        )
+        loss = loss + lw.adv_feature * losses.adversarial(
+            discs["feature"](F.softmax(pt["feature"], 1)), True
+        )
         loss = loss + losses.distillation_objective(
-            losses.distill_terms(ps, ts, levels), losses.distill_terms(pt, tt, levels), weights, lw.target
+            losses.distill_terms(ps, ts, levels),
+            losses.distill_terms(pt, tt, levels),
+            weights,
+            lw.target,
         )
         opt.zero_grad()
         loss.backward()
@@ -68,10 +80,14 @@ def hand_loop(trainer: Trainer, batches, steps: int) -> float:
         d_loss = 0.0
         for level in ("feature", "output"):
             d = discs[level]
-            d_loss = d_loss + (
-                losses.adversarial(d(F.softmax(ps[level].detach(), 1)), True)
-                + losses.adversarial(d(F.softmax(pt[level].detach(), 1)), False)
-            ) / 2
+            d_loss = (
+                d_loss
+                + (
+                    losses.adversarial(d(F.softmax(ps[level].detach(), 1)), True)
+                    + losses.adversarial(d(F.softmax(pt[level].detach(), 1)), False)
+                )
+                / 2
+            )
         d_loss.backward()
         d_opt.step()
     return time.perf_counter() - tic
@@ -92,7 +108,13 @@ def main() -> int:
         ckpt.save({"network": spec, "model": build_network(spec).state_dict()}, teacher_path)
         cfg = load_config(
             args.config,
-            ["stage=dakd", "paradigm=c", f"teacher={teacher_path}", f"out_dir={tmp}", *args.overrides],
+            [
+                "stage=dakd",
+                "paradigm=c",
+                f"teacher={teacher_path}",
+                f"out_dir={tmp}",
+                *args.overrides,
+            ],
         )
         trainer = Trainer(cfg)
         hand = copy.deepcopy(trainer)
@@ -122,8 +144,10 @@ def main() -> int:
         render_rate = count / (time.perf_counter() - tic)
         consume_rate = 2 * cfg.data.batch_size / t_ours
 
-    print(f"config: {args.config} stage dakd (c), batch {cfg.data.batch_size}+{cfg.data.batch_size}, "
-          f"{cfg.data.crop_size[0]}x{cfg.data.crop_size[1]}, {torch.get_num_threads()} threads")
+    print(
+        f"config: {args.config} stage dakd (c), batch {cfg.data.batch_size}+{cfg.data.batch_size}, "
+        f"{cfg.data.crop_size[0]}x{cfg.data.crop_size[1]}, {torch.get_num_threads()} threads"
+    )
     print(f"trainer step     {1000 * t_ours:8.1f} ms   (median of {args.repeats} blocks of {n})")
     print(f"hand-written     {1000 * t_hand:8.1f} ms")
     print(f"ratio trainer/hand = {t_ours / t_hand:.3f}   (target <= 1.10)")

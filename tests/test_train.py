@@ -128,5 +128,5 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 def test_oracle_and_source_only_train_without_discriminators(tiny):
     for stage in ("oracle", "source_only"):
         reports = []
-        train(tiny(stage), report=lambda m, p: reports.append(m))
+        train(tiny(stage), report=lambda m, p, reports=reports: reports.append(m))
         assert "loss/adv_output" not in reports[-1] and "loss/seg" in reports[-1]
