@@ -40,33 +40,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
+    from dakd.config import parse_override
+    from dakd.train import evaluate_checkpoint
 
-    from dakd import checkpoint as ckpt
-    from dakd.config import from_dict
-    from dakd.data.labels import NUM_CLASSES
-    from dakd.train import Trainer, build_network, resolve_device
-
-    state = ckpt.load(args.checkpoint)
-    overrides = dict(
-        __import__("dakd.config", fromlist=["x"]).parse_override(o) for o in args.overrides
-    )
-    cfg = from_dict(
-        state["config"], {"stage": "source_only", "init": "", "teacher": "", **overrides}
-    )
-    model = build_network(state["network"])
-    ckpt.load_network(model, state, state["network"], args.checkpoint)
-    device = resolve_device(cfg.train.device)
-    trainer = Trainer.__new__(Trainer)  # reuse the data and evaluation set-up only
-    trainer.cfg, trainer.device, trainer.model = cfg, device, model.to(device)
-    from dakd.train import build_data
-
-    _, _, trainer.val = build_data(cfg)
-    torch.set_grad_enabled(False)
-    metrics = Trainer.evaluate(trainer)
-    source, target = cfg.domains
+    overrides = dict(parse_override(item) for item in args.overrides)
+    cfg, network, metrics = evaluate_checkpoint(args.checkpoint, overrides)
+    target = cfg.domains[1]
     print(
-        f"{state['network']['name']} on {target} val ({len(trainer.val)} images), {NUM_CLASSES} classes"
+        f"{network['name']} (width {network['width']}) on {target} val, {cfg.data.crop_size} crops"
     )
     print(metrics.table())
     return 0

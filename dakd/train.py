@@ -28,11 +28,11 @@ from tqdm import tqdm
 
 from dakd import checkpoint as ckpt
 from dakd import losses
-from dakd.config import ExperimentConfig
+from dakd.config import ExperimentConfig, from_dict
 from dakd.data.labels import NUM_CLASSES
 from dakd.data.loader import StepSampler, eval_batches
 from dakd.data.scenes import SceneDataset
-from dakd.evaluate import evaluate
+from dakd.evaluate import SegMetrics, evaluate
 from dakd.models import Discriminator, count_parameters, create_model
 from dakd.paradigms import STAGES, phase_at
 
@@ -99,6 +99,30 @@ def load_teacher(cfg: ExperimentConfig, device: torch.device) -> torch.nn.Module
 
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
     return base * (1.0 - step / total) ** power
+
+
+def evaluate_on(model, val, cfg: ExperimentConfig, device) -> SegMetrics:
+    batches = eval_batches(val, cfg.data.val_batch_size, cfg.data.val_size)
+    return evaluate(model, batches, device=device)
+
+
+def evaluate_checkpoint(path, overrides: dict[str, Any] | None = None):
+    """Evaluate a checkpoint's network on its experiment's target val split.
+
+    ``overrides`` (dotted keys) change the experiment, e.g. ``{"data.target": "dashcam"}``.
+    Returns the resolved config, the network description and the metrics.
+    """
+    state = ckpt.load(path)
+    if "config" not in state or "network" not in state:
+        raise ckpt.CheckpointError(f"checkpoint {path} has no config or network description")
+    # evaluation needs neither the teacher nor the initial weights of the run
+    base = {**state["config"], "stage": "source_only", "init": "", "teacher": ""}
+    cfg = from_dict(base, overrides or {})
+    model = build_network(state["network"])
+    ckpt.load_network(model, state, state["network"], path)
+    device = resolve_device(cfg.train.device)
+    _, _, val = build_data(cfg)
+    return cfg, state["network"], evaluate_on(model.to(device), val, cfg, device)
 
 
 class Trainer:
@@ -244,9 +268,7 @@ class Trainer:
 
     # -- evaluation and checkpoints --------------------------------------------------------------
     def evaluate(self):
-        cfg = self.cfg
-        batches = eval_batches(self.val, cfg.data.val_batch_size, cfg.data.val_size)
-        return evaluate(self.model, batches, device=self.device)
+        return evaluate_on(self.model, self.val, self.cfg, self.device)
 
     def state(self) -> dict[str, Any]:
         state = {

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dakd.data.labels import IGNORE_INDEX, NUM_CLASSES
+
 _STREAMS = {"source": 1, "target": 2}
 
 
@@ -56,7 +58,20 @@ class StepSampler:
                 image, label = image.flip(-1), label.flip(-1)
             images.append(image)
             labels.append(label)
-        return {"image": torch.stack(images), "label": torch.stack(labels)}
+        batch = {"image": torch.stack(images), "label": torch.stack(labels)}
+        check_labels(batch["label"], f"{self.dataset!r} samples {index.tolist()}")
+        return batch
+
+
+def check_labels(labels: torch.Tensor, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` if a label lies outside train ids 0..18 and 255."""
+    bad = (labels >= NUM_CLASSES) & (labels != IGNORE_INDEX) | (labels < 0)
+    if bool(bad.any()):
+        values = torch.unique(labels[bad]).tolist()
+        raise ValueError(
+            f"{where}: label value(s) {values} outside the label space "
+            f"(train ids 0..{NUM_CLASSES - 1}, {IGNORE_INDEX} = ignore)"
+        )
 
 
 def eval_batches(dataset, batch_size: int, limit: int = 0, rank: int = 0, world_size: int = 1):

@@ -1805,9 +1805,12 @@ def render_split(
     return images, labels
 
 
+_RENDERER_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
 def renderer_version() -> str:
-    """A hash of this module's source: any change to the renderer changes the cache key."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    """A hash of this module's source as imported: a changed renderer changes the cache key."""
+    return _RENDERER_VERSION
 
 
 def _render_chunk(args) -> tuple[np.ndarray, np.ndarray]:
@@ -1929,6 +1932,9 @@ class SceneDataset(Dataset):
 
     def __len__(self) -> int:
         return self.length
+
+    def __repr__(self) -> str:
+        return f"SceneDataset({self.domain!r}, {self.split!r}, seed={self.seed}, size={self.size})"
 
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The uint8 image and label of an item (cached when ``cache`` is on)."""

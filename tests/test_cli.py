@@ -1,0 +1,50 @@
+"""The command line as a user runs it: train, eval, scenes, models, and its error messages."""
+
+import pytest
+import yaml
+from PIL import Image
+
+from dakd.__main__ import main
+from tests.conftest import TINY
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        yaml.safe_dump({**TINY, "stage": "student_da", "out_dir": str(tmp_path / "runs")})
+    )
+    return path
+
+
+def test_train_then_eval(config_file, tmp_path, capsys):
+    assert main(["train", str(config_file), "--set", "name=cli", "--set", "seed=2"]) == 0
+    model = tmp_path / "runs" / "cli" / "model.pt"
+    assert model.exists()
+    assert main(["eval", str(model), "--set", "data.val_size=8"]) == 0
+    out = capsys.readouterr().out
+    assert "drn_d_22" in out and "mIoU" in out and "traffic light" in out
+
+
+def test_bad_config_and_checkpoint_exit_with_one_message(config_file, tmp_path, capsys):
+    assert main(["train", str(config_file), "--set", "loss.kl=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "loss.kl: must be >= 0" in err and "Traceback" not in err
+    assert main(["eval", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt does not exist" in capsys.readouterr().err
+
+
+def test_scenes_writes_pngs(tmp_path, capsys):
+    assert main(["scenes", "--domain", "game", "--out", str(tmp_path), "--n", "2"]) == 0
+    overview = tmp_path / "game_overview.png"
+    assert Image.open(overview).size[0] >= 128
+    assert main(["scenes", "--domain", "moon", "--out", str(tmp_path)]) == 2
+    assert "moon" in capsys.readouterr().err
+
+
+def test_models_lists_sizes(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "drn_d_22" in out and "15.90M" in out and "26.01M" in out and "deeplabv2_resnet101" in out
+    )
