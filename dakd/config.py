@@ -32,6 +32,8 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which domains to read and how. ``source``/``target`` default to the scenario's pair.
 
+    ``color_jitter`` (strength s: brightness, contrast, saturation in [1-s, 1+s], hue +-s/4) and
+    ``grayscale`` (probability) are photometric augmentations of training images, off at 0.
     ``cache_dir``: where the embedded splits are rendered once and reused ("" renders in memory).
     """
 
@@ -45,6 +47,8 @@ class DataConfig:
     val_size: int = 0
     scene_seed: int = 0
     hflip: bool = True
+    color_jitter: float = 0.0
+    grayscale: float = 0.0
     cache_dir: str = "runs/cache/scenes"
 
 
@@ -299,6 +303,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     )
     _check(d.batch_size >= 1, "data.batch_size", "must be >= 1")
     _check(d.val_batch_size >= 1, "data.val_batch_size", "must be >= 1")
+    _check(0 <= d.color_jitter <= 1, "data.color_jitter", "must be in [0, 1]")
+    _check(0 <= d.grayscale <= 1, "data.grayscale", "must be in [0, 1]")
     _check(d.val_size >= 0, "data.val_size", "must be >= 0 (0 = the whole val split)")
     models = set(list_models())
     for key, m in (("models.teacher", cfg.models.teacher), ("models.student", cfg.models.student)):

@@ -72,7 +72,13 @@ def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1):
     source, target = cfg.domains
     size = tuple(cfg.data.crop_size)
     common = {"seed": cfg.data.scene_seed, "size": size, "cache_dir": cfg.data.cache_dir or None}
-    kw = {"hflip": cfg.data.hflip, "rank": rank, "world_size": world_size}
+    kw = {
+        "hflip": cfg.data.hflip,
+        "rank": rank,
+        "world_size": world_size,
+        "color_jitter": cfg.data.color_jitter,
+        "grayscale": cfg.data.grayscale,
+    }
     src = StepSampler(
         SceneDataset(source, "train", **common), cfg.data.batch_size, cfg.seed, "source", **kw
     )

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 
 from dakd.data.labels import IGNORE_INDEX, NUM_CLASSES
+from dakd.data.scenes import MEAN, STD
 
 _STREAMS = {"source": 1, "target": 2}
 
@@ -28,6 +30,8 @@ class StepSampler:
         hflip: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        color_jitter: float = 0.0,
+        grayscale: float = 0.0,
     ):
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} is not divisible by {world_size} ranks")
@@ -37,30 +41,58 @@ class StepSampler:
         self.stream = _STREAMS[stream]
         self.hflip = hflip
         self.rank, self.world_size = rank, world_size
+        self.color_jitter, self.grayscale = color_jitter, grayscale
 
-    def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Dataset indices and horizontal-flip flags of this rank's share of step ``step``."""
+    def indices(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This rank's share of step ``step``: dataset indices, flip flags, photometric draws.
+
+        The photometric draws are rows of (brightness, contrast, saturation, hue, grey) in [0, 1).
+        """
         rng = np.random.default_rng([self.seed, self.stream, step])
         n = len(self.dataset)
         index = rng.choice(n, size=self.batch_size, replace=self.batch_size > n)
         flip = rng.random(self.batch_size) < 0.5 if self.hflip else np.zeros(self.batch_size, bool)
+        photo = rng.random((self.batch_size, 5))
         share = self.batch_size // self.world_size
         part = slice(self.rank * share, (self.rank + 1) * share)
-        return index[part], flip[part]
+        return index[part], flip[part], photo[part]
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        index, flip = self.indices(step)
+        index, flip, photo = self.indices(step)
         images, labels = [], []
-        for i, f in zip(index.tolist(), flip.tolist(), strict=True):
+        for i, f, draws in zip(index.tolist(), flip.tolist(), photo, strict=True):
             sample = self.dataset[i]
             image, label = sample["image"], sample["label"]
             if f:
                 image, label = image.flip(-1), label.flip(-1)
+            if self.color_jitter > 0 or self.grayscale > 0:
+                image = photometric(image, draws, self.color_jitter, self.grayscale)
             images.append(image)
             labels.append(label)
         batch = {"image": torch.stack(images), "label": torch.stack(labels)}
         check_labels(batch["label"], f"{self.dataset!r} samples {index.tolist()}")
         return batch
+
+
+def photometric(image: torch.Tensor, draws, strength: float, grayscale: float) -> torch.Tensor:
+    """Colour jitter of a normalised image with torchvision's functional ops.
+
+    Brightness, contrast and saturation factors lie in ``[1 - s, 1 + s]``, the hue shift in
+    ``[-s/4, s/4]`` turns (at most 0.5); with probability ``grayscale`` the image turns grey.
+    ``draws`` are five uniform numbers in [0, 1) that fix every choice (see ``indices``).
+    """
+    mean = torch.tensor(MEAN, dtype=image.dtype).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=image.dtype).view(3, 1, 1)
+    x = (image * std + mean).clamp_(0, 1)
+    b, c, s, h, g = (float(v) for v in draws)
+    if strength > 0:
+        x = TF.adjust_brightness(x, 1 + strength * (2 * b - 1))
+        x = TF.adjust_contrast(x, 1 + strength * (2 * c - 1))
+        x = TF.adjust_saturation(x, 1 + strength * (2 * s - 1))
+        x = TF.adjust_hue(x, min(0.5, strength / 4) * (2 * h - 1))
+    if g < grayscale:
+        x = TF.rgb_to_grayscale(x, num_output_channels=3)
+    return (x - mean) / std
 
 
 def check_labels(labels: torch.Tensor, where: str) -> None:
