@@ -111,7 +111,9 @@ def calibrate(
     results: dict[str, dict[str, list[float]]] = {}
     seconds: dict[str, list[float]] = {}
     for scenario in scenarios:
-        base = load_config(config_path, list(overrides or []) + [f"data.scenario={scenario}"])
+        # each row sets its own stage, teacher and start; the base only carries the recipe
+        fixed = ["stage=student_da", "teacher=", "init=", f"data.scenario={scenario}"]
+        base = load_config(config_path, list(overrides or []) + fixed)
         extra = distill_steps or base.train.steps
         rows = results.setdefault(scenario, {name: [] for name, _ in CALIBRATION_ROWS})
         for seed in seeds:
@@ -130,7 +132,46 @@ def calibrate(
         out.mkdir(parents=True, exist_ok=True)
         (out / "calibration.md").write_text(table + "\n")
         (out / "calibration.json").write_text(json.dumps(summary, indent=2))
+        plot_calibration(results, out / "calibration.png")
     return summary
+
+
+def plot_calibration(results: dict[str, dict[str, list[float]]], path: Path) -> Path:
+    """Bars of mean target mIoU per row and scenario, seed standard deviation as error bars,
+    each seed's value as a dot (so the spread is seen, not just summarised)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [name for name, _ in CALIBRATION_ROWS]
+    scenarios = list(results)
+    width = 0.8 / max(len(scenarios), 1)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for k, scenario in enumerate(scenarios):
+        x = [i + (k - (len(scenarios) - 1) / 2) * width for i in range(len(rows))]
+        stats = [mean_std(results[scenario][row]) for row in rows]
+        ax.bar(
+            x,
+            [m for m, _ in stats],
+            width,
+            yerr=[s for _, s in stats],
+            capsize=3,
+            label=scenario.replace("_", "-"),
+            alpha=0.8,
+        )
+        for xi, row in zip(x, rows, strict=True):
+            values = results[scenario][row]
+            ax.plot([xi] * len(values), values, "k.", markersize=4)
+    ax.set_xticks(range(len(rows)), rows, rotation=20, ha="right")
+    ax.set_ylabel("target val mIoU (%)")
+    ax.set_title("Embedded benchmark calibration (mean +- std over seeds; dots: seeds)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -320,7 +320,7 @@ GAME = DomainStyle(
             TERRAIN: (150, 160, 60),
         },
     ),
-    vehicle_colors=_VEHICLES_BRIGHT,
+    vehicle_colors=_VEHICLES_BRIGHT + _VEHICLES_EUROPE,
     clothing_colors=_colors(_CLOTHES, 1.6, 1.05, (1.0, 1.0, 1.0)),
     sign_colors=_signs(1.2, 1.05, (1.0, 1.0, 1.0)),
     glass_color=(30, 40, 70),

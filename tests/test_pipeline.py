@@ -1,0 +1,31 @@
+"""Stages trained once and reused; the calibration study end to end on a tiny config."""
+
+import json
+
+import yaml
+
+from dakd.pipeline import CALIBRATION_ROWS, calibrate
+from tests.conftest import TINY
+
+
+def test_calibration_runs_every_row_and_reuses_finished_stages(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path / "runs")}))
+    logs = []
+    summary = calibrate(
+        str(config), ["synth_to_real"], [0], distill_steps=2, out=tmp_path / "cal", log=logs.append
+    )
+    rows = summary["results"]["synth_to_real"]
+    assert list(rows) == [name for name, _ in CALIBRATION_ROWS]
+    assert all(len(v) == 1 and 0 <= v[0] <= 100 for v in rows.values())
+    assert sum(line.startswith("training") for line in logs) == len(CALIBRATION_ROWS)
+    for name in ("calibration.md", "calibration.json", "calibration.png"):
+        assert (tmp_path / "cal" / name).stat().st_size > 0
+    assert "| DAKD (c) |" in (tmp_path / "cal" / "calibration.md").read_text()
+
+    logs.clear()
+    again = calibrate(str(config), ["synth_to_real"], [0], distill_steps=2, log=logs.append)
+    assert not any(line.startswith("training") for line in logs)  # every stage reused
+    assert again["results"] == summary["results"]
+    saved = json.loads((tmp_path / "cal" / "calibration.json").read_text())
+    assert saved["results"] == summary["results"]
