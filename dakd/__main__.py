@@ -62,6 +62,7 @@ def cmd_calibrate(args) -> int:
         args.seeds,
         overrides=args.overrides,
         distill_steps=args.distill_steps,
+        teacher_steps=args.teacher_steps,
         out=Path(args.out),
     )
     print(f"written: {args.out}/calibration.md")
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="steps of DAKD and the fair baseline (default: train.steps)",
+    )
+    p.add_argument(
+        "--teacher-steps", type=int, default=0, help="steps of the teacher (default: train.steps)"
     )
     p.add_argument("--out", default="runs/calibration")
     _add_overrides(p)

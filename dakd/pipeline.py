@@ -66,11 +66,13 @@ def run_stage(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict
 
 
 def calibration_configs(
-    base: ExperimentConfig, seed: int, distill_steps: int
+    base: ExperimentConfig, seed: int, distill_steps: int, teacher_steps: int = 0
 ) -> dict[str, Callable]:
     """Builders of each row's config for one seed; later rows need earlier rows' checkpoints.
 
     The fair baseline trains student-DA on for exactly the steps DAKD takes from the same start.
+    ``teacher_steps`` (default ``base.train.steps``) lets the teacher, trained once and reused by
+    every distillation run, have a longer schedule than the students.
     """
 
     def make(stage: str, **changes):
@@ -86,7 +88,9 @@ def calibration_configs(
     return {
         "source_only": lambda done: make("source_only"),
         "oracle": lambda done: make("oracle"),
-        "teacher_da": lambda done: make("teacher_da"),
+        "teacher_da": lambda done: make(
+            "teacher_da", train__steps=teacher_steps or base.train.steps
+        ),
         "student_da": lambda done: make("student_da"),
         "student_da_long": lambda done: make("student_da", init=start(done), **later),
         "dakd": lambda done: make(
@@ -104,6 +108,7 @@ def calibrate(
     seeds: Sequence[int],
     overrides: list[str] | None = None,
     distill_steps: int = 0,
+    teacher_steps: int = 0,
     out: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -117,7 +122,7 @@ def calibrate(
         extra = distill_steps or base.train.steps
         rows = results.setdefault(scenario, {name: [] for name, _ in CALIBRATION_ROWS})
         for seed in seeds:
-            builders = calibration_configs(base, seed, extra)
+            builders = calibration_configs(base, seed, extra, teacher_steps)
             done: dict[str, dict[str, Any]] = {}
             for name, key in CALIBRATION_ROWS:
                 cfg = builders[key](done)
