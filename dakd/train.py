@@ -223,20 +223,20 @@ class Trainer:
             phase = phase_at(cfg.paradigm, step, cfg.train.steps, cfg.distill.sequential_split)
             args = (cfg.distill.levels, lw.temperature, lw.pseudo_threshold)
             weights = {"kl": lw.kl, "mse": lw.mse, "pseudo": lw.pseudo}
-            domain_terms = {}
+            teacher_pred = {}
             with torch.no_grad():
                 for name, on, batch in (
                     ("source", phase.source, src),
                     ("target", phase.target, tgt),
                 ):
                     if on:
-                        domain_terms[name] = self._forward(
+                        teacher_pred[name] = self._forward(
                             self.teacher, batch["image"].to(self.device)
                         )
             per_domain = {}
             for name, pred in (("source", pred_s), ("target", pred_t)):
-                if name in domain_terms:
-                    per_domain[name] = losses.distill_terms(pred, domain_terms[name], *args)
+                if name in teacher_pred:
+                    per_domain[name] = losses.distill_terms(pred, teacher_pred[name], *args)
                     for term, value in per_domain[name].items():
                         terms[f"{term}_{name}"] = value
             distill = losses.distillation_objective(
