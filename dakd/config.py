@@ -166,11 +166,14 @@ class ExperimentConfig:
             "out_dir",
             "data.cache_dir",
             "train.progress",
-            "train.threads",
             "train.log_interval",
         ),
     ) -> str:
-        """A short hash of everything that changes the trained weights (for stage reuse)."""
+        """A short hash of everything that changes the trained weights (for stage reuse).
+
+        ``train.threads`` is part of it: on CPU the thread count changes the order of float
+        reductions, and a run with 1 thread does not reproduce a run with 2 bit for bit.
+        """
         flat = {k: v for k, v in self.flat().items() if k not in exclude}
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -87,3 +87,10 @@ def test_fingerprint_ignores_name_but_not_weights():
     b = from_dict({"stage": "student_da", "name": "b"})
     c = from_dict({"stage": "student_da", "loss": {"adv_output": 0.01}})
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_thread_count_is_part_of_the_fingerprint():
+    # CPU results depend on the thread count (float reduction order), so stages are not shared
+    one = from_dict({"stage": "student_da", "train": {"threads": 1}})
+    two = from_dict({"stage": "student_da", "train": {"threads": 2}})
+    assert one.fingerprint() != two.fingerprint()
