@@ -35,7 +35,9 @@ def cmd_train(args) -> int:
     print(f"run directory: {cfg.run_dir}")
     result = train(cfg, resume=not args.restart)
     print(json.dumps({k: round(v, 3) for k, v in result.metrics.items() if "/" not in k}, indent=1))
-    print(f"checkpoint: {result.checkpoint}")
+    print(f"checkpoint (resumable): {result.checkpoint}")
+    if (cfg.run_dir / "model.pt").exists():
+        print(f"final weights: {cfg.run_dir / 'model.pt'}")
     return 0
 
 
