@@ -381,14 +381,10 @@ def train(
     if trainer.step < t.steps and count:
         ckpt.save(trainer.state(), last)  # an early stop keeps its exact state
     if trainer.step == t.steps:
-        final = {
-            "network": trainer.spec,
-            "config": cfg.to_dict(),
-            "stage": cfg.stage,
-            "step": trainer.step,
-            "model": trainer.model.state_dict(),
-            "metrics": {k: float(v) for k, v in metrics.items()},
-            "parameters": count_parameters(trainer.model),
-        }
+        # the final weights alone: what later stages load (no optimiser or discriminator state)
+        keep = ("network", "config", "stage", "step", "model")
+        final = {k: v for k, v in trainer.state().items() if k in keep}
+        final["metrics"] = {k: float(v) for k, v in metrics.items()}
+        final["parameters"] = count_parameters(trainer.model)
         ckpt.save(final, run_dir / "model.pt")
     return TrainResult(metrics=metrics, checkpoint=last, history=trainer.history)

@@ -16,6 +16,8 @@ from dakd.data.labels import IGNORE_INDEX, NUM_CLASSES
 from dakd.data.scenes import MEAN, STD
 
 _STREAMS = {"source": 1, "target": 2}
+_MEAN = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
+_STD = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
 
 
 class StepSampler:
@@ -81,9 +83,7 @@ def photometric(image: torch.Tensor, draws, strength: float, grayscale: float) -
     ``[-s/4, s/4]`` turns (at most 0.5); with probability ``grayscale`` the image turns grey.
     ``draws`` are five uniform numbers in [0, 1) that fix every choice (see ``indices``).
     """
-    mean = torch.tensor(MEAN, dtype=image.dtype).view(3, 1, 1)
-    std = torch.tensor(STD, dtype=image.dtype).view(3, 1, 1)
-    x = (image * std + mean).clamp_(0, 1)
+    x = (image * _STD + _MEAN).clamp_(0, 1)
     b, c, s, h, g = (float(v) for v in draws)
     if strength > 0:
         x = TF.adjust_brightness(x, 1 + strength * (2 * b - 1))
@@ -92,7 +92,7 @@ def photometric(image: torch.Tensor, draws, strength: float, grayscale: float) -
         x = TF.adjust_hue(x, min(0.5, strength / 4) * (2 * h - 1))
     if g < grayscale:
         x = TF.rgb_to_grayscale(x, num_output_channels=3)
-    return (x - mean) / std
+    return (x - _MEAN) / _STD
 
 
 def check_labels(labels: torch.Tensor, where: str) -> None:
