@@ -9,6 +9,7 @@ from pathlib import Path
 
 EXAMPLES = """examples:
   python -m dakd train configs/embedded.yaml --set stage=teacher_da --set seed=1
+  python -m dakd train configs/embedded.yaml --set stage=dakd --set teacher=auto --set init=auto
   python -m dakd eval runs/experiments/NAME/model.pt
   python -m dakd calibrate configs/embedded.yaml --seeds 0 1 2
   python -m dakd scenes --domain city --out samples/
@@ -29,9 +30,13 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args) -> int:
     from dakd.config import load_config
+    from dakd.pipeline import requirements, run_stage, with_stages
     from dakd.train import train
 
     cfg = load_config(args.config, args.overrides)
+    # teacher: auto / init: auto -> train (or reuse) the stages this run builds on
+    stages = {field: run_stage(dep)["checkpoint"] for field, dep in requirements(cfg).items()}
+    cfg = with_stages(cfg, stages)
     print(f"run directory: {cfg.run_dir}")
     result = train(cfg, resume=not args.restart)
     print(json.dumps({k: round(v, 3) for k, v in result.metrics.items() if "/" not in k}, indent=1))

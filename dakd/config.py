@@ -172,9 +172,14 @@ class ExperimentConfig:
         """A short hash of everything that changes the trained weights (for stage reuse).
 
         ``train.threads`` is part of it: on CPU the thread count changes the order of float
-        reductions, and a run with 1 thread does not reproduce a run with 2 bit for bit.
+        reductions, and a run with 1 thread does not reproduce a run with 2 bit for bit. So is
+        the embedded renderer's version: a changed scene generator is different data.
         """
         flat = {k: v for k, v in self.flat().items() if k not in exclude}
+        if self.data.dataset == "scenes":
+            from dakd.data.scenes import renderer_version
+
+            flat["data.renderer"] = renderer_version()
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 
 

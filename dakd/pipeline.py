@@ -38,7 +38,74 @@ def stage_config(base: ExperimentConfig, stage: str, **changes: Any) -> Experime
     return cfg
 
 
-def run_stage(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+AUTO = "auto"
+"""``teacher: auto`` / ``init: auto``: use the reused teacher-DA / student-DA stage of this config."""
+
+#: Keys only distillation reads. The stages a DAKD run depends on (teacher-DA, student-DA) are
+#: built with these at their defaults, so runs that differ only here share the same stages.
+DISTILL_ONLY = (
+    "paradigm",
+    "network",
+    "teacher",
+    "init",
+    "loss.kl",
+    "loss.mse",
+    "loss.pseudo",
+    "loss.target",
+    "loss.temperature",
+    "loss.pseudo_threshold",
+    "distill.levels",
+    "distill.sequential_split",
+)
+
+#: What an ``auto`` field stands for: config field -> the stage that provides its checkpoint.
+AUTO_STAGES = {"teacher": "teacher_da", "init": "student_da"}
+
+
+def dependency_config(
+    cfg: ExperimentConfig, stage: str, overrides: dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """The ``stage`` (teacher_da or student_da) that ``cfg`` builds on, named by its fingerprint.
+
+    Everything that shapes the stage (data, models, optimiser, adversarial weights, seed) comes
+    from ``cfg``; distillation-only keys are reset to their defaults; ``overrides`` (dotted, e.g.
+    ``{"train.steps": 600}``) give the stage its own schedule.
+    """
+    defaults = ExperimentConfig().flat()
+    changes: dict[str, Any] = {key: defaults[key] for key in DISTILL_ONLY}
+    changes["stage"] = stage
+    changes.update(overrides or {})
+    dep = from_dict(cfg.to_dict(), changes)
+    dep.name = f"{stage}-{dep.fingerprint()}"
+    return dep
+
+
+def requirements(
+    cfg: ExperimentConfig, overrides: dict[str, Any] | None = None
+) -> dict[str, ExperimentConfig]:
+    """The stage configs behind each ``auto`` field of ``cfg``: ``{"teacher": ..., "init": ...}``."""
+    return {
+        field: dependency_config(cfg, stage, overrides)
+        for field, stage in AUTO_STAGES.items()
+        if getattr(cfg, field) == AUTO
+    }
+
+
+def with_stages(cfg: ExperimentConfig, checkpoints: dict[str, str]) -> ExperimentConfig:
+    """``cfg`` with its ``auto`` fields replaced by the given checkpoint paths."""
+    changes = {field: checkpoints[field] for field in AUTO_STAGES if getattr(cfg, field) == AUTO}
+    if not changes:
+        return cfg
+    out = from_dict(cfg.to_dict(), changes)
+    out.name = cfg.name
+    return out
+
+
+def run_stage(
+    cfg: ExperimentConfig,
+    log: Callable[[str], None] = print,
+    report: Callable[[dict[str, float], Path], None] | None = None,
+) -> dict[str, Any]:
     """Train ``cfg`` unless its finished weights (``model.pt``) already exist; return its summary."""
     final = cfg.run_dir / "model.pt"
     if final.exists():
@@ -54,7 +121,7 @@ def run_stage(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict
         }
     log(f"training {cfg.stage} -> {cfg.run_dir}")
     tic = time.perf_counter()
-    result = train(cfg)
+    result = train(cfg, report=report)
     seconds = time.perf_counter() - tic
     log(f"  {cfg.stage}: target mIoU {result.metrics['miou']:.2f} in {seconds:.0f} s")
     return {
@@ -78,6 +145,8 @@ def calibration_configs(
     def make(stage: str, **changes):
         return stage_config(base, stage, seed=seed, **changes)
 
+    seeded = stage_config(base, base.stage, seed=seed)
+
     def start(done):
         return done["student_da"]["checkpoint"]
 
@@ -88,10 +157,13 @@ def calibration_configs(
     return {
         "source_only": lambda done: make("source_only"),
         "oracle": lambda done: make("oracle"),
-        "teacher_da": lambda done: make(
-            "teacher_da", train__steps=teacher_steps or base.train.steps
+        # the two reused stages are built as sweeps build them, so both find the same ones
+        "teacher_da": lambda done: dependency_config(
+            seeded,
+            "teacher_da",
+            {"train.steps": teacher_steps or base.train.steps},
         ),
-        "student_da": lambda done: make("student_da"),
+        "student_da": lambda done: dependency_config(seeded, "student_da"),
         "student_da_long": lambda done: make("student_da", init=start(done), **later),
         "dakd": lambda done: make(
             "dakd",

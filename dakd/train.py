@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from dakd import checkpoint as ckpt
 from dakd import losses
-from dakd.config import ExperimentConfig, from_dict
+from dakd.config import ConfigError, ExperimentConfig, from_dict
 from dakd.data.labels import NUM_CLASSES
 from dakd.data.loader import StepSampler, eval_batches
 from dakd.data.scenes import SceneDataset
@@ -46,9 +46,13 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainResult:
+    """Final metrics, the resumable checkpoint, every evaluation's metrics, and the last
+    evaluation in full (its confusion matrix; None when this call evaluated nothing)."""
+
     metrics: dict[str, float]
     checkpoint: Path
     history: list[dict[str, float]] = field(default_factory=list)
+    evaluation: SegMetrics | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -324,6 +328,12 @@ def train(
     (``loss/<term>``), ``step`` and ``lr``. ``stop_after`` ends the call early after that many
     steps of this call (used to test resumption); the checkpoint then holds the exact state.
     """
+    for key in ("teacher", "init"):
+        if getattr(cfg, key) == "auto":
+            raise ConfigError(
+                f"{key}: 'auto' names a reused stage; resolve it first "
+                "(python -m dakd train or the sweep do; in code: dakd.pipeline.with_stages)"
+            )
     trainer = Trainer(cfg)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -346,6 +356,7 @@ def train(
         leave=False,
     )
     step_time = 0.0
+    evaluation: SegMetrics | None = None
     try:
         while trainer.step < stop:
             tic = time.perf_counter()
@@ -360,7 +371,7 @@ def train(
                     loss=f"{terms['total'].item():.3f}", miou=metrics.get("miou", float("nan"))
                 )
             if trainer.step % t.eval_interval == 0 or trainer.step == t.steps:
-                result = trainer.evaluate()
+                result = evaluation = trainer.evaluate()
                 metrics = {
                     "step": trainer.step,
                     "lr": trainer.optimizer.param_groups[0]["lr"],
@@ -387,4 +398,6 @@ def train(
         final["metrics"] = {k: float(v) for k, v in metrics.items()}
         final["parameters"] = count_parameters(trainer.model)
         ckpt.save(final, run_dir / "model.pt")
-    return TrainResult(metrics=metrics, checkpoint=last, history=trainer.history)
+    return TrainResult(
+        metrics=metrics, checkpoint=last, history=trainer.history, evaluation=evaluation
+    )

@@ -1,0 +1,491 @@
+"""The sweep driver: spec -> plan -> stages -> Ray Tune -> summary, tracked in MLflow.
+
+``python sweeps/run.py SPEC.yaml`` calls :func:`run_sweep`. The order follows DESIGN.md: the spec
+is validated before Ray starts; the stages the trials build on (teacher-DA, student-DA) are
+trained once as Ray tasks, keyed by their config, and reused by every later sweep; then the
+Tuner runs the trials; at the end the best trials are printed with where to look in MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dakd.config import ExperimentConfig
+from dakd.sweep.spec import (
+    Distribution,
+    SpecError,
+    SweepSpec,
+    describe,
+    grid_variants,
+    num_trials,
+    resolve,
+    trial_label,
+    trial_overrides,
+)
+from dakd.sweep.trial import SweepContext, stages_of
+
+STATE_FILE = "dakd_sweep.json"
+"""Written into each Tune experiment folder: what ``--resume`` needs to continue the sweep."""
+
+SMOKE = {
+    "experiment.train.steps": 4,
+    "experiment.train.eval_interval": 2,
+    "experiment.data.crop_size": [32, 64],
+    "experiment.data.batch_size": 2,
+    "experiment.data.val_batch_size": 4,
+    "experiment.data.val_size": 4,
+    "experiment.data.cache_dir": "",
+}
+"""What ``--smoke`` changes: a few steps on tiny crops rendered on the fly (the stages too)."""
+
+
+def smoke(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+    """The spec at smoke size: tiny steps and crops, the first seed, at most 2 samples; every
+    grid option is kept, so each kind of trial of the spec runs once."""
+    from dakd.sweep.spec import load_spec
+
+    small = load_spec(path, [*(f"{k}={json.dumps(v)}" for k, v in SMOKE.items()), *overrides])
+    tune_settings = dataclasses.replace(
+        small.tune,
+        seeds=small.tune.seeds[:1],
+        num_samples=min(small.tune.num_samples, 2),
+    )
+    stages = {
+        **small.stages,
+        "train.steps": 4,
+        "train.eval_interval": 2,
+        "train.threads": 1,
+    }
+    return dataclasses.replace(small, tune=tune_settings, stages=stages)
+
+
+# ------------------------------------------------------------------------------------------------
+# Plan (--dry-run)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StagePlan:
+    config: ExperimentConfig
+    done: bool  # its final weights exist: reused, not trained
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.config.run_dir / "model.pt"
+
+
+@dataclass
+class Plan:
+    spec: SweepSpec
+    trials: int
+    stages: list[StagePlan]
+    tracking_uri: str
+    storage: str
+
+    def text(self) -> str:
+        spec = self.spec
+        t = spec.tune
+        lines = [
+            f"sweep {spec.name}: {spec.description}".rstrip(": "),
+            f"  spec:       {spec.path}",
+            "  search space:",
+            *("    " + line for line in describe(spec).splitlines()),
+            f"  seeds:      {t.seeds}",
+            f"  trials:     {self.trials} ({t.search} search, {t.scheduler} scheduler, "
+            f"metric {t.metric} ({t.mode}), at most {t.max_concurrent or 'any'} at once)",
+            f"  resources:  {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU per trial",
+            f"  steps:      {spec.base.train.steps} per trial, evaluated every "
+            f"{spec.base.train.eval_interval}",
+            f"  stages:     {len(self.stages)}"
+            + (" (trained once, reused by every trial)" if self.stages else ""),
+        ]
+        for stage in self.stages:
+            state = "reuse" if stage.done else "train"
+            lines.append(
+                f"    {state:5s} {stage.config.stage:10s} seed={stage.config.seed} "
+                f"{stage.config.data.scenario} {stage.config.train.steps} steps -> "
+                f"{stage.config.run_dir}"
+            )
+        lines += [
+            f"  tracking:   {self.tracking_uri} (experiment {spec.experiment_name})",
+            f"  storage:    {self.storage}",
+        ]
+        return "\n".join(lines)
+
+
+def _context(spec: SweepSpec, root: Path, uri: str = "", exp_id: str = "", parent: str = ""):
+    return SweepContext(
+        spec=spec,
+        root=str(root),
+        tracking_uri=uri,
+        experiment_id=exp_id,
+        parent_run_id=parent,
+        tags={},
+    )
+
+
+def tracking_uri(spec: SweepSpec, root: Path) -> str:
+    from dakd.tracking import default_uri
+
+    return spec.tracking.uri or default_uri(root / "runs")
+
+
+def storage_path(spec: SweepSpec, root: Path) -> str:
+    if "://" in spec.storage or os.path.isabs(spec.storage):
+        return spec.storage
+    return str((root / spec.storage).resolve())
+
+
+def plan(spec: SweepSpec, root: Path | None = None) -> Plan:
+    """Trials and stages of a sweep, without starting Ray (``--dry-run``)."""
+    root = (root or Path.cwd()).resolve()
+    context = _context(spec, root)
+    stages: dict[str, StagePlan] = {}
+    for sampled in grid_variants(spec):
+        cfg = resolve(spec, sampled)
+        for dep in stages_of(cfg, context).values():
+            if dep.name not in stages:
+                stages[dep.name] = StagePlan(dep, (dep.run_dir / "model.pt").exists())
+    return Plan(
+        spec=spec,
+        trials=num_trials(spec),
+        stages=list(stages.values()),
+        tracking_uri=tracking_uri(spec, root),
+        storage=storage_path(spec, root),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Tuner
+# ------------------------------------------------------------------------------------------------
+
+
+def _evaluations(cfg: ExperimentConfig) -> int:
+    return math.ceil(cfg.train.steps / cfg.train.eval_interval)
+
+
+def build_tuner_parts(spec: SweepSpec):
+    """(search algorithm, scheduler) for the spec's ``tune`` section."""
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator, Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    t = spec.tune
+    if t.search == "optuna":
+        import optuna
+
+        sampler = optuna.samplers.TPESampler(seed=t.search_seed)
+        searcher = OptunaSearch(sampler=sampler)
+        search_alg = Repeater(searcher, repeat=len(t.seeds)) if len(t.seeds) > 1 else searcher
+    else:
+        # a SearchGenerator ignores TuneConfig.max_concurrent_trials: it takes its own limit
+        search_alg = BasicVariantGenerator(
+            random_state=t.search_seed, max_concurrent=t.max_concurrent or 0
+        )
+    scheduler = None
+    if t.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=max(_evaluations(spec.base), 1),
+            grace_period=int(t.asha.get("grace_period", 1)),
+            reduction_factor=float(t.asha.get("reduction_factor", 2)),
+        )
+    return search_alg, scheduler
+
+
+def _status_callback(uri: str):
+    """A Tune callback that closes each trial's MLflow run with the trial's final state, also
+    when the worker died and could not close it itself."""
+    from ray import tune
+
+    from dakd.tracking import finish_run
+
+    class MlflowStatus(tune.Callback):
+        def __init__(self):
+            self.run_ids: dict[str, str] = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("mlflow_run_id"):
+                self.run_ids[trial.trial_id] = result["mlflow_run_id"]
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if trial.trial_id in self.run_ids:
+                finish_run(uri, self.run_ids[trial.trial_id], "FINISHED")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            if trial.trial_id in self.run_ids:
+                finish_run(uri, self.run_ids[trial.trial_id], "FAILED")
+
+    return MlflowStatus()
+
+
+def _train_stages(stages: list[StagePlan], context: SweepContext, log) -> None:
+    """Train the missing stages as Ray tasks (independent stages run side by side)."""
+    import ray
+
+    from dakd.sweep.trial import train_stage
+
+    todo = [s for s in stages if not s.done]
+    if not todo:
+        return
+    spec = context.spec
+    log(f"training {len(todo)} stage(s) the trials build on (once; later sweeps reuse them)")
+    tasks = []
+    for stage in todo:
+        threads = max(1, stage.config.train.threads or int(spec.resources.cpu))
+        remote = ray.remote(num_cpus=threads, num_gpus=spec.resources.gpu, max_retries=1)(
+            train_stage
+        )
+        tasks.append(remote.remote(stage.config, context, threads))
+    for stage, summary in zip(todo, ray.get(tasks), strict=True):
+        log(
+            f"  {stage.config.stage} seed={stage.config.seed}: target mIoU "
+            f"{summary['metrics'].get('miou', math.nan):.2f} -> {stage.checkpoint}"
+        )
+
+
+def _latest_experiment(storage: str, name: str) -> str | None:
+    if "://" in storage:
+        return f"{storage.rstrip('/')}/{name}"
+    folders = sorted(Path(storage).glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
+    return str(folders[-1]) if folders else None
+
+
+@dataclass
+class SweepResult:
+    experiment_path: str
+    parent_run_id: str
+    tracking_uri: str
+    rows: list[dict[str, Any]]
+    baselines: dict[str, float]
+    errors: int
+
+
+def run_sweep(
+    spec: SweepSpec,
+    resume: bool = False,
+    address: str | None = None,
+    root: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> SweepResult:
+    """Run (or with ``resume`` continue) a sweep; return its summary rows (best first)."""
+    import ray
+    from ray import tune
+
+    from dakd.sweep.trial import run_trial
+    from dakd.tracking import RunLogger, git_commit, prepare, ui_command
+
+    root = (root or Path.cwd()).resolve()
+    if spec.resources.workers > 1:
+        raise SpecError(
+            f"{spec.path}: resources.workers: {spec.resources.workers} workers per trial need "
+            "the data-parallel trainer, which this version does not have; use workers: 1"
+        )
+    the_plan = plan(spec, root)
+    log(the_plan.text())
+    uri = the_plan.tracking_uri
+    storage = the_plan.storage
+    experiment_id = prepare(uri, spec.experiment_name)
+
+    previous = _latest_experiment(storage, spec.name) if resume else None
+    state: dict[str, Any] = {}
+    if resume:
+        if previous is None or not tune.Tuner.can_restore(previous):
+            raise SpecError(
+                f"{spec.path}: --resume: no interrupted sweep {spec.name!r} in {storage}"
+            )
+        state_file = Path(previous) / STATE_FILE
+        if state_file.exists():
+            state = json.loads(state_file.read_text())
+    name = Path(previous).name if previous else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    commit = git_commit(root) or "unknown"
+    sweep_tags = {"sweep": spec.name, "git_commit": commit}
+    parent = RunLogger(
+        uri,
+        experiment_id,
+        run_name=f"sweep {name}",
+        tags={**sweep_tags, "stage": "sweep", "tune_experiment": name},
+        run_id=state.get("parent_run_id"),
+    )
+    if not state:
+        parent.log_params(
+            {
+                "spec": str(spec.path),
+                "trials": the_plan.trials,
+                "search": spec.tune.search,
+                "scheduler": spec.tune.scheduler,
+                "seeds": spec.tune.seeds,
+                "metric": spec.tune.metric,
+            }
+        )
+        parent.log_artifact(spec.path, "spec")
+    context = SweepContext(
+        spec=spec,
+        root=str(root),
+        tracking_uri=uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent.run_id,
+        tags=sweep_tags,
+    )
+    started_ray = False
+    try:
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            started_ray = True
+        _train_stages(the_plan.stages, context, log)
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, context=context),
+            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        )
+        if previous:
+            log(f"resuming {previous}")
+            tuner = tune.Tuner.restore(previous, trainable=trainable, resume_errored=True)
+        else:
+            tuner = _new_tuner(spec, trainable, storage, name, uri)
+            folder = Path(storage) / name
+            if "://" not in storage:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / STATE_FILE).write_text(
+                    json.dumps({"parent_run_id": parent.run_id, "tracking_uri": uri}, indent=1)
+                )
+        grid = tuner.fit()
+        result = summarize(grid, spec, the_plan, parent.run_id, uri, f"{storage}/{name}")
+        text = format_summary(result, spec, ui_command(uri), spec.experiment_name)
+        log(text)
+        parent.log_text(text, "summary.md")
+        parent.log_metrics(
+            {f"best_{spec.tune.metric}": result.rows[0]["final"]} if result.rows else {}, step=0
+        )
+        parent.finish("FINISHED" if not result.errors else "FAILED")
+        return result
+    except BaseException:
+        parent.finish("KILLED")
+        raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _new_tuner(spec: SweepSpec, trainable, storage: str, name: str, uri: str):
+    from ray import tune
+
+    search_alg, scheduler = build_tuner_parts(spec)
+    t = spec.tune
+    return tune.Tuner(
+        trainable,
+        param_space=_param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=t.metric,
+            mode=t.mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=t.num_samples * (len(t.seeds) if t.search == "optuna" else 1),
+            # grid and random searches take the limit in BasicVariantGenerator
+            max_concurrent_trials=t.max_concurrent if t.search == "optuna" else None,
+            reuse_actors=t.reuse_actors,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[_status_callback(uri)],
+            verbose=1,
+        ),
+    )
+
+
+def _param_space(spec: SweepSpec) -> dict[str, Any]:
+    from dakd.sweep.spec import param_space
+
+    return param_space(spec)
+
+
+# ------------------------------------------------------------------------------------------------
+# Summary
+# ------------------------------------------------------------------------------------------------
+
+
+def summarize(grid, spec: SweepSpec, the_plan: Plan, parent_run_id: str, uri: str, path: str):
+    """One row per trial: label, sampled values, final and best metric, steps, status."""
+    metric = spec.tune.metric
+    rows = []
+    errors = 0
+    for result in grid:
+        config = {k: v for k, v in (result.config or {}).items()}
+        metrics = result.metrics or {}
+        history = result.metrics_dataframe
+        best = (
+            float(history[metric].max()) if history is not None and metric in history else math.nan
+        )
+        if result.error is not None:
+            errors += 1
+        rows.append(
+            {
+                "trial": trial_label(spec, config),
+                "values": trial_overrides(spec, config),
+                "final": float(metrics.get(metric, math.nan)),
+                "best": best,
+                "step": int(metrics.get("step", 0)),
+                "status": "error" if result.error is not None else "done",
+                "mlflow_run_id": metrics.get("mlflow_run_id", ""),
+            }
+        )
+    sign = -1.0 if spec.tune.mode == "max" else 1.0
+    rows.sort(key=lambda r: math.inf if math.isnan(r["final"]) else sign * r["final"])
+    baselines = {}
+    for stage in the_plan.stages:
+        if stage.checkpoint.exists() and stage.config.stage == "student_da":
+            from dakd import checkpoint as ckpt
+
+            miou = ckpt.load(stage.checkpoint)["metrics"].get("miou", math.nan)
+            baselines[f"student-DA seed={stage.config.seed} {stage.config.data.scenario}"] = miou
+    return SweepResult(path, parent_run_id, uri, rows, baselines, errors)
+
+
+def format_summary(result: SweepResult, spec: SweepSpec, ui: str, experiment: str, top: int = 5):
+    metric = spec.tune.metric
+    lines = [
+        "",
+        f"best trials of {spec.name} by final {metric} (of {len(result.rows)}; "
+        f"{result.errors} failed):",
+        "",
+        f"| trial | final {metric} | best {metric} | steps | status |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result.rows[:top]:
+        lines.append(
+            f"| {row['trial']} | {row['final']:.2f} | {row['best']:.2f} | {row['step']} "
+            f"| {row['status']} |"
+        )
+    if result.baselines:
+        lines += ["", "baselines the trials start from:"]
+        lines += [f"  {name}: {value:.2f}" for name, value in result.baselines.items()]
+    lines += [
+        "",
+        f"MLflow:   {result.tracking_uri}",
+        f"          experiment {experiment!r}, parent run {result.parent_run_id}",
+        f"          {ui}",
+        f"Ray Tune: {result.experiment_path} (continue with --resume)",
+    ]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "SMOKE",
+    "Distribution",
+    "Plan",
+    "SweepResult",
+    "plan",
+    "run_sweep",
+    "smoke",
+]

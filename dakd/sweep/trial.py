@@ -1,0 +1,299 @@
+"""What runs inside Ray: one trial of a sweep, and the training of a reused stage.
+
+A trial is the DAKD trainer (:func:`dakd.train.train`) with a ``report`` callback that sends each
+evaluation to Ray Tune (metrics plus the resumable checkpoint, for schedulers and retries) and to
+MLflow (a child run of the sweep's parent run). A retried or resumed trial gets its checkpoint
+back from Tune, copies it into its run directory and continues exactly where it stopped, in the
+same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from ray import tune
+
+from dakd import checkpoint as ckpt
+from dakd.config import ExperimentConfig, from_dict
+from dakd.data.scenes import SceneDataset
+from dakd.pipeline import AUTO_STAGES, dependency_config, requirements, run_stage, with_stages
+from dakd.sweep.spec import SweepSpec, resolve, trial_label, trial_overrides
+from dakd.train import TrainResult, build_network, evaluate_checkpoint, train
+
+RUN_ID_FILE = "mlflow_run_id"
+"""Name of the file, in every trial checkpoint, that holds the trial's MLflow run id."""
+
+
+@dataclass
+class SweepContext:
+    """Everything a trial needs besides its sampled config; sent to the workers once."""
+
+    spec: SweepSpec
+    root: str  # absolute folder that relative paths of the spec are read from
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    tags: dict[str, str]  # sweep-wide tags (sweep name, git commit)
+
+    def absolute(self, path: str) -> str:
+        if not path or "://" in path or os.path.isabs(path):
+            return path
+        return os.path.join(self.root, path)
+
+
+def stage_overrides(context: SweepContext) -> dict[str, Any]:
+    """Dotted overrides of every reused stage: the spec's ``stages`` section, stored under the
+    base experiment's ``out_dir`` (shared with ``python -m dakd calibrate``)."""
+    spec = context.spec
+    return {
+        "out_dir": context.absolute(spec.base.out_dir),
+        "data.cache_dir": context.absolute(spec.base.data.cache_dir),
+        "train.progress": False,
+        **spec.stages,
+    }
+
+
+SELF = "self"
+"""Key of :func:`stages_of` for a trial that *is* a reused stage (a teacher-DA or student-DA row
+of a table, trained from scratch): it reports that stage's evaluations instead of training again."""
+
+
+def stages_of(cfg: ExperimentConfig, context: SweepContext) -> dict[str, ExperimentConfig]:
+    """The stage configs behind the ``auto`` fields of a trial config (and the trial itself when
+    it is one of the reused stages)."""
+    overrides = stage_overrides(context)
+    deps = requirements(cfg, overrides)
+    if cfg.stage in AUTO_STAGES.values() and not cfg.init:
+        deps[SELF] = dependency_config(cfg, cfg.stage, overrides)
+    return deps
+
+
+def run_tags(cfg: ExperimentConfig, context: SweepContext) -> dict[str, str]:
+    """MLflow tags of a run: scenario, paradigm, levels, seed, stage, plus the sweep's tags."""
+    return {
+        **context.tags,
+        "scenario": cfg.data.scenario,
+        "paradigm": cfg.paradigm if cfg.stage == "dakd" else "-",
+        "levels": "+".join(cfg.distill.levels) if cfg.stage == "dakd" else "-",
+        "seed": str(cfg.seed),
+        "stage": cfg.stage,
+    }
+
+
+def _logger(context: SweepContext, **kwargs):
+    from dakd.tracking import RunLogger
+
+    return RunLogger(
+        context.tracking_uri,
+        context.experiment_id,
+        parent_run_id=context.parent_run_id,
+        **kwargs,
+    )
+
+
+def prediction_panel(cfg: ExperimentConfig, checkpoints: dict[str, str], count: int = 4):
+    """Image / ground truth / one column per network, on the first ``count`` target val images."""
+    from dakd.visualize import prediction_panel as panel
+
+    val = SceneDataset(
+        cfg.domains[1],
+        "val",
+        seed=cfg.data.scene_seed,
+        size=tuple(cfg.data.crop_size),
+        cache_dir=cfg.data.cache_dir or None,
+    )
+    samples = [val[i] for i in range(min(count, len(val)))]
+    images = torch.stack([s["image"] for s in samples])
+    labels = torch.stack([s["label"] for s in samples])
+    predictions = {}
+    with torch.no_grad():
+        for name, path in checkpoints.items():
+            state = ckpt.load(path)
+            model = build_network(state["network"])
+            ckpt.load_network(model, state, state["network"], path)
+            logits = model.eval()(images)["output"]
+            logits = torch.nn.functional.interpolate(
+                logits, size=labels.shape[-2:], mode="bilinear", align_corners=False
+            )
+            predictions[name] = logits.argmax(1)
+    return panel(images, labels, predictions)
+
+
+def log_final_artifacts(logger, cfg: ExperimentConfig, result, teacher: str | None) -> None:
+    """Resolved config, final weights, confusion matrix, per-class table, prediction panel."""
+    logger.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
+    final = cfg.run_dir / "model.pt"
+    if final.exists():
+        logger.log_artifact(final, "weights")
+    if result.evaluation is not None:
+        columns = {"teacher": teacher} if teacher else {}
+        columns["student" if cfg.stage in ("dakd", "student_da") else cfg.stage] = str(final)
+        panel = prediction_panel(cfg, columns) if final.exists() else None
+        logger.log_evaluation(result.evaluation, panel=panel)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stages (Ray tasks launched by the driver)
+# ------------------------------------------------------------------------------------------------
+
+
+def train_stage(stage_cfg: ExperimentConfig, context: SweepContext, threads: int) -> dict:
+    """Train one reused stage (or find it done) and track it in MLflow with its ``stage`` tag."""
+    torch.set_num_threads(max(1, threads))
+    final = stage_cfg.run_dir / "model.pt"
+    if final.exists():
+        return run_stage(stage_cfg, log=lambda _: None)
+    label = f"{stage_cfg.stage} seed={stage_cfg.seed} {stage_cfg.data.scenario}"
+    logger = _logger(context, run_name=label, tags={**run_tags(stage_cfg, context)})
+    logger.log_params(stage_cfg.flat())
+
+    def report(metrics: dict[str, float], _checkpoint: Path) -> None:
+        logger.log_metrics(metrics, step=int(metrics["step"]))
+        print(
+            f"[stage {stage_cfg.name}] step {int(metrics['step'])}/{stage_cfg.train.steps} "
+            f"target mIoU {metrics['miou']:.2f}",
+            flush=True,
+        )
+
+    try:
+        summary = run_stage(stage_cfg, log=lambda line: print(line, flush=True), report=report)
+        logger.log_text(yaml.safe_dump(stage_cfg.to_dict(), sort_keys=False), "config.yaml")
+        logger.log_artifact(final, "weights")
+    except BaseException:
+        logger.finish("FAILED")
+        raise
+    logger.finish("FINISHED")
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# The trial (a Ray Tune function trainable)
+# ------------------------------------------------------------------------------------------------
+
+
+def _restore(run_dir: Path, trial_dir: Path) -> str | None:
+    """Put Tune's checkpoint (if any) into ``run_dir``; return the MLflow run id it carries."""
+    run_id = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(folder) / "last.pt", run_dir / "last.pt")
+            id_file = Path(folder) / RUN_ID_FILE
+            if id_file.exists():
+                run_id = id_file.read_text().strip()
+    elif (run_dir / "last.pt").exists():
+        (run_dir / "last.pt").unlink()  # no checkpoint from Tune: this trial starts over
+    id_file = trial_dir / RUN_ID_FILE
+    if run_id is None and id_file.exists():
+        run_id = id_file.read_text().strip()
+    return run_id
+
+
+def run_trial(config: dict[str, Any], context: SweepContext) -> None:
+    """Train one sampled configuration, reporting every evaluation to Tune and MLflow."""
+    spec = context.spec
+    threads = max(1, int(spec.resources.cpu))
+    torch.set_num_threads(threads)
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    cfg = resolve(spec, config)
+    deps = stages_of(cfg, context)
+    checkpoints = {}
+    for field, dep in deps.items():
+        # normally trained by the driver before the trials; a sampled value that changes a stage
+        # (e.g. a searched teacher width) trains it here, once, under a lock
+        checkpoints[field] = _ensure_stage(dep, context, threads)
+    if SELF in deps:
+        _replay_stage(deps[SELF], checkpoints.pop(SELF), config, context)
+        return
+    cfg = with_stages(cfg, checkpoints)
+    cfg = from_dict(
+        cfg.to_dict(),
+        {
+            "name": "run",
+            "out_dir": str(trial_dir),
+            "train.threads": threads,
+            "train.progress": False,
+            "data.cache_dir": context.absolute(cfg.data.cache_dir),
+        },
+    )
+    run_dir = cfg.run_dir
+    run_id = _restore(run_dir, trial_dir)
+    label = trial_label(spec, config)
+    logger = _logger(context, run_name=label, tags=run_tags(cfg, context), run_id=run_id)
+    (trial_dir / RUN_ID_FILE).write_text(logger.run_id)
+    if run_id is None:
+        params = cfg.flat()
+        params.update({f"sweep.{k}": v for k, v in trial_overrides(spec, config).items()})
+        logger.log_params(params)
+        logger.set_tags({"trial": label, "ray.trial_id": tune.get_context().get_trial_id()})
+
+    def report(metrics: dict[str, float], checkpoint: Path) -> None:
+        logger.log_metrics(metrics, step=int(metrics["step"]))
+        with tempfile.TemporaryDirectory() as folder:
+            shutil.copyfile(checkpoint, Path(folder) / "last.pt")
+            (Path(folder) / RUN_ID_FILE).write_text(logger.run_id)
+            tune.report(
+                {**metrics, "mlflow_run_id": logger.run_id},
+                checkpoint=tune.Checkpoint.from_directory(folder),
+            )
+
+    try:
+        result = train(cfg, report=report, resume=True)
+    except SystemExit:
+        # the scheduler stopped this trial early (Tune ends the thread at a report)
+        logger.set_tags({"early_stopped": "true"})
+        logger.finish("FINISHED")
+        raise
+    except BaseException:
+        logger.finish("FAILED")
+        raise
+    log_final_artifacts(logger, cfg, result, checkpoints.get("teacher"))
+    logger.finish("FINISHED")
+
+
+def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: SweepContext):
+    """Report a reused stage's recorded evaluations as this trial's, without training it again."""
+    spec = context.spec
+    label = trial_label(spec, config)
+    logger = _logger(context, run_name=label, tags={**run_tags(stage, context), "reused": "true"})
+    params = stage.flat()
+    params.update({f"sweep.{k}": v for k, v in trial_overrides(spec, config).items()})
+    logger.log_params(params)
+    logger.set_tags({"trial": label, "ray.trial_id": tune.get_context().get_trial_id()})
+    history = [
+        json.loads(line)
+        for line in (stage.run_dir / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    for metrics in history:
+        logger.log_metrics(metrics, step=int(metrics["step"]))
+        tune.report({**metrics, "mlflow_run_id": logger.run_id})
+    _, _, evaluation = evaluate_checkpoint(final)
+    result = TrainResult(metrics=history[-1], checkpoint=Path(final), evaluation=evaluation)
+    log_final_artifacts(logger, stage, result, None)
+    logger.finish("FINISHED")
+
+
+def _ensure_stage(dep: ExperimentConfig, context: SweepContext, threads: int) -> str:
+    final = dep.run_dir / "model.pt"
+    if final.exists():
+        return str(final)
+    from filelock import FileLock
+
+    dep.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dep.run_dir) + ".lock"):
+        if not final.exists():
+            train_stage(dep, context, threads)
+    return str(final)
+
+
+__all__ = ["RUN_ID_FILE", "SELF", "SweepContext", "run_trial", "stages_of", "train_stage"]

@@ -1,0 +1,174 @@
+"""Sweeps end to end: every spec in sweeps/ validates and runs in smoke mode on a local Ray,
+each trial lands in MLflow as a finished child run, and stages are trained once and reused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
+
+ray = pytest.importorskip("ray")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from dakd.sweep.driver import plan, run_sweep, smoke  # noqa: E402
+from dakd.sweep.spec import load_spec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "sweeps").glob("*.yaml"))
+RUN_PY = ROOT / "sweeps" / "run.py"
+
+
+def _cli(argv: list[str]) -> int:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweeps_run", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One small local Ray for every sweep of this module (starting Ray costs seconds)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory):
+    """Stages, Tune storage and the MLflow store of this module's sweeps (shared, so later
+    sweeps find the stages earlier ones trained)."""
+    root = tmp_path_factory.mktemp("sweeps")
+    return {
+        "stages": root / "stages",
+        "storage": root / "ray",
+        "uri": f"sqlite:///{root / 'mlflow.db'}",
+    }
+
+
+def _overrides(place) -> list[str]:
+    return [
+        f"experiment.out_dir={place['stages']}",
+        f"storage={place['storage']}",
+        f"tracking.uri={place['uri']}",
+    ]
+
+
+def test_specs_directory_holds_the_issue_specs():
+    names = {p.stem for p in SPECS}
+    assert {"quickstart", "loss_weights", "levels", "paradigms", "loss_ablation"} <= names
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_dry_run_prints_the_plan_without_ray(path, capsys):
+    assert not ray.is_initialized()
+    assert _cli([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    spec = load_spec(path)
+    assert f"sweep {spec.name}" in out
+    assert "trials:" in out and "stages:" in out
+    assert not ray.is_initialized()
+
+
+def test_bad_spec_fails_before_ray_with_file_and_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: bad\nexperiment: {base: "
+        + str(ROOT / "configs" / "embedded.yaml")
+        + "}\nsearch:\n  loss.kl: {loguniform: [0, 1]}\n"
+    )
+    assert _cli([str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "search.loss.kl" in err and "loguniform" in err
+    assert not ray.is_initialized()
+
+
+def _finished_children(client: MlflowClient, experiment: str, parent: str):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    return runs, children
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_every_spec_runs_in_smoke_mode(path, local_ray, place):
+    spec = smoke(path, _overrides(place))
+    result = run_sweep(spec, root=ROOT, log=lambda _: None)
+    expected = len(spec.tune.seeds) * spec.tune.num_samples
+    for dist in spec.search.values():
+        if dist.kind == "grid":
+            expected *= len(dist.options)
+    assert len(result.rows) == expected
+    assert result.errors == 0
+    assert all(r["status"] == "done" and r["final"] == r["final"] for r in result.rows)
+
+    client = MlflowClient(place["uri"])
+    runs, children = _finished_children(client, spec.experiment_name, result.parent_run_id)
+    trials = [r for r in children if r.data.tags.get("stage") != "sweep" and "trial" in r.data.tags]
+    assert len(trials) == expected
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["sweep"] == spec.name
+        assert {"scenario", "paradigm", "levels", "seed", "stage", "git_commit"} <= set(
+            run.data.tags
+        )
+        assert "loss.kl" in run.data.params and "data.scenario" in run.data.params
+        history = client.get_metric_history(run.info.run_id, "miou")
+        assert len(history) >= 1
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+
+
+def test_trial_artifacts_and_per_evaluation_metrics(local_ray, place):
+    spec = smoke(ROOT / "sweeps" / "quickstart.yaml", _overrides(place))
+    result = run_sweep(spec, root=ROOT, log=lambda _: None)
+    client = MlflowClient(place["uri"])
+    _, children = _finished_children(client, spec.experiment_name, result.parent_run_id)
+    run = next(r for r in children if "trial" in r.data.tags)
+    # 4 steps evaluated every 2: two evaluations of mIoU, per-class IoU and every loss term
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "miou")] == [2, 4]
+    assert client.get_metric_history(run.info.run_id, "iou/road")
+    assert client.get_metric_history(run.info.run_id, "loss/total")
+    assert client.get_metric_history(run.info.run_id, "pixel_acc")
+    names = set()
+    for top in client.list_artifacts(run.info.run_id):
+        names.add(top.path)
+        if top.is_dir:
+            names |= {a.path for a in client.list_artifacts(run.info.run_id, top.path)}
+    assert "config.yaml" in names
+    assert "weights/model.pt" in names
+    assert {"eval/confusion.png", "eval/per_class_iou.md", "eval/predictions.png"} <= names
+
+
+def test_second_sweep_reuses_the_stages(local_ray, place):
+    path = ROOT / "sweeps" / "levels.yaml"
+    spec = smoke(path, _overrides(place))
+    first = plan(spec, ROOT)
+    run_sweep(spec, root=ROOT, log=lambda _: None)
+    teacher = next(s for s in first.stages if s.config.stage == "teacher_da")
+    stamp = teacher.checkpoint.stat().st_mtime_ns
+    again = plan(spec, ROOT)
+    assert all(s.done for s in again.stages)  # nothing left to train
+    client = MlflowClient(place["uri"])
+    exp = client.get_experiment_by_name(spec.experiment_name)
+    before = client.search_runs([exp.experiment_id], "tags.stage = 'teacher_da'")
+    run_sweep(spec, root=ROOT, log=lambda _: None)
+    after = client.search_runs([exp.experiment_id], "tags.stage = 'teacher_da'")
+    assert teacher.checkpoint.stat().st_mtime_ns == stamp  # the teacher was not trained again
+    assert len(after) == len(before)  # and no new teacher run was tracked
+
+
+def test_resume_continues_the_latest_sweep_in_the_same_parent_run(local_ray, place):
+    spec = smoke(ROOT / "sweeps" / "quickstart.yaml", _overrides(place))
+    first = run_sweep(spec, root=ROOT, log=lambda _: None)
+    resumed = run_sweep(spec, resume=True, root=ROOT, log=lambda _: None)
+    assert resumed.experiment_path == first.experiment_path
+    assert resumed.parent_run_id == first.parent_run_id
+    assert sorted(r["trial"] for r in resumed.rows) == sorted(r["trial"] for r in first.rows)
+    state = json.loads((Path(first.experiment_path) / "dakd_sweep.json").read_text())
+    assert state["parent_run_id"] == first.parent_run_id
