@@ -14,7 +14,7 @@ ray = pytest.importorskip("ray")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from dakd.sweep.driver import plan, run_sweep, smoke  # noqa: E402
-from dakd.sweep.spec import load_spec  # noqa: E402
+from dakd.sweep.spec import SpecError, load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -46,7 +46,7 @@ def place(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweeps")
     return {
         "stages": root / "stages",
-        "storage": root / "ray",
+        "storage": (root / "ray").as_uri(),  # a URI: what a cluster's shared storage looks like
         "uri": f"sqlite:///{root / 'mlflow.db'}",
     }
 
@@ -95,10 +95,20 @@ def _finished_children(client: MlflowClient, experiment: str, parent: str):
     return runs, children
 
 
+RESULTS: dict[str, tuple] = {}
+"""Smoke sweeps already run in this module, by spec name: later tests look into them."""
+
+
+def _smoke_sweep(name: str, place):
+    if name not in RESULTS:
+        spec = smoke(ROOT / "sweeps" / f"{name}.yaml", _overrides(place))
+        RESULTS[name] = (spec, run_sweep(spec, root=ROOT, log=lambda _: None))
+    return RESULTS[name]
+
+
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_every_spec_runs_in_smoke_mode(path, local_ray, place):
-    spec = smoke(path, _overrides(place))
-    result = run_sweep(spec, root=ROOT, log=lambda _: None)
+    spec, result = _smoke_sweep(path.stem, place)
     expected = len(spec.tune.seeds) * spec.tune.num_samples
     for dist in spec.search.values():
         if dist.kind == "grid":
@@ -109,7 +119,7 @@ def test_every_spec_runs_in_smoke_mode(path, local_ray, place):
 
     client = MlflowClient(place["uri"])
     runs, children = _finished_children(client, spec.experiment_name, result.parent_run_id)
-    trials = [r for r in children if r.data.tags.get("stage") != "sweep" and "trial" in r.data.tags]
+    trials = [r for r in children if "trial" in r.data.tags]
     assert len(trials) == expected
     for run in trials:
         assert run.info.status == "FINISHED"
@@ -118,23 +128,33 @@ def test_every_spec_runs_in_smoke_mode(path, local_ray, place):
             run.data.tags
         )
         assert "loss.kl" in run.data.params and "data.scenario" in run.data.params
-        history = client.get_metric_history(run.info.run_id, "miou")
-        assert len(history) >= 1
+        assert client.get_metric_history(run.info.run_id, "miou")
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
+    assert "summary.md" in {a.path for a in client.list_artifacts(result.parent_run_id)}
+
+
+def test_reused_stage_rows_report_the_stage_itself(local_ray, place):
+    """paradigms.yaml's teacher-DA and student-DA rows are the stages the DAKD rows use."""
+    spec, result = _smoke_sweep("paradigms", place)
+    client = MlflowClient(place["uri"])
+    _, children = _finished_children(client, spec.experiment_name, result.parent_run_id)
+    reused = [r for r in children if r.data.tags.get("reused") == "true"]
+    assert {r.data.tags["stage"] for r in reused} == {"teacher_da", "student_da"}
+    for run in reused:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "miou")]
+        assert steps == [2, 4]  # the stage's own schedule (smoke: 4 steps, evaluated every 2)
 
 
 def test_trial_artifacts_and_per_evaluation_metrics(local_ray, place):
-    spec = smoke(ROOT / "sweeps" / "quickstart.yaml", _overrides(place))
-    result = run_sweep(spec, root=ROOT, log=lambda _: None)
+    spec, result = _smoke_sweep("quickstart", place)
     client = MlflowClient(place["uri"])
     _, children = _finished_children(client, spec.experiment_name, result.parent_run_id)
     run = next(r for r in children if "trial" in r.data.tags)
     # 4 steps evaluated every 2: two evaluations of mIoU, per-class IoU and every loss term
     assert [m.step for m in client.get_metric_history(run.info.run_id, "miou")] == [2, 4]
-    assert client.get_metric_history(run.info.run_id, "iou/road")
-    assert client.get_metric_history(run.info.run_id, "loss/total")
-    assert client.get_metric_history(run.info.run_id, "pixel_acc")
+    for name in ("iou/road", "pixel_acc", "loss/total", "loss/kl_target", "loss/seg"):
+        assert client.get_metric_history(run.info.run_id, name), name
     names = set()
     for top in client.list_artifacts(run.info.run_id):
         names.add(top.path)
@@ -146,14 +166,11 @@ def test_trial_artifacts_and_per_evaluation_metrics(local_ray, place):
 
 
 def test_second_sweep_reuses_the_stages(local_ray, place):
-    path = ROOT / "sweeps" / "levels.yaml"
-    spec = smoke(path, _overrides(place))
-    first = plan(spec, ROOT)
-    run_sweep(spec, root=ROOT, log=lambda _: None)
-    teacher = next(s for s in first.stages if s.config.stage == "teacher_da")
-    stamp = teacher.checkpoint.stat().st_mtime_ns
+    spec, _ = _smoke_sweep("levels", place)
     again = plan(spec, ROOT)
-    assert all(s.done for s in again.stages)  # nothing left to train
+    assert again.stages and all(s.done for s in again.stages)  # nothing left to train
+    teacher = next(s for s in again.stages if s.config.stage == "teacher_da")
+    stamp = teacher.checkpoint.stat().st_mtime_ns
     client = MlflowClient(place["uri"])
     exp = client.get_experiment_by_name(spec.experiment_name)
     before = client.search_runs([exp.experiment_id], "tags.stage = 'teacher_da'")
@@ -164,11 +181,18 @@ def test_second_sweep_reuses_the_stages(local_ray, place):
 
 
 def test_resume_continues_the_latest_sweep_in_the_same_parent_run(local_ray, place):
-    spec = smoke(ROOT / "sweeps" / "quickstart.yaml", _overrides(place))
-    first = run_sweep(spec, root=ROOT, log=lambda _: None)
+    spec, first = _smoke_sweep("quickstart", place)
     resumed = run_sweep(spec, resume=True, root=ROOT, log=lambda _: None)
     assert resumed.experiment_path == first.experiment_path
     assert resumed.parent_run_id == first.parent_run_id
     assert sorted(r["trial"] for r in resumed.rows) == sorted(r["trial"] for r in first.rows)
-    state = json.loads((Path(first.experiment_path) / "dakd_sweep.json").read_text())
+    assert first.experiment_path.startswith("file://")
+    folder = Path(first.experiment_path.removeprefix("file://"))
+    state = json.loads((folder / "dakd_sweep.json").read_text())
     assert state["parent_run_id"] == first.parent_run_id
+
+
+def test_resume_without_a_previous_sweep_says_so(place, tmp_path):
+    spec = smoke(ROOT / "sweeps" / "quickstart.yaml", [*_overrides(place), f"storage={tmp_path}"])
+    with pytest.raises(SpecError, match="no interrupted sweep"):
+        run_sweep(spec, resume=True, root=ROOT, log=lambda _: None)

@@ -91,32 +91,25 @@ class Plan:
     storage: str
 
     def text(self) -> str:
+        """The spec's search space and settings, then what will be trained or reused, where."""
         spec = self.spec
-        t = spec.tune
         lines = [
-            f"sweep {spec.name}: {spec.description}".rstrip(": "),
-            f"  spec:       {spec.path}",
-            "  search space:",
-            *("    " + line for line in describe(spec).splitlines()),
-            f"  seeds:      {t.seeds}",
-            f"  trials:     {self.trials} ({t.search} search, {t.scheduler} scheduler, "
-            f"metric {t.metric} ({t.mode}), at most {t.max_concurrent or 'any'} at once)",
-            f"  resources:  {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU per trial",
-            f"  steps:      {spec.base.train.steps} per trial, evaluated every "
+            describe(spec),
+            f"trials: {self.trials}, {spec.base.train.steps} steps each, evaluated every "
             f"{spec.base.train.eval_interval}",
-            f"  stages:     {len(self.stages)}"
-            + (" (trained once, reused by every trial)" if self.stages else ""),
+            f"stages the trials build on: {len(self.stages)}"
+            + (" (each trained once, then reused)" if self.stages else ""),
         ]
         for stage in self.stages:
             state = "reuse" if stage.done else "train"
             lines.append(
-                f"    {state:5s} {stage.config.stage:10s} seed={stage.config.seed} "
+                f"  {state:5s} {stage.config.stage:10s} seed={stage.config.seed} "
                 f"{stage.config.data.scenario} {stage.config.train.steps} steps -> "
                 f"{stage.config.run_dir}"
             )
         lines += [
-            f"  tracking:   {self.tracking_uri} (experiment {spec.experiment_name})",
-            f"  storage:    {self.storage}",
+            f"MLflow: {self.tracking_uri} (experiment {spec.experiment_name})",
+            f"Ray Tune storage: {self.storage}",
         ]
         return "\n".join(lines)
 
@@ -253,10 +246,45 @@ def _train_stages(stages: list[StagePlan], context: SweepContext, log) -> None:
 
 
 def _latest_experiment(storage: str, name: str) -> str | None:
-    if "://" in storage:
-        return f"{storage.rstrip('/')}/{name}"
-    folders = sorted(Path(storage).glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
-    return str(folders[-1]) if folders else None
+    """The newest ``<name>-<time>`` Tune experiment under ``storage`` (a folder or a URI)."""
+    import pyarrow.fs
+
+    fs, base = _fs(storage)
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
+    except OSError:
+        return None
+    names = sorted(
+        e.base_name
+        for e in entries
+        if e.type == pyarrow.fs.FileType.Directory and e.base_name.startswith(f"{name}-")
+    )  # <name>-YYYYmmdd-HHMMSS sorts by time
+    return f"{storage.rstrip('/')}/{names[-1]}" if names else None
+
+
+def _fs(path: str):
+    import pyarrow.fs
+
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
+def _write_state(experiment: str, state: dict[str, Any]) -> None:
+    """What ``--resume`` needs (the MLflow parent run), beside Tune's own experiment state."""
+    fs, path = _fs(experiment)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{STATE_FILE}") as out:
+        out.write(json.dumps(state, indent=1).encode())
+
+
+def _read_state(experiment: str) -> dict[str, Any]:
+    fs, path = _fs(experiment)
+    try:
+        with fs.open_input_stream(f"{path}/{STATE_FILE}") as stream:
+            return json.loads(stream.read().decode())
+    except (FileNotFoundError, OSError):
+        return {}
 
 
 @dataclass
@@ -302,9 +330,7 @@ def run_sweep(
             raise SpecError(
                 f"{spec.path}: --resume: no interrupted sweep {spec.name!r} in {storage}"
             )
-        state_file = Path(previous) / STATE_FILE
-        if state_file.exists():
-            state = json.loads(state_file.read_text())
+        state = _read_state(previous)
     name = Path(previous).name if previous else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     commit = git_commit(root) or "unknown"
     sweep_tags = {"sweep": spec.name, "git_commit": commit}
@@ -350,12 +376,10 @@ def run_sweep(
             tuner = tune.Tuner.restore(previous, trainable=trainable, resume_errored=True)
         else:
             tuner = _new_tuner(spec, trainable, storage, name, uri)
-            folder = Path(storage) / name
-            if "://" not in storage:
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / STATE_FILE).write_text(
-                    json.dumps({"parent_run_id": parent.run_id, "tracking_uri": uri}, indent=1)
-                )
+            _write_state(
+                f"{storage.rstrip('/')}/{name}",
+                {"parent_run_id": parent.run_id, "tracking_uri": uri},
+            )
         grid = tuner.fit()
         result = summarize(grid, spec, the_plan, parent.run_id, uri, f"{storage}/{name}")
         text = format_summary(result, spec, ui_command(uri), spec.experiment_name)

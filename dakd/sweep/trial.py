@@ -204,6 +204,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     threads = max(1, int(spec.resources.cpu))
     torch.set_num_threads(threads)
     trial_dir = Path(tune.get_context().get_trial_dir())
+    trial_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolve(spec, config)
     deps = stages_of(cfg, context)
     checkpoints = {}

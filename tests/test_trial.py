@@ -1,0 +1,129 @@
+"""A trial that fails after a checkpoint continues from it when retried: same MLflow run, no
+repeated evaluation, and the same final weights as a trial that never failed.
+
+Ray Tune's side (``get_checkpoint``, ``report``, the trial folder) is played by a small fake,
+so the trial function itself runs in this process, exactly as a Tune worker runs it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
+from dakd import checkpoint as ckpt
+from dakd.sweep import trial as trial_module
+from dakd.sweep.driver import smoke
+from dakd.sweep.spec import grid_variants
+from dakd.tracking import find_runs, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class WorkerLost(RuntimeError):
+    pass
+
+
+class FakeTune:
+    """What a function trainable sees of Ray Tune: its folder, its checkpoint, ``report``."""
+
+    Checkpoint = pytest.importorskip("ray.tune").Checkpoint
+
+    def __init__(self, trial_dir: Path, store: Path, checkpoint=None, crash_after: int = 0):
+        self.trial_dir, self.store = trial_dir, store
+        self.checkpoint, self.crash_after = checkpoint, crash_after
+        self.reports: list[dict] = []
+        self.saved: list = []
+
+    def get_context(self):
+        return SimpleNamespace(
+            get_trial_dir=lambda: str(self.trial_dir), get_trial_id=lambda: "trial_0"
+        )
+
+    def get_checkpoint(self):
+        return self.checkpoint
+
+    def report(self, metrics, checkpoint=None):
+        self.reports.append(metrics)
+        if checkpoint is not None:  # Tune persists the folder before report returns
+            kept = self.store / f"checkpoint_{len(list(self.store.iterdir())):06d}"
+            shutil.copytree(checkpoint.path, kept)
+            self.saved.append(self.Checkpoint.from_directory(str(kept)))
+        if self.crash_after and len(self.reports) == self.crash_after:
+            raise WorkerLost("the worker died")
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    spec = smoke(ROOT / "sweeps" / "quickstart.yaml", [f"experiment.out_dir={tmp_path}/stages"])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    context = trial_module.SweepContext(
+        spec=spec,
+        root=str(ROOT),
+        tracking_uri=uri,
+        experiment_id=prepare(uri, spec.experiment_name),
+        parent_run_id="",
+        tags={"sweep": spec.name, "git_commit": "test"},
+    )
+    return spec, context, grid_variants(spec)[0]
+
+
+def _run(monkeypatch, fake, config, context):
+    monkeypatch.setattr(trial_module, "tune", fake)
+    trial_module.run_trial(config, context)
+
+
+def test_retried_trial_continues_from_its_checkpoint(sweep, tmp_path, monkeypatch):
+    spec, context, config = sweep
+    # a trial that never fails
+    whole = FakeTune(tmp_path / "whole", tmp_path / "store-whole")
+    (tmp_path / "store-whole").mkdir()
+    _run(monkeypatch, whole, config, context)
+    assert [r["step"] for r in whole.reports] == [2, 4]
+
+    # the same trial, lost after its first evaluation, then retried on a fresh worker
+    (tmp_path / "store").mkdir()
+    first = FakeTune(tmp_path / "first", tmp_path / "store", crash_after=1)
+    with pytest.raises(WorkerLost):
+        _run(monkeypatch, first, config, context)
+    retry = FakeTune(tmp_path / "retry", tmp_path / "store", checkpoint=first.saved[-1])
+    _run(monkeypatch, retry, config, context)
+
+    assert [r["step"] for r in retry.reports] == [4]  # nothing evaluated twice
+    assert retry.reports[0]["mlflow_run_id"] == first.reports[0]["mlflow_run_id"]
+    final = ckpt.load(tmp_path / "retry" / "run" / "model.pt")["model"]
+    expected = ckpt.load(tmp_path / "whole" / "run" / "model.pt")["model"]
+    assert final.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(final[key], expected[key]), key
+
+    runs = {
+        r.info.run_id: r
+        for r in find_runs(context.tracking_uri, spec.experiment_name)
+        if "trial" in r.data.tags
+    }
+    assert len(runs) == 2  # the uninterrupted trial and the retried one: no third run
+    resumed = runs[retry.reports[0]["mlflow_run_id"]]
+    assert resumed.info.status == "FINISHED"
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(context.tracking_uri).get_metric_history(
+        resumed.info.run_id, "miou"
+    )
+    assert sorted(m.step for m in history) == [2, 4]
+
+
+def test_a_failing_trial_marks_its_run_failed(sweep, tmp_path, monkeypatch):
+    spec, context, config = sweep
+    (tmp_path / "store").mkdir()
+    fake = FakeTune(tmp_path / "t", tmp_path / "store", crash_after=1)
+    with pytest.raises(WorkerLost):
+        _run(monkeypatch, fake, config, context)
+    (run,) = [
+        r for r in find_runs(context.tracking_uri, spec.experiment_name) if "trial" in r.data.tags
+    ]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["trial"] == "levels=output seed=0"
