@@ -17,14 +17,17 @@ EXAMPLES = """examples:
 """
 
 
-def _add_overrides(parser: argparse.ArgumentParser) -> None:
+def add_overrides(
+    parser: argparse.ArgumentParser, what: str = "a config value", example: str = "loss.kl=0.5"
+) -> None:
+    """The repeatable ``--set KEY=VALUE`` option, collected in ``args.overrides``."""
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value by its dotted key, e.g. --set loss.kl=0.5 (repeatable)",
+        help=f"override {what} by its dotted key, e.g. --set {example} (repeatable)",
     )
 
 
@@ -110,12 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--restart", action="store_true", help="ignore an existing last.pt and start over"
     )
-    _add_overrides(p)
+    add_overrides(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the target val split")
     p.add_argument("checkpoint", help="a model.pt or last.pt written by train")
-    _add_overrides(p)
+    add_overrides(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("calibrate", help="the embedded benchmark's calibration table")
@@ -132,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher-steps", type=int, default=0, help="steps of the teacher (default: train.steps)"
     )
     p.add_argument("--out", default="runs/calibration")
-    _add_overrides(p)
+    add_overrides(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("scenes", help="write sample images and labels of an embedded domain")

@@ -20,6 +20,8 @@ EPILOG = """spec sections: name, experiment, stages, search, tune, resources, tr
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dakd.__main__ import add_overrides
+
     parser = argparse.ArgumentParser(
         prog="python sweeps/run.py",
         description="Run a DAKD sweep spec: Ray Tune trials, MLflow tracking, reused stages.",
@@ -43,14 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--smoke", action="store_true", help="run with tiny step counts and crops (for tests)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec value by its dotted key (repeatable)",
-    )
+    add_overrides(parser, "a spec value", "tune.num_samples=4")
     args = parser.parse_args(argv)
 
     from dakd.config import ConfigError

@@ -32,9 +32,11 @@ class FakeTune:
 
     Checkpoint = pytest.importorskip("ray.tune").Checkpoint
 
-    def __init__(self, trial_dir: Path, store: Path, checkpoint=None, crash_after: int = 0):
+    def __init__(
+        self, trial_dir: Path, store: Path, checkpoint=None, crash_after: int = 0, stop_at: int = 0
+    ):
         self.trial_dir, self.store = trial_dir, store
-        self.checkpoint, self.crash_after = checkpoint, crash_after
+        self.checkpoint, self.crash_after, self.stop_at = checkpoint, crash_after, stop_at
         self.reports: list[dict] = []
         self.saved: list = []
 
@@ -54,6 +56,8 @@ class FakeTune:
             self.saved.append(self.Checkpoint.from_directory(str(kept)))
         if self.crash_after and len(self.reports) == self.crash_after:
             raise WorkerLost("the worker died")
+        if self.stop_at and metrics["step"] >= self.stop_at:
+            raise SystemExit(0)  # how Tune ends a trial that its scheduler stopped
 
 
 @pytest.fixture
@@ -110,9 +114,7 @@ def test_retried_trial_continues_from_its_checkpoint(sweep, tmp_path, monkeypatc
     assert resumed.info.status == "FINISHED"
     from mlflow.tracking import MlflowClient
 
-    history = MlflowClient(context.tracking_uri).get_metric_history(
-        resumed.info.run_id, "miou"
-    )
+    history = MlflowClient(context.tracking_uri).get_metric_history(resumed.info.run_id, "miou")
     assert sorted(m.step for m in history) == [2, 4]
 
 
@@ -127,3 +129,42 @@ def test_a_failing_trial_marks_its_run_failed(sweep, tmp_path, monkeypatch):
     ]
     assert run.info.status == "FAILED"
     assert run.data.tags["trial"] == "levels=output seed=0"
+
+
+def _trial_runs(context, spec):
+    return [
+        r for r in find_runs(context.tracking_uri, spec.experiment_name) if "trial" in r.data.tags
+    ]
+
+
+def test_a_trial_stopped_at_its_last_report_still_keeps_its_final_artifacts(
+    sweep, tmp_path, monkeypatch
+):
+    """ASHA stops every trial that reaches max_t at that report: the final weights and
+    evaluation artifacts must already be logged by then."""
+    spec, context, config = sweep
+    (tmp_path / "store").mkdir()
+    fake = FakeTune(tmp_path / "t", tmp_path / "store", stop_at=4)
+    _run(monkeypatch, fake, config, context)  # returns normally
+    assert [r["step"] for r in fake.reports] == [2, 4]
+    (run,) = _trial_runs(context, spec)
+    assert run.info.status == "FINISHED" and "early_stopped" not in run.data.tags
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(context.tracking_uri)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "weights")] == [
+        "weights/model.pt"
+    ]
+    assert "eval/predictions.png" in {
+        a.path for a in client.list_artifacts(run.info.run_id, "eval")
+    }
+
+
+def test_a_trial_stopped_early_is_tagged_and_finished(sweep, tmp_path, monkeypatch):
+    spec, context, config = sweep
+    (tmp_path / "store").mkdir()
+    fake = FakeTune(tmp_path / "t", tmp_path / "store", stop_at=2)
+    with pytest.raises(SystemExit):
+        _run(monkeypatch, fake, config, context)
+    (run,) = _trial_runs(context, spec)
+    assert run.info.status == "FINISHED" and run.data.tags["early_stopped"] == "true"

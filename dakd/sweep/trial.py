@@ -237,8 +237,9 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         logger.log_params(params)
         logger.set_tags({"trial": label, "ray.trial_id": tune.get_context().get_trial_id()})
 
-    def report(metrics: dict[str, float], checkpoint: Path) -> None:
-        logger.log_metrics(metrics, step=int(metrics["step"]))
+    final: dict[str, Any] = {}
+
+    def send(metrics: dict[str, float], checkpoint: Path) -> None:
         with tempfile.TemporaryDirectory() as folder:
             shutil.copyfile(checkpoint, Path(folder) / "last.pt")
             (Path(folder) / RUN_ID_FILE).write_text(logger.run_id)
@@ -246,6 +247,16 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
                 {**metrics, "mlflow_run_id": logger.run_id},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
+
+    def report(metrics: dict[str, float], checkpoint: Path) -> None:
+        logger.log_metrics(metrics, step=int(metrics["step"]))
+        if int(metrics["step"]) >= cfg.train.steps:
+            # the last evaluation reaches Tune only after the final weights and artifacts are
+            # written: a scheduler that stops trials at their last rung (ASHA's max_t) ends
+            # the trial at that report, and nothing after it would run
+            final.update(metrics=metrics, checkpoint=checkpoint)
+            return
+        send(metrics, checkpoint)
 
     try:
         result = train(cfg, report=report, resume=True)
@@ -257,8 +268,17 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     except BaseException:
         logger.finish("FAILED")
         raise
-    log_final_artifacts(logger, cfg, result, checkpoints.get("teacher"))
+    try:
+        log_final_artifacts(logger, cfg, result, checkpoints.get("teacher"))
+    except BaseException:
+        logger.finish("FAILED")
+        raise
     logger.finish("FINISHED")
+    if final:
+        try:
+            send(final["metrics"], final["checkpoint"])
+        except SystemExit:
+            pass  # stopped at its last report: the trial is complete either way
 
 
 def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: SweepContext):
@@ -277,11 +297,15 @@ def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: Sw
     ]
     for metrics in history:
         logger.log_metrics(metrics, step=int(metrics["step"]))
-        tune.report({**metrics, "mlflow_run_id": logger.run_id})
     _, _, evaluation = evaluate_checkpoint(final)
     result = TrainResult(metrics=history[-1], checkpoint=Path(final), evaluation=evaluation)
     log_final_artifacts(logger, stage, result, None)
     logger.finish("FINISHED")
+    try:
+        for metrics in history:
+            tune.report({**metrics, "mlflow_run_id": logger.run_id})
+    except SystemExit:
+        pass  # a scheduler stopped it: the stage's record is complete in MLflow anyway
 
 
 def _ensure_stage(dep: ExperimentConfig, context: SweepContext, threads: int) -> str:
