@@ -8,3 +8,8 @@ import os
 # driver's interpreter instead; on a cluster, give Ray a runtime_env of your own. Ray reads this
 # when it is first imported, so it is set before any submodule imports ray.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+# A reused trial actor waits this long for the previous trial's thread to end (Tune's default,
+# 2 s, is shorter than closing a stopped trial's MLflow run can take; the new trial would fail).
+THREAD_TIMEOUT_S = "60"
+os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", THREAD_TIMEOUT_S)

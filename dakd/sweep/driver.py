@@ -364,7 +364,14 @@ def run_sweep(
     started_ray = False
     try:
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            # workers on other nodes get the driver's Tune settings through the runtime env
+            env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"]}
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=True,
+                runtime_env={"env_vars": env},
+            )
             started_ray = True
         _train_stages(the_plan.stages, context, log)
         trainable = tune.with_resources(
