@@ -497,6 +497,13 @@ def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     retry_locked(_client(uri).set_terminated, run_id, _check_status(status))
 
 
+def set_run_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
+    """Tag run ``run_id`` without reopening it."""
+    client = _client(uri)
+    for key, value in tags.items():
+        retry_locked(client.set_tag, run_id, key, str(value))
+
+
 def find_runs(uri: str, experiment: str, filter_string: str = "") -> list[Run]:
     """Every active run of the experiment named ``experiment`` matching ``filter_string`` (MLflow
     search syntax, e.g. ``"tags.stage = 'dakd'"``), oldest first; ``[]`` if there is no such

@@ -160,11 +160,21 @@ def test_a_trial_stopped_at_its_last_report_still_keeps_its_final_artifacts(
     }
 
 
-def test_a_trial_stopped_early_is_tagged_and_finished(sweep, tmp_path, monkeypatch):
+def test_a_trial_stopped_early_is_closed_by_the_driver(sweep, tmp_path, monkeypatch):
+    """The stopped trial's thread ends at once (a reused actor waits for it); the driver's
+    callback then tags the run early_stopped and closes it."""
+    from dakd.sweep.driver import _Closer
+
     spec, context, config = sweep
     (tmp_path / "store").mkdir()
     fake = FakeTune(tmp_path / "t", tmp_path / "store", stop_at=2)
     with pytest.raises(SystemExit):
         _run(monkeypatch, fake, config, context)
+    (run,) = _trial_runs(context, spec)
+    assert run.info.status == "RUNNING"
+    closer = _Closer(context.tracking_uri)
+    for result in fake.reports:
+        closer.result("trial_0", result)
+    closer.complete("trial_0")
     (run,) = _trial_runs(context, spec)
     assert run.info.status == "FINISHED" and run.data.tags["early_stopped"] == "true"

@@ -194,28 +194,45 @@ def build_tuner_parts(spec: SweepSpec):
     return search_alg, scheduler
 
 
+class _Closer:
+    """Closes each trial's MLflow run with the trial's final state, from the driver: a trial that
+    a scheduler stopped (its thread ends at that report; a reused actor waits for it) or whose
+    worker died cannot close its run itself. Stopped before its last step: tag early_stopped."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.last: dict[str, dict] = {}
+
+    def result(self, trial_id: str, result: dict) -> None:
+        if result.get("mlflow_run_id"):
+            self.last[trial_id] = result
+
+    def complete(self, trial_id: str, failed: bool = False) -> None:
+        from dakd.tracking import finish_run, set_run_tags
+
+        last = self.last.get(trial_id)
+        if last is None:
+            return
+        run_id = last["mlflow_run_id"]
+        if not failed and last.get("step", 0) < last.get("steps", 0):
+            set_run_tags(self.uri, run_id, {"early_stopped": "true"})
+        finish_run(self.uri, run_id, "FAILED" if failed else "FINISHED")
+
+
 def _status_callback(uri: str):
-    """A Tune callback that closes each trial's MLflow run with the trial's final state, also
-    when the worker died and could not close it itself."""
     from ray import tune
 
-    from dakd.tracking import finish_run
+    closer = _Closer(uri)
 
     class MlflowStatus(tune.Callback):
-        def __init__(self):
-            self.run_ids: dict[str, str] = {}
-
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if result.get("mlflow_run_id"):
-                self.run_ids[trial.trial_id] = result["mlflow_run_id"]
+            closer.result(trial.trial_id, result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            if trial.trial_id in self.run_ids:
-                finish_run(uri, self.run_ids[trial.trial_id], "FINISHED")
+            closer.complete(trial.trial_id)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            if trial.trial_id in self.run_ids:
-                finish_run(uri, self.run_ids[trial.trial_id], "FAILED")
+            closer.complete(trial.trial_id, failed=True)
 
     return MlflowStatus()
 

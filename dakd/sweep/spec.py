@@ -114,7 +114,9 @@ class TuneSettings:
     seeds: list[int] = field(default_factory=lambda: [0])
     max_concurrent: int | None = None
     max_failures: int = 2
-    reuse_actors: bool = True
+    # off by default: with Ray 2.60, reusing a function-trainable actor after ASHA stopped its
+    # trial failed the next trial ("Could not re-use actor ... reset_config") and once hung
+    reuse_actors: bool = False
 
 
 @dataclass

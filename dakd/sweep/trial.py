@@ -244,7 +244,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
             shutil.copyfile(checkpoint, Path(folder) / "last.pt")
             (Path(folder) / RUN_ID_FILE).write_text(logger.run_id)
             tune.report(
-                {**metrics, "mlflow_run_id": logger.run_id},
+                {**metrics, "steps": cfg.train.steps, "mlflow_run_id": logger.run_id},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
 
@@ -261,9 +261,8 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     try:
         result = train(cfg, report=report, resume=True)
     except SystemExit:
-        # the scheduler stopped this trial early (Tune ends the thread at a report)
-        logger.set_tags({"early_stopped": "true"})
-        logger.finish("FINISHED")
+        # the scheduler stopped this trial early (Tune ends the thread at a report); the driver
+        # closes its MLflow run, so the thread ends at once and its actor can be reused
         raise
     except BaseException:
         logger.finish("FAILED")
@@ -303,7 +302,7 @@ def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: Sw
     logger.finish("FINISHED")
     try:
         for metrics in history:
-            tune.report({**metrics, "mlflow_run_id": logger.run_id})
+            tune.report({**metrics, "steps": stage.train.steps, "mlflow_run_id": logger.run_id})
     except SystemExit:
         pass  # a scheduler stopped it: the stage's record is complete in MLflow anyway
 
