@@ -251,9 +251,9 @@ def _train_stages(stages: list[StagePlan], context: SweepContext, log) -> None:
     tasks = []
     for stage in todo:
         threads = max(1, stage.config.train.threads or int(spec.resources.cpu))
-        remote = ray.remote(num_cpus=threads, num_gpus=spec.resources.gpu, max_retries=1)(
-            train_stage
-        )
+        # never ask for more CPUs than the cluster has: the task would wait forever
+        cpus = min(threads, max(1, int(ray.cluster_resources().get("CPU", 1))))
+        remote = ray.remote(num_cpus=cpus, num_gpus=spec.resources.gpu, max_retries=1)(train_stage)
         tasks.append(remote.remote(stage.config, context, threads))
     for stage, summary in zip(todo, ray.get(tasks), strict=True):
         log(
