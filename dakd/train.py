@@ -97,6 +97,16 @@ def build_network(spec: dict[str, Any]) -> torch.nn.Module:
     return create_model(spec["name"], num_classes=spec["num_classes"], width=spec["width"])
 
 
+def network_from_checkpoint(path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The network a checkpoint holds, built as it describes and loaded; and the checkpoint."""
+    state = ckpt.load(path)
+    if "config" not in state or "network" not in state:
+        raise ckpt.CheckpointError(f"checkpoint {path} has no config or network description")
+    model = build_network(state["network"])
+    ckpt.load_network(model, state, state["network"], path)
+    return model, state
+
+
 def load_teacher(cfg: ExperimentConfig, device: torch.device) -> torch.nn.Module:
     """The frozen teacher: weights from ``cfg.teacher``, eval mode, no gradients."""
     spec = ckpt.network_spec(cfg.models.teacher.name, cfg.models.teacher.width, NUM_CLASSES)
@@ -122,14 +132,10 @@ def evaluate_checkpoint(path, overrides: dict[str, Any] | None = None):
     ``overrides`` (dotted keys) change the experiment, e.g. ``{"data.target": "dashcam"}``.
     Returns the resolved config, the network description and the metrics.
     """
-    state = ckpt.load(path)
-    if "config" not in state or "network" not in state:
-        raise ckpt.CheckpointError(f"checkpoint {path} has no config or network description")
+    model, state = network_from_checkpoint(path)
     # evaluation needs neither the teacher nor the initial weights of the run
     base = {**state["config"], "stage": "source_only", "init": "", "teacher": ""}
     cfg = from_dict(base, overrides or {})
-    model = build_network(state["network"])
-    ckpt.load_network(model, state, state["network"], path)
     device = resolve_device(cfg.train.device)
     _, _, val = build_data(cfg)
     return cfg, state["network"], evaluate_on(model.to(device), val, cfg, device)

@@ -20,12 +20,12 @@ from typing import Any
 
 from dakd.config import ExperimentConfig
 from dakd.sweep.spec import (
-    Distribution,
     SpecError,
     SweepSpec,
     describe,
     grid_variants,
     num_trials,
+    param_space,
     resolve,
     trial_label,
     trial_overrides,
@@ -429,7 +429,7 @@ def _new_tuner(spec: SweepSpec, trainable, storage: str, name: str, uri: str):
     t = spec.tune
     return tune.Tuner(
         trainable,
-        param_space=_param_space(spec),
+        param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             metric=t.metric,
             mode=t.mode,
@@ -450,12 +450,6 @@ def _new_tuner(spec: SweepSpec, trainable, storage: str, name: str, uri: str):
             verbose=1,
         ),
     )
-
-
-def _param_space(spec: SweepSpec) -> dict[str, Any]:
-    from dakd.sweep.spec import param_space
-
-    return param_space(spec)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -530,7 +524,6 @@ def format_summary(result: SweepResult, spec: SweepSpec, ui: str, experiment: st
 
 __all__ = [
     "SMOKE",
-    "Distribution",
     "Plan",
     "SweepResult",
     "plan",

@@ -21,12 +21,12 @@ import torch
 import yaml
 from ray import tune
 
-from dakd import checkpoint as ckpt
 from dakd.config import ExperimentConfig, from_dict
 from dakd.data.scenes import SceneDataset
+from dakd.losses import upsample
 from dakd.pipeline import AUTO_STAGES, dependency_config, requirements, run_stage, with_stages
 from dakd.sweep.spec import SweepSpec, resolve, trial_label, trial_overrides
-from dakd.train import TrainResult, build_network, evaluate_checkpoint, train
+from dakd.train import TrainResult, evaluate_checkpoint, network_from_checkpoint, train
 
 RUN_ID_FILE = "mlflow_run_id"
 """Name of the file, in every trial checkpoint, that holds the trial's MLflow run id."""
@@ -116,13 +116,8 @@ def prediction_panel(cfg: ExperimentConfig, checkpoints: dict[str, str], count: 
     predictions = {}
     with torch.no_grad():
         for name, path in checkpoints.items():
-            state = ckpt.load(path)
-            model = build_network(state["network"])
-            ckpt.load_network(model, state, state["network"], path)
-            logits = model.eval()(images)["output"]
-            logits = torch.nn.functional.interpolate(
-                logits, size=labels.shape[-2:], mode="bilinear", align_corners=False
-            )
+            model, _ = network_from_checkpoint(path)
+            logits = upsample(model.eval()(images)["output"], labels.shape[-2:])
             predictions[name] = logits.argmax(1)
     return panel(images, labels, predictions)
 
@@ -179,6 +174,22 @@ def train_stage(stage_cfg: ExperimentConfig, context: SweepContext, threads: int
 # ------------------------------------------------------------------------------------------------
 
 
+def _open_trial_run(context, cfg: ExperimentConfig, config: dict, run_id=None, **tags):
+    """The MLflow run of a trial: reopened when ``run_id`` is given, else created with the
+    flattened config plus the sweep's sampled values as params."""
+    spec = context.spec
+    label = trial_label(spec, config)
+    logger = _logger(
+        context, run_name=label, tags={**run_tags(cfg, context), **tags}, run_id=run_id
+    )
+    if run_id is None:
+        params = cfg.flat()
+        params.update({f"sweep.{k}": v for k, v in trial_overrides(spec, config).items()})
+        logger.log_params(params)
+        logger.set_tags({"trial": label, "ray.trial_id": tune.get_context().get_trial_id()})
+    return logger
+
+
 def _restore(run_dir: Path, trial_dir: Path) -> str | None:
     """Put Tune's checkpoint (if any) into ``run_dir``; return the MLflow run id it carries."""
     run_id = None
@@ -228,14 +239,8 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     )
     run_dir = cfg.run_dir
     run_id = _restore(run_dir, trial_dir)
-    label = trial_label(spec, config)
-    logger = _logger(context, run_name=label, tags=run_tags(cfg, context), run_id=run_id)
+    logger = _open_trial_run(context, cfg, config, run_id)
     (trial_dir / RUN_ID_FILE).write_text(logger.run_id)
-    if run_id is None:
-        params = cfg.flat()
-        params.update({f"sweep.{k}": v for k, v in trial_overrides(spec, config).items()})
-        logger.log_params(params)
-        logger.set_tags({"trial": label, "ray.trial_id": tune.get_context().get_trial_id()})
 
     final: dict[str, Any] = {}
 
@@ -260,15 +265,11 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
 
     try:
         result = train(cfg, report=report, resume=True)
+        log_final_artifacts(logger, cfg, result, checkpoints.get("teacher"))
     except SystemExit:
         # the scheduler stopped this trial early (Tune ends the thread at a report); the driver
         # closes its MLflow run, so the thread ends at once and its actor can be reused
         raise
-    except BaseException:
-        logger.finish("FAILED")
-        raise
-    try:
-        log_final_artifacts(logger, cfg, result, checkpoints.get("teacher"))
     except BaseException:
         logger.finish("FAILED")
         raise
@@ -282,13 +283,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
 
 def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: SweepContext):
     """Report a reused stage's recorded evaluations as this trial's, without training it again."""
-    spec = context.spec
-    label = trial_label(spec, config)
-    logger = _logger(context, run_name=label, tags={**run_tags(stage, context), "reused": "true"})
-    params = stage.flat()
-    params.update({f"sweep.{k}": v for k, v in trial_overrides(spec, config).items()})
-    logger.log_params(params)
-    logger.set_tags({"trial": label, "ray.trial_id": tune.get_context().get_trial_id()})
+    logger = _open_trial_run(context, stage, config, reused="true")
     history = [
         json.loads(line)
         for line in (stage.run_dir / "metrics.jsonl").read_text().splitlines()
