@@ -229,6 +229,8 @@ def _status_callback(uri: str):
             closer.result(trial.trial_id, result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            # the trial's final result may reach Tune only with its completion
+            closer.result(trial.trial_id, trial.last_result or {})
             closer.complete(trial.trial_id)
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -412,6 +414,7 @@ def run_sweep(
         parent.log_metrics(
             {f"best_{spec.tune.metric}": result.rows[0]["final"]} if result.rows else {}, step=0
         )
+        _log_analysis(uri, spec.experiment_name, parent.run_id, log)
         parent.finish("FINISHED" if not result.errors else "FAILED")
         return result
     except BaseException:
@@ -420,6 +423,17 @@ def run_sweep(
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _log_analysis(uri: str, experiment: str, parent_run_id: str, log) -> None:
+    """The sweep's result tables and plots (``dakd.results``), logged under ``analysis/`` of its
+    parent run. The sweep is done by then: a failure here is a warning, never a failed sweep."""
+    try:
+        from dakd.results import log_sweep_analysis
+
+        log_sweep_analysis(uri, experiment, parent_run_id, log=log)
+    except Exception as exc:
+        log(f"warning: result tables not written ({type(exc).__name__}: {exc})")
 
 
 def _new_tuner(spec: SweepSpec, trainable, storage: str, name: str, uri: str):

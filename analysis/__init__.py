@@ -1,0 +1,1 @@
+"""Command-line entry points that turn a study's MLflow runs into tables and plots."""

@@ -1,0 +1,535 @@
+"""Result tables and plots from MLflow runs written with known values into a SQLite store.
+
+One store for the whole file (module fixture), three experiments:
+
+* ``study``: one sweep of both scenarios with every kind of row, several seeds, a failed and an
+  unfinished run, two evaluations per run for some (final != best), a reused stage recorded
+  twice (the stage run and its replay as a trial);
+* ``weights``: DAKD runs that switch the distillation terms on and off (ablation, best trials);
+* ``later``: a sweep whose DAKD run starts from a student-DA stage recorded in ``study``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from dakd import results
+from dakd.config import ExperimentConfig
+from dakd.tracking import RunLogger, default_uri, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ExperimentConfig().flat()
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _metrics(miou: float, step: int) -> dict[str, float]:
+    """What an evaluation logs, with class IoUs derived from mIoU so they can be checked."""
+    return {
+        "miou": miou,
+        "pixel_acc": 50.0 + miou,
+        "iou/road": 2.0 * miou,
+        "iou/traffic_light": miou / 2.0,
+        "loss/total": 1.0 / step,
+        "step": float(step),
+    }
+
+
+def _log_run(store, experiment_id, parent, name, evaluations, status="FINISHED", tags=None, **p):
+    """A run like a trial's: the flattened config as params (``p`` with ``__`` for dots), one
+    metrics batch per evaluation ``(step, miou)``, closed with ``status`` (RUNNING: left open)."""
+    params = {**BASE, "name": name, **{k.replace("__", "."): v for k, v in p.items()}}
+    tags = {"stage": params["stage"], "seed": params["seed"], **(tags or {})}
+    logger = RunLogger(store, experiment_id, run_name=name, parent_run_id=parent, tags=tags)
+    logger.log_params(params)
+    for step, miou in evaluations:
+        logger.log_metrics(_metrics(miou, step), step=step)
+    if status != "RUNNING":
+        logger.finish(status)
+    return logger.run_id
+
+
+def _parent(store, experiment_id, name):
+    return RunLogger(store, experiment_id, run_name=name, tags={"stage": "sweep"}).run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    uri = default_uri(root / "runs")
+    ids = {}
+
+    study = prepare(uri, "study")
+    ids["study"] = parent = _parent(uri, study, "sweep study")
+    s2r = {"data__scenario": "synth_to_real"}
+    init = "/stages/student_da-s0/model.pt"
+    teacher = "/stages/teacher_da-s0/model.pt"
+    ids["teacher0"] = _log_run(
+        uri, study, parent, "teacher_da-t0", [(2, 20.0)], stage="teacher_da", seed=0, **s2r
+    )
+    _log_run(uri, study, parent, "teacher_da-t1", [(2, 24.0)], stage="teacher_da", seed=1, **s2r)
+    for seed, evaluations in enumerate([[(1, 15.0), (2, 10.0)], [(2, 12.0)], [(2, 14.0)]]):
+        name = "student_da-s0" if seed == 0 else f"student_da-s{seed}"
+        ids[f"student{seed}"] = _log_run(
+            uri, study, parent, name, evaluations, stage="student_da", seed=seed, **s2r
+        )
+    _log_run(uri, study, parent, "fair", [(2, 13.0)], stage="student_da", init=init, **s2r)
+    for seed, miou in enumerate([11.0, 13.0, 18.0]):
+        _log_run(
+            uri,
+            study,
+            parent,
+            f"paradigm=a seed={seed}",
+            [(1, miou - 1.0), (2, miou)],
+            stage="dakd",
+            paradigm="a",
+            seed=seed,
+            init=init,
+            teacher=teacher,
+            **s2r,
+        )
+    ids["failed"] = _log_run(
+        uri, study, parent, "a failed", [(1, 50.0)], "FAILED", stage="dakd", paradigm="a", seed=3
+    )
+    ids["running"] = _log_run(
+        uri, study, parent, "a running", [(1, 60.0)], "RUNNING", stage="dakd", paradigm="a", seed=4
+    )
+    for levels, miou in (("['output']", 9.0), ("['output', 'feature']", 16.0)):
+        _log_run(
+            uri,
+            study,
+            parent,
+            f"paradigm=b levels={levels}",
+            [(2, miou)],
+            stage="dakd",
+            paradigm="b",
+            distill__levels=levels,
+            init=init,
+            teacher=teacher,
+            **s2r,
+        )
+    _log_run(uri, study, parent, "source", [(2, 5.0)], stage="source_only", **s2r)
+    r2r = {"data__scenario": "real_to_real"}
+    _log_run(uri, study, parent, "student r2r", [(2, 7.0)], stage="student_da", **r2r)
+    _log_run(uri, study, parent, "dakd r2r", [(2, 8.0)], stage="dakd", paradigm="a", **r2r)
+    # the teacher stage again, as a sweep replays a reused stage as a table row
+    ids["replay"] = _log_run(
+        uri,
+        study,
+        parent,
+        "teacher_da-t0",
+        [(2, 20.0)],
+        tags={"trial": "teacher seed=0", "reused": "true"},
+        stage="teacher_da",
+        seed=0,
+        sweep__seed=0,
+        **s2r,
+    )
+
+    weights = prepare(uri, "weights")
+    ids["weights"] = parent = _parent(uri, weights, "sweep weights")
+    for (kl, mse, pseudo), seed, miou in (
+        ((0.1, 0.0, 0.0), 0, 6.0),
+        ((0.0, 0.01, 0.0), 0, 5.0),
+        ((0.0, 0.0, 1.0), 0, 9.0),
+        ((0.1, 0.01, 1.0), 0, 11.0),
+        ((0.1, 0.01, 1.0), 1, 13.0),
+    ):
+        _log_run(
+            uri,
+            weights,
+            parent,
+            f"kl={kl} mse={mse} pseudo={pseudo} seed={seed}",
+            [(2, miou)],
+            stage="dakd",
+            seed=seed,
+            loss__kl=kl,
+            loss__mse=mse,
+            loss__pseudo=pseudo,
+        )
+
+    later = prepare(uri, "later")
+    ids["later"] = parent = _parent(uri, later, "sweep later")
+    _log_run(uri, later, parent, "dakd later", [(2, 12.5)], stage="dakd", init=init, **s2r)
+    return uri, ids
+
+
+@pytest.fixture(scope="module")
+def study(store):
+    uri, ids = store
+    return results.load_runs(results.select(uri, "study", ids["study"]))
+
+
+def _groups(runs: pa.Table, best: bool = False) -> dict[tuple, dict]:
+    """Aggregated groups by (scenario, row), for rows with one configuration."""
+    out = {}
+    for group in results.aggregate(runs, best).to_pylist():
+        out.setdefault((group["scenario"], group["row"]), []).append(group)
+    return {key: groups[0] if len(groups) == 1 else groups for key, groups in out.items()}
+
+
+def _by_name(runs: pa.Table) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for run in runs.to_pylist():
+        out.setdefault(run["run_name"], []).append(run)
+    return out
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def test_runs_table_has_one_row_per_run_and_no_parent(store, study):
+    uri, ids = store
+    assert study.num_rows == 17  # every child run of the sweep, its parent left out
+    for column in (
+        "run_id",
+        "run_name",
+        "status",
+        "parent_run_id",
+        "start_time",
+        "end_time",
+        "row",
+        "config",
+        "tags.stage",
+        "params.loss.kl",
+        "params.data.scenario",
+        "metrics.miou",
+        "metrics.pixel_acc",
+        "metrics.iou/road",
+        "best.miou",
+        "best.step",
+    ):
+        assert column in study.column_names, column
+    assert ids["study"] not in study["run_id"].to_pylist()
+    assert set(study["parent_run_id"].to_pylist()) == {ids["study"]}
+    assert "sweep" not in study["tags.stage"].to_pylist()
+    statuses = dict(zip(study["run_id"].to_pylist(), study["status"].to_pylist()))
+    assert statuses[ids["failed"]] == "FAILED"
+    assert statuses[ids["running"]] == "RUNNING"
+    assert study.schema.field("metrics.miou").type == pa.float64()
+    assert study.schema.field("start_time").type == pa.timestamp("ms", tz="UTC")
+
+
+def test_runs_parquet_round_trip(study, tmp_path):
+    path = results.write_runs(study, tmp_path)
+    assert path.name == "runs.parquet"
+    assert pq.read_table(path).equals(study)
+
+
+def test_final_metrics_are_the_last_evaluation_and_best_is_the_max(study):
+    run = _by_name(study)["student_da-s0"][0]
+    assert run["metrics.miou"] == 10.0 and run["best.miou"] == 15.0 and run["best.step"] == 1
+    assert run["metrics.iou/road"] == 20.0 and run["best.iou/road"] == 30.0
+    assert run["best.pixel_acc"] == 65.0
+    dakd = _by_name(study)["paradigm=a seed=2"][0]
+    assert dakd["metrics.miou"] == dakd["best.miou"] == 18.0 and dakd["best.step"] == 2
+
+
+def test_pages_of_search_results_add_up(store, study):
+    uri, ids = store
+    paged = results.load_runs(results.select(uri, "study", ids["study"]), page_size=4)
+    assert sorted(paged["run_id"].to_pylist()) == sorted(study["run_id"].to_pylist())
+
+
+def test_rows_are_derived_from_params():
+    assert results.row_name("source_only", None, "", "student") == "source-only"
+    assert results.row_name("oracle", None, "", "teacher") == "oracle (teacher)"
+    assert results.row_name("teacher_da", None, "", "student") == "teacher-DA"
+    assert results.row_name("student_da", None, "", "student") == "student-DA"
+    assert results.row_name("student_da", None, "/x/model.pt", "student") == (
+        "student-DA + extra steps"
+    )
+    assert results.row_name("dakd", "d", "/x/model.pt", "student") == "DAKD (d)"
+
+
+def test_rows_of_the_study(study):
+    rows = {name: [r["row"] for r in runs] for name, runs in _by_name(study).items()}
+    assert rows["fair"] == ["student-DA + extra steps"]
+    assert rows["student_da-s1"] == ["student-DA"]
+    assert rows["paradigm=a seed=0"] == ["DAKD (a)"]
+    assert rows["source"] == ["source-only"]
+    levels = {r["run_name"]: r["levels"] for r in study.to_pylist() if r["paradigm"] == "b"}
+    assert sorted(levels.values()) == ["output", "output+feature"]
+
+
+def test_a_stage_recorded_twice_counts_once(store, study):
+    uri, ids = store
+    duplicate = dict(zip(study["run_id"].to_pylist(), study["duplicate"].to_pylist()))
+    assert duplicate[ids["teacher0"]] is True  # the older record of teacher seed 0
+    assert duplicate[ids["replay"]] is False
+    assert sum(duplicate.values()) == 1
+
+
+def test_stages_recorded_by_an_earlier_sweep_are_linked(store):
+    uri, ids = store
+    runs = results.load_runs(results.select(uri, "later", ids["later"]))
+    linked = {r["run_name"]: r["linked"] for r in runs.to_pylist()}
+    assert linked == {"dakd later": False, "student_da-s0": True}
+    table = results.build_tables(results.aggregate(runs))[0]
+    dakd = table.data.to_pylist()[-1]
+    assert dakd["row"] == "DAKD (c)" and dakd["delta_miou"] == pytest.approx(12.5 - 10.0)
+
+
+# -- aggregation ---------------------------------------------------------------------------------
+
+
+def test_seed_aggregates_against_numpy_and_statistics(study):
+    groups = _groups(study)
+    student = groups[("synth_to_real", "student-DA")]
+    values = [10.0, 12.0, 14.0]
+    assert student["n"] == 3
+    assert student["miou_mean"] == pytest.approx(12.0) == pytest.approx(statistics.fmean(values))
+    assert student["miou_std"] == pytest.approx(2.0)
+    assert student["miou_std"] == pytest.approx(statistics.stdev(values))
+    assert student["miou_std"] == pytest.approx(np.std(values, ddof=1))
+    assert student["iou/road_mean"] == pytest.approx(24.0)
+    assert student["pixel_acc_mean"] == pytest.approx(62.0)
+    teacher = groups[("synth_to_real", "teacher-DA")]
+    assert teacher["n"] == 2  # seed 0 once, although recorded twice
+    assert teacher["miou_mean"] == pytest.approx(22.0)
+    assert teacher["miou_std"] == pytest.approx(math.sqrt(8.0))
+    fair = groups[("synth_to_real", "student-DA + extra steps")]
+    assert fair["n"] == 1 and fair["miou_std"] is None
+
+
+def test_failed_and_unfinished_runs_are_counted_not_averaged(study):
+    dakd = _groups(study)[("synth_to_real", "DAKD (a)")]
+    assert (dakd["n"], dakd["n_failed"], dakd["n_unfinished"]) == (3, 1, 1)
+    assert dakd["miou_mean"] == pytest.approx(14.0)  # not 50 (failed) nor 60 (running)
+    assert dakd["miou_std"] == pytest.approx(math.sqrt(13.0))
+    assert dakd["steps"] == 2
+
+
+def test_best_of_evaluations_aggregates_each_runs_maximum(study):
+    student = _groups(study, best=True)[("synth_to_real", "student-DA")]
+    assert student["miou_mean"] == pytest.approx((15.0 + 12.0 + 14.0) / 3)
+    assert student["iou/road_mean"] == pytest.approx(2 * (15.0 + 12.0 + 14.0) / 3)
+
+
+# -- tables --------------------------------------------------------------------------------------
+
+
+def _table(tables, name):
+    return next(t for t in tables if t.name == name)
+
+
+def test_scenario_table_rows_delta_and_parameters(study):
+    from dakd.models import count_parameters, create_model
+
+    tables = results.build_tables(results.aggregate(study))
+    assert [t.name for t in tables] == [
+        "scenario_real_to_real",
+        "scenario_synth_to_real",
+        "levels_paradigm",
+    ]
+    table = _table(tables, "scenario_synth_to_real")
+    assert [c[0] for c in table.cells] == [
+        "source-only",
+        "teacher-DA",
+        "student-DA",
+        "student-DA + extra steps",
+        "DAKD (a)",
+        "DAKD (b)",
+    ]
+    data = {r["row"]: r for r in table.data.to_pylist()}
+    assert data["DAKD (a)"]["delta_miou"] == pytest.approx(2.0)
+    assert data["DAKD (b)"]["miou_mean"] == pytest.approx(16.0)  # best of its two configs
+    assert data["DAKD (b)"]["n_configs"] == 2
+    assert data["teacher-DA"]["delta_miou"] == pytest.approx(10.0)
+    assert data["DAKD (a)"]["n_failed"] == 1 and data["DAKD (a)"]["n_unfinished"] == 1
+    teacher = count_parameters(create_model(BASE["models.teacher.name"], width=0.25)) / 1e6
+    student = count_parameters(create_model(BASE["models.student.name"], width=0.125)) / 1e6
+    assert data["teacher-DA"]["params_m"] == pytest.approx(teacher)
+    assert data["DAKD (a)"]["params_m"] == pytest.approx(student)
+    assert table.header[1:20] == list(results.CLASS_NAMES)
+    row = dict(zip(table.header, table.cells[4]))
+    assert row["mIoU"] == "14.00 ± 3.61" and row["ΔmIoU"] == "+2.00" and row["n"] == "3"
+    assert row["road"] == "28.0" and row["traffic light"] == "7.0" and row["sky"] == "–"
+    assert dict(zip(table.header, table.cells[3]))["mIoU"] == "13.00 ± –"
+    assert "DAKD (a): 1 failed and 1 unfinished run(s), not averaged" in table.notes
+    assert "DAKD (b): best of 2 configurations by mean mIoU" in table.notes
+    assert _table(tables, "scenario_real_to_real").data["delta_miou"].to_pylist() == [0.0, 1.0]
+
+
+def test_levels_by_paradigm_grid(study):
+    table = _table(results.build_tables(results.aggregate(study)), "levels_paradigm")
+    assert table.header == ["scenario", "levels", "DAKD (a)", "DAKD (b)"]
+    cells = {(c[0], c[1]): c[2:] for c in table.cells}
+    assert cells[("synth_to_real", "output")] == ["–", "9.00 ± – (n=1)"]
+    assert cells[("synth_to_real", "output+feature")] == ["14.00 ± 3.61 (n=3)", "16.00 ± – (n=1)"]
+
+
+def test_loss_ablation_and_best_trials(store):
+    uri, ids = store
+    runs = results.load_runs(results.select(uri, "weights", "latest"))
+    tables = results.build_tables(results.aggregate(runs), top=3)
+    assert [t.name for t in tables] == ["scenario_synth_to_real", "loss_ablation", "best_trials"]
+    ablation = _table(tables, "loss_ablation")
+    assert ablation.header == ["KL", "MSE", "pseudo-T", "mIoU", "n", "ΔmIoU"]
+    assert [c[:4] for c in ablation.cells] == [
+        ["✓", "", "", "6.00 ± –"],
+        ["", "✓", "", "5.00 ± –"],
+        ["", "", "✓", "9.00 ± –"],
+        ["✓", "✓", "✓", f"12.00 ± {math.sqrt(2):.2f}"],
+    ]
+    best = _table(tables, "best_trials")
+    assert best.header[:4] == ["rank", "loss.kl", "loss.mse", "loss.pseudo"]
+    assert [c[:5] for c in best.cells] == [
+        ["1", "0.1", "0.01", "1", f"12.00 ± {math.sqrt(2):.2f}"],
+        ["2", "0", "0", "1", "9.00 ± –"],
+        ["3", "0.1", "0", "0", "6.00 ± –"],
+    ]
+    assert best.data["miou_mean"].to_pylist() == [12.0, 9.0, 6.0]
+    assert best.data["n"].to_pylist() == [2, 1, 1]
+
+
+def test_every_format_is_written_and_reads_back(study, tmp_path):
+    tables = results.build_tables(results.aggregate(study))
+    files = results.write_tables(tables, tmp_path)
+    names = {p.name for p in files}
+    for fmt in results.FORMATS:
+        assert f"scenario_synth_to_real.{fmt}" in names
+    assert "tables.md" in names
+    with open(tmp_path / "scenario_synth_to_real.csv", newline="") as stream:
+        rows = {r["row"]: r for r in csv.DictReader(stream)}
+    assert float(rows["student-DA"]["miou_mean"]) == pytest.approx(12.0)
+    assert float(rows["student-DA"]["miou_std"]) == pytest.approx(2.0)
+    assert int(rows["DAKD (a)"]["n_failed"]) == 1
+    parquet = pq.read_table(tmp_path / "scenario_synth_to_real.parquet")
+    assert parquet.equals(_table(tables, "scenario_synth_to_real").data)
+    tex = (tmp_path / "scenario_synth_to_real.tex").read_text()
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}", "\\caption{"):
+        assert rule in tex
+    assert "14.00 $\\pm$ 3.61" in tex and "& $-$7.00 &" in tex and "$\\Delta$mIoU" in tex
+    grid = (tmp_path / "levels_paradigm.tex").read_text()
+    assert "synth\\_to\\_real & output+feature" in grid and "_" not in grid.replace("\\_", "")
+    markdown = (tmp_path / "scenario_synth_to_real.md").read_text()
+    assert "| DAKD (a) | 28.0 |" in markdown and "|---|" in markdown
+    assert markdown in (tmp_path / "tables.md").read_text()
+    only = results.write_tables(tables[:1], tmp_path / "csv", formats=["csv"])
+    assert [p.suffix for p in only] == [".csv"]
+
+
+def test_captions_say_which_checkpoint(study):
+    final = _table(results.build_tables(results.aggregate(study)), "scenario_synth_to_real")
+    best = _table(
+        results.build_tables(results.aggregate(study, True), best_of_evaluations=True),
+        "scenario_synth_to_real_best",
+    )
+    assert "final checkpoint" in final.caption and "optimistic" not in final.caption
+    assert "optimistic" in best.caption and best.name.endswith("_best")
+    student = {r["row"]: r for r in best.data.to_pylist()}["student-DA"]
+    assert student["miou_mean"] == pytest.approx(41.0 / 3)
+
+
+# -- plots and artifacts -------------------------------------------------------------------------
+
+
+def test_plots_are_png_and_missing_inputs_are_skipped(store, study, tmp_path):
+    uri, _ = store
+    notices = []
+    files = results.make_plots(results.aggregate(study), tmp_path, log=notices.append)
+    assert {p.name for p in files} == {"miou_vs_parameters.png", "per_class_synth_to_real.png"}
+    assert all(p.read_bytes().startswith(PNG) for p in files)
+    assert notices == [
+        "skipped sensitivity.png: the DAKD runs vary no loss weight",
+        "skipped per_class_real_to_real.png: real_to_real lacks a teacher-DA or a student row",
+    ]
+    weights = results.load_runs(results.select(uri, "weights", "latest"))
+    files = results.make_plots(results.aggregate(weights), tmp_path / "w", log=notices.append)
+    assert [p.name for p in files] == ["sensitivity.png"]
+    assert files[0].read_bytes().startswith(PNG)
+
+
+def test_sweep_analysis_is_logged_to_the_parent_run(store):
+    uri, ids = store
+    lines = []
+    logged = results.log_sweep_analysis(uri, "weights", ids["weights"], log=lines.append)
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(ids["weights"], "analysis")}
+    assert set(logged) == artifacts
+    for name in ("runs.parquet", "tables.md", "loss_ablation.tex", "best_trials.csv"):
+        assert f"analysis/{name}" in artifacts
+    assert "analysis/sensitivity.png" in artifacts
+    assert lines[-1] == f"result tables and plots: artifacts analysis/ of run {ids['weights']}"
+
+
+# -- selection and command line ------------------------------------------------------------------
+
+
+def test_selection_errors_name_the_problem(store, tmp_path):
+    uri, ids = store
+    with pytest.raises(results.AnalysisError, match="no experiment 'nope'.*study"):
+        results.select(uri, "nope")
+    with pytest.raises(results.AnalysisError, match="no run 'abc'"):
+        results.select(uri, "study", "abc")
+    with pytest.raises(results.AnalysisError, match="not a sweep's parent run"):
+        results.select(uri, "study", ids["student1"])
+    with pytest.raises(results.AnalysisError, match="not in experiment 'study'"):
+        results.select(uri, "study", ids["weights"])
+    with pytest.raises(results.AnalysisError, match="no MLflow store"):
+        results.select(default_uri(tmp_path / "missing"), "study")
+    assert results.select(uri, "study", "latest").sweep == ids["study"]
+    assert results.select(uri, "study").sweep is None
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"analysis_{name}", ROOT / "analysis" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_help():
+    for name in ("tables.py", "plots.py"):
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "analysis" / name), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        for option in ("--experiment", "--sweep", "--tracking-uri", "--best-of-evaluations"):
+            assert option in done.stdout
+
+
+def test_cli_writes_tables_and_plots(store, tmp_path, capsys):
+    uri, ids = store
+    tables = _script("tables.py")
+    common = ["--experiment", "weights", "--tracking-uri", uri, "--no-log"]
+    assert tables.main([*common, "--out", str(tmp_path), "--format", "md,csv"]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == [
+        "best_trials.csv",
+        "best_trials.md",
+        "loss_ablation.csv",
+        "loss_ablation.md",
+        "runs.parquet",
+        "scenario_synth_to_real.csv",
+        "scenario_synth_to_real.md",
+        "tables.md",
+    ]
+    plots = _script("plots.py")
+    assert plots.main([*common, "--out", str(tmp_path / "p"), "--best-of-evaluations"]) == 0
+    assert (tmp_path / "p" / "sensitivity_best.png").read_bytes().startswith(PNG)
+    capsys.readouterr()
+    assert tables.main(["--experiment", "nope", "--tracking-uri", uri]) == 2
+    assert capsys.readouterr().err.startswith("error: no experiment 'nope'")
+    assert tables.main(["--experiment", "study", "--sweep", "abc", "--tracking-uri", uri]) == 2
+    assert capsys.readouterr().err == f"error: no run 'abc' in {uri}\n"
+    empty = prepare(uri, "empty")
+    _parent(uri, empty, "sweep empty")
+    assert tables.main(["--experiment", "empty", "--tracking-uri", uri]) == 2
+    assert "no runs to analyse" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tables.main([*common, "--format", "html"])
