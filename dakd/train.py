@@ -330,12 +330,12 @@ class Trainer:
     def _check_finite(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         """Stop on a NaN or infinite loss; every process stops at the same step."""
         value = total.detach().float().reshape(1).clone()  # all_reduce works in place
-        own = math.isfinite(value.item())
+        finite_here = math.isfinite(value.item())
         if self.world.distributed:
             dist.all_reduce(value)  # non-finite anywhere makes the sum non-finite everywhere
         if not math.isfinite(value.item()):
             shown = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-            where = "" if own else f" on another process (this is rank {self.world.rank})"
+            where = f" on another process (this is rank {self.world.rank})" if finite_here else ""
             raise NonFiniteLossError(
                 f"step {self.step}: the training loss is not finite{where} ({shown})"
             )

@@ -159,6 +159,14 @@ def _worker(rank: int, root: Path, ports: tuple[int, int]) -> None:
         metrics = trainer_module.evaluate_on(model, val, cfg, torch.device("cpu"))
         if rank == 0:
             np.save(root / "eval-ddp.npy", metrics.matrix)
+
+        # a NaN loss on one process stops both at the same step (none waits for the other)
+        if rank == 1:
+            trainer_module.losses.seg_ce = lambda logits, labels: logits.sum() * torch.nan
+        try:
+            train(config(root, "nan", root / "teacher.pt"))
+        except trainer_module.NonFiniteLossError as err:
+            (root / f"nan-rank{rank}.txt").write_text(str(err))
     finally:
         dist.destroy_process_group()
 
@@ -246,6 +254,13 @@ def test_processes_that_see_different_checkpoints_stop_with_one_message(runs):
     for rank in range(WORLD):
         message = (root / f"resume-error-rank{rank}.txt").read_text()
         assert "start from different steps (0 to 3)" in message and "shared filesystem" in message
+
+
+def test_a_nan_loss_on_one_process_stops_every_process(runs):
+    root, _ = runs
+    rank0, rank1 = ((root / f"nan-rank{r}.txt").read_text() for r in range(WORLD))
+    assert rank0.startswith("step 0: the training loss is not finite on another process")
+    assert rank1.startswith("step 0: the training loss is not finite (") and "seg=nan" in rank1
 
 
 # -- (b) distributed evaluation = single-process evaluation -------------------------------------
