@@ -105,7 +105,7 @@ class OptimConfig:
     disc_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
 
 
-AMP_MODES = ("off", "bf16", "fp16")
+AMP_MODES = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -121,9 +121,10 @@ class TrainConfig:
     Speed switches (off by default; where the hardware lacks one it stays off and a one-line
     notice says so):
 
-    * ``amp``: automatic mixed precision. ``off``; ``bf16`` (autocast to bfloat16, on CUDA
-      GPUs that support it and on CPU); ``fp16`` (autocast to float16 with a GradScaler, CUDA
-      only). Losses and evaluation stay in float32.
+    * ``amp``: automatic mixed precision of a step's forward passes: ``fp32`` (none; the
+      values are named so that YAML reads none of them as a boolean); ``bf16`` (autocast to
+      bfloat16, on CUDA GPUs that support it and on CPU); ``fp16`` (autocast to float16 with
+      a GradScaler, CUDA only). Weights, optimiser state and evaluation stay in float32.
     * ``channels_last``: NHWC memory format for the networks and input images (faster
       convolutions on tensor-core GPUs).
     * ``compile``: ``torch.compile`` the student (after its DDP wrapper) and the teacher; the
@@ -141,7 +142,7 @@ class TrainConfig:
     threads: int = 0
     deterministic: bool = True
     progress: bool = True
-    amp: str = "off"
+    amp: str = "fp32"
     channels_last: bool = False
     compile: bool = False
     cudnn_benchmark: bool = False
@@ -151,7 +152,7 @@ class TrainConfig:
 #: Keys added after stages were first stored, at the values that reproduce the behaviour from
 #: before they existed; left out of fingerprints while at those values, so stored stages stay valid.
 FINGERPRINT_NEUTRAL = {
-    "train.amp": "off",
+    "train.amp": "fp32",
     "train.channels_last": False,
     "train.compile": False,
     "train.cudnn_benchmark": False,
