@@ -250,17 +250,23 @@ def _train_stages(stages: list[StagePlan], context: SweepContext, log) -> None:
         return
     spec = context.spec
     log(f"training {len(todo)} stage(s) the trials build on (once; later sweeps reuse them)")
-    tasks = []
+    start = time.monotonic()
+    pending = {}
     for stage in todo:
         threads = max(1, stage.config.train.threads or int(spec.resources.cpu))
         # never ask for more CPUs than the cluster has: the task would wait forever
         cpus = min(threads, max(1, int(ray.cluster_resources().get("CPU", 1))))
         remote = ray.remote(num_cpus=cpus, num_gpus=spec.resources.gpu, max_retries=1)(train_stage)
-        tasks.append(remote.remote(stage.config, context, threads))
-    for stage, summary in zip(todo, ray.get(tasks), strict=True):
+        pending[remote.remote(stage.config, context, threads)] = stage
+    done = 0
+    while pending:  # report each stage as it ends (a stage takes minutes on a laptop)
+        (ready,), _ = ray.wait(list(pending), num_returns=1)
+        stage, summary = pending.pop(ready), ray.get(ready)
+        done += 1
         log(
-            f"  {stage.config.stage} seed={stage.config.seed}: target mIoU "
-            f"{summary['metrics'].get('miou', math.nan):.2f} -> {stage.checkpoint}"
+            f"  stage {done}/{len(todo)} after {time.monotonic() - start:.0f} s: "
+            f"{stage.config.stage} seed={stage.config.seed} {stage.config.data.scenario}: "
+            f"target mIoU {summary['metrics'].get('miou', math.nan):.2f} -> {stage.checkpoint}"
         )
 
 
