@@ -398,6 +398,7 @@ def run_sweep(
                 runtime_env={"env_vars": env},
             )
             started_ray = True
+        check_cluster_storage(spec, address, _alive_nodes(), log)
         _train_stages(the_plan.stages, context, log)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, context=context),
@@ -429,6 +430,46 @@ def run_sweep(
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def check_cluster_storage(spec: SweepSpec, address: str | None, nodes: int, log) -> None:
+    """On a cluster every node must reach the same ``storage`` (trial checkpoints, Train runs).
+
+    A relative folder names a different place on each machine: an error when the cluster has
+    more than one node or is reached through Ray Client (``ray://``). A local absolute folder
+    works only where it is a shared mount at the same path on every node: a warning then, and
+    when ``--address`` joins a cluster that may still add nodes. A URI (``s3://``, ``gs://``,
+    ``file://`` on a shared mount, ...) is what a cluster needs.
+    """
+    cluster = nodes > 1 or bool(address)
+    remote = bool(address) and address.startswith("ray://")
+    where = f"{nodes} nodes" if nodes > 1 else f"a cluster at {address}"
+    if "://" not in spec.storage:
+        if not os.path.isabs(spec.storage) and (nodes > 1 or remote):
+            raise SpecError(
+                f"{spec.path}: storage: {spec.storage!r} is a relative folder, but the sweep runs "
+                f"on {where}: each node would write its own; set storage to a URI every node "
+                "reaches (s3://..., gs://...) or a folder on a shared mount, e.g. "
+                "--set storage=s3://BUCKET/ray"
+            )
+        if cluster:
+            log(
+                f"warning: storage: {spec.storage!r} is a local folder on {where}: it must be a "
+                "shared mount at the same path on every node (else use an s3:// or gs:// URI)"
+            )
+    uri = spec.tracking.uri or ""
+    if cluster and (not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri):
+        log(
+            f"warning: tracking.uri: {uri or 'the default SQLite store'} is a file of this "
+            "machine; trials on other nodes need an MLflow server every node reaches "
+            "(docs/cluster.md)"
+        )
 
 
 def _log_analysis(uri: str, experiment: str, parent_run_id: str, log) -> None:
