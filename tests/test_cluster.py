@@ -1,5 +1,5 @@
-"""Sweeps on a Ray cluster: the storage every node must reach, and what a data-parallel trial
-(``resources.workers`` > 1) asks of a spec."""
+"""Sweeps on a Ray cluster: the storage every node must reach, what a data-parallel trial
+(``resources.workers`` > 1) asks of a spec and of Tune, and its Ray Train worker function."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
-from dakd.sweep.driver import check_cluster_storage
+from dakd.sweep.driver import DRIVER_CPU, check_cluster_storage, smoke, trial_resources
 from dakd.sweep.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,13 @@ def test_workers_cannot_share_one_pinned_gpu(tmp_path):
     assert (spec.resources.workers, spec.resources.gpu) == (2, 0.5)
 
 
+def test_data_parallel_trials_reserve_only_their_driver(tmp_path):
+    path = _spec_file(tmp_path, "w", "resources: {cpu: 2, gpu: 1, workers: 2}\n")
+    assert trial_resources(load_spec(path)) == {"cpu": DRIVER_CPU, "gpu": 0}
+    one = load_spec(path, ["resources.workers=1"])
+    assert trial_resources(one) == {"cpu": 2.0, "gpu": 1.0}
+
+
 def test_cluster_storage_must_be_shared(tmp_path):
     path = _spec_file(tmp_path, "s", "")
     relative = load_spec(path, ["storage=runs/ray"])
@@ -69,3 +76,119 @@ def test_cluster_storage_must_be_shared(tmp_path):
     sqlite = load_spec(path, [f"storage={tmp_path.as_uri()}", "tracking.uri=sqlite:///x.db"])
     check_cluster_storage(sqlite, "auto", 2, lines.append)
     assert [line.split(":")[1] for line in lines] == [" tracking.uri"]
+
+
+# -- the data-parallel worker, with Ray Train's side played by a fake --------------------------
+
+
+class FakeTrain:
+    """What a Ray Train worker sees of Ray Train: its rank, its checkpoint, ``report``."""
+
+    def __init__(self, rank: int, store: Path, checkpoint=None, uri: str = ""):
+        self.rank, self.store, self.checkpoint, self.uri = rank, store, checkpoint, uri
+        self.prefix = "resumed-" if checkpoint is not None else ""
+        self.reports: list[dict] = []
+
+    def get_context(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(get_world_rank=lambda: self.rank)
+
+    def get_checkpoint(self):
+        return self.checkpoint
+
+    def report(self, metrics, checkpoint=None):
+        import shutil
+
+        from mlflow.tracking import MlflowClient
+
+        entry = {"step": metrics["step"], "run_id": metrics["mlflow_run_id"]}
+        if checkpoint is not None:  # Ray Train persists the folder before report returns
+            kept = self.store / f"{self.prefix}checkpoint_{metrics['step']}"
+            shutil.copytree(checkpoint.path, kept)
+            entry["checkpoint"] = str(kept)
+        if self.rank == 0:  # the MLflow run's state when Tune would hear of this evaluation
+            entry["status"] = MlflowClient(self.uri).get_run(metrics["mlflow_run_id"]).info.status
+        self.reports.append(entry)
+
+
+def _train_worker_process(rank: int, root: Path, port: int, loop: dict, resume: bool) -> None:
+    import json
+
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    from dakd.sweep import trial as trial_module
+
+    torch.set_num_threads(1)
+    store = root / "store"
+    checkpoint = (
+        ray.train.Checkpoint.from_directory(str(store / "checkpoint_2")) if resume else None
+    )
+    fake = FakeTrain(rank, store, checkpoint, loop["context"].tracking_uri)
+    for name in ("get_context", "get_checkpoint", "report"):
+        setattr(ray.train, name, getattr(fake, name))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        trial_module.train_worker(loop)
+    finally:
+        dist.destroy_process_group()
+    tag = "resumed" if resume else "first"
+    (root / f"{tag}-rank{rank}.json").write_text(json.dumps(fake.reports))
+
+
+@pytest.mark.slow
+def test_data_parallel_worker_reports_in_step_and_resumes(tmp_path):
+    """Two gloo processes run the trial's Ray Train worker function: every rank reports every
+    evaluation, rank 0 alone with a checkpoint; the MLflow run is finished with its weights
+    before the last report; restarted from the first checkpoint, it evaluates only what is left."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+    from mlflow.tracking import MlflowClient
+
+    from dakd.config import from_dict
+    from dakd.sweep.spec import grid_variants, resolve
+    from dakd.sweep.trial import SweepContext
+    from dakd.tracking import RunLogger, prepare
+
+    spec = smoke(_spec_file(tmp_path, "dp", "resources: {workers: 2}\n"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    context = SweepContext(spec, str(ROOT), uri, prepare(uri, spec.name), "", {})
+    cfg = from_dict(
+        resolve(spec, grid_variants(spec)[0]).to_dict(), {"name": "run", "train.progress": False}
+    )
+    run = RunLogger(uri, context.experiment_id, run_name="dp", tags={"trial": "dp"})
+    loop = {
+        "config": cfg.to_dict(),
+        "context": context,
+        "run_id": run.run_id,
+        "out_dir": str(tmp_path / "trial"),
+        "teacher": None,
+        "threads": 1,
+    }
+    (tmp_path / "store").mkdir()
+    for resume in (False, True):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_train_worker_process, args=(tmp_path, port, loop, resume), nprocs=2)
+
+    first = [json.loads((tmp_path / f"first-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [e["step"] for e in first[0]] == [e["step"] for e in first[1]] == [2, 4]
+    assert all("checkpoint" in e for e in first[0])
+    assert not any("checkpoint" in e for e in first[1])
+    assert [e["status"] for e in first[0]] == ["RUNNING", "FINISHED"]  # artifacts first
+    assert {e["run_id"] for e in first[0] + first[1]} == {run.run_id}
+
+    resumed = [json.loads((tmp_path / f"resumed-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [e["step"] for e in resumed[0]] == [e["step"] for e in resumed[1]] == [4]
+
+    client = MlflowClient(uri)
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.run_id, "miou")]
+    assert sorted(steps) == [2, 4, 4]  # the restart logged only its own evaluation
+    names = {a.path for a in client.list_artifacts(run.run_id, "weights")}
+    assert names == {"weights/model.pt"}

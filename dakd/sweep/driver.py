@@ -32,6 +32,9 @@ from dakd.sweep.spec import (
 )
 from dakd.sweep.trial import SweepContext, stages_of
 
+DRIVER_CPU = 1.0
+"""CPUs Tune reserves for a data-parallel trial: the Ray Train driver (Ray's default for a trial)."""
+
 STATE_FILE = "dakd_sweep.json"
 """Written into each Tune experiment folder: what ``--resume`` needs to continue the sweep."""
 
@@ -337,11 +340,6 @@ def run_sweep(
     from dakd.tracking import RunLogger, git_commit, prepare, ui_command
 
     root = (root or Path.cwd()).resolve()
-    if spec.resources.workers > 1:
-        raise SpecError(
-            f"{spec.path}: resources.workers: {spec.resources.workers} workers per trial need "
-            "the data-parallel trainer, which this version does not have; use workers: 1"
-        )
     the_plan = plan(spec, root)
     log(the_plan.text())
     uri = the_plan.tracking_uri
@@ -385,6 +383,7 @@ def run_sweep(
         experiment_id=experiment_id,
         parent_run_id=parent.run_id,
         tags=sweep_tags,
+        storage=f"{storage.rstrip('/')}/{name}",
     )
     started_ray = False
     try:
@@ -399,10 +398,15 @@ def run_sweep(
             )
             started_ray = True
         check_cluster_storage(spec, address, _alive_nodes(), log)
+        if spec.resources.workers > 1 and not spec.tune.max_concurrent:
+            # a Train run starts once all its workers fit; trials beyond that only wait
+            log(
+                "note: tune.max_concurrent is unset; with resources.workers > 1 set it to the "
+                "number of Train runs the cluster fits at once (e.g. GPUs // (workers * gpu))"
+            )
         _train_stages(the_plan.stages, context, log)
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, context=context),
-            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+            tune.with_parameters(run_trial, context=context), trial_resources(spec)
         )
         if previous:
             log(f"resuming {previous}")
@@ -430,6 +434,15 @@ def run_sweep(
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """What Tune reserves for one trial. With one worker the trial trains in its own process
+    (``resources.cpu``/``gpu``); with more it is the driver of a Ray Train run whose workers
+    reserve their own ``cpu``/``gpu`` each, so the trial itself takes :data:`DRIVER_CPU`."""
+    if spec.resources.workers > 1:
+        return {"cpu": DRIVER_CPU, "gpu": 0}
+    return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
 
 
 def _alive_nodes() -> int:
