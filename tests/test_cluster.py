@@ -1,5 +1,8 @@
-"""Sweeps on a Ray cluster: the storage every node must reach, what a data-parallel trial
-(``resources.workers`` > 1) asks of a spec and of Tune, and its Ray Train worker function."""
+"""Sweeps on a Ray cluster: storage every node must reach, trials placed on several nodes, and
+data-parallel trials (``resources.workers`` > 1) trained through Ray Train.
+
+The cluster tests start a head and one more node on this machine (``ray.cluster_utils``), one
+CPU each: two trials that run at once can only run on different nodes."""
 
 from __future__ import annotations
 
@@ -192,3 +195,103 @@ def test_data_parallel_worker_reports_in_step_and_resumes(tmp_path):
     assert sorted(steps) == [2, 4, 4]  # the restart logged only its own evaluation
     names = {a.path for a in client.list_artifacts(run.run_id, "weights")}
     assert names == {"weights/model.pt"}
+
+
+# -- on a two-node cluster --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    assert not ray.is_initialized()
+    nodes = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
+    nodes.add_node(num_cpus=1)
+    ray.init(address=nodes.address, log_to_driver=False)
+    nodes.wait_for_nodes()
+    root = tmp_path_factory.mktemp("cluster")
+    place = {
+        "root": root,
+        "overrides": [
+            f"experiment.out_dir={root / 'stages'}",
+            f"storage={(root / 'ray').as_uri()}",  # shared: both nodes are this machine
+            f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+        ],
+    }
+    yield place
+    ray.shutdown()
+    nodes.shutdown()
+
+
+def _trial_runs(place, spec, result):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{place['root'] / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(spec.experiment_name)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    return client, [r for r in children if "trial" in r.data.tags]
+
+
+@pytest.mark.slow
+def test_sweep_places_trials_on_both_nodes(cluster, tmp_path):
+    import ray
+
+    from dakd.sweep.driver import run_sweep
+
+    body = (
+        "search:\n  optim.lr: {grid: [0.01, 0.02]}\n"
+        "tune: {search: grid, scheduler: fifo, max_concurrent: 2}\n"
+        "resources: {cpu: 1}\n"
+    )
+    spec = smoke(_spec_file(tmp_path, "two_nodes", body), cluster["overrides"])
+    lines: list[str] = []
+    result = run_sweep(spec, address="auto", root=ROOT, log=lines.append)
+
+    assert result.errors == 0
+    assert [r["status"] for r in result.rows] == ["done", "done"]
+    assert all(r["step"] == spec.base.train.steps for r in result.rows)
+    client, trials = _trial_runs(cluster, spec, result)
+    assert len(trials) == 2
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    nodes = {r.data.tags["ray.node_id"] for r in trials}
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 2 and nodes <= alive  # one trial on each node
+    for run in trials:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "miou")] == [2, 4]
+    # Tune's results are stored: the experiment can be read back from the storage URI
+    from ray import tune
+
+    assert tune.Tuner.can_restore(result.experiment_path)
+    assert len(tune.ExperimentAnalysis(result.experiment_path).trials) == 2
+
+
+@pytest.mark.slow
+def test_data_parallel_trial_trains_through_ray_train(cluster, tmp_path):
+    from dakd.sweep.driver import run_sweep
+
+    body = (
+        "tune: {search: grid, scheduler: fifo, max_concurrent: 1}\n"
+        "resources: {cpu: 0.5, workers: 2}\n"  # the driver's CPU plus two half-CPU workers
+    )
+    spec = smoke(_spec_file(tmp_path, "two_workers", body), cluster["overrides"])
+    result = run_sweep(spec, root=ROOT, log=lambda _: None)
+
+    assert result.errors == 0
+    (row,) = result.rows
+    assert row["status"] == "done" and row["step"] == spec.base.train.steps
+    client, (run,) = _trial_runs(cluster, spec, result)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["workers"] == "2"
+    assert row["mlflow_run_id"] == run.info.run_id
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "miou")] == [2, 4]
+    assert client.get_metric_history(run.info.run_id, "loss/total")
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
+    assert "weights/model.pt" in names
+    # the Train run (workers' checkpoints) lives in the sweep's storage, beside the trials
+    train_runs = list(Path(result.experiment_path.removeprefix("file://")).glob("train-trial_id=*"))
+    assert len(train_runs) == 1
+    assert list(train_runs[0].glob("checkpoint_*/last.pt"))
