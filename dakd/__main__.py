@@ -9,6 +9,7 @@ from pathlib import Path
 
 EXAMPLES = """examples:
   python -m dakd train configs/embedded.yaml --set stage=teacher_da --set seed=1
+  torchrun --nproc-per-node 2 -m dakd train configs/embedded.yaml --set stage=teacher_da
   python -m dakd train configs/embedded.yaml --set stage=dakd --set teacher=auto --set init=auto
   python -m dakd eval runs/experiments/NAME/model.pt
   python -m dakd calibrate configs/embedded.yaml --seeds 0 1 2
@@ -33,19 +34,27 @@ def add_overrides(
 
 def cmd_train(args) -> int:
     from dakd.config import load_config
+    from dakd.distributed import torchrun_group
     from dakd.pipeline import requirements, run_stage, with_stages
     from dakd.train import train
 
     cfg = load_config(args.config, args.overrides)
-    # teacher: auto / init: auto -> train (or reuse) the stages this run builds on
-    stages = {field: run_stage(dep)["checkpoint"] for field, dep in requirements(cfg).items()}
-    cfg = with_stages(cfg, stages)
-    print(f"run directory: {cfg.run_dir}")
-    result = train(cfg, resume=not args.restart)
-    print(json.dumps({k: round(v, 3) for k, v in result.metrics.items() if "/" not in k}, indent=1))
-    print(f"checkpoint (resumable): {result.checkpoint}")
+    # under torchrun: one process per rank, joined here; every rank runs the same calls below
+    with torchrun_group(cfg.train.device) as world:
+        say = print if world.is_main else (lambda *a, **k: None)
+        if world.distributed:
+            say(f"data-parallel: {world.size} processes, global batch {cfg.data.batch_size}")
+        # teacher: auto / init: auto -> train (or reuse) the stages this run builds on
+        stages = {
+            field: run_stage(dep, log=say)["checkpoint"] for field, dep in requirements(cfg).items()
+        }
+        cfg = with_stages(cfg, stages)
+        say(f"run directory: {cfg.run_dir}")
+        result = train(cfg, resume=not args.restart)
+    say(json.dumps({k: round(v, 3) for k, v in result.metrics.items() if "/" not in k}, indent=1))
+    say(f"checkpoint (resumable): {result.checkpoint}")
     if (cfg.run_dir / "model.pt").exists():
-        print(f"final weights: {cfg.run_dir / 'model.pt'}")
+        say(f"final weights: {cfg.run_dir / 'model.pt'}")
     return 0
 
 

@@ -35,6 +35,12 @@ class DataConfig:
     ``color_jitter`` (strength s: brightness, contrast, saturation in [1-s, 1+s], hue +-s/4) and
     ``grayscale`` (probability) are photometric augmentations of training images, off at 0.
     ``cache_dir``: where the embedded splits are rendered once and reused ("" renders in memory).
+
+    ``batch_size`` is the *global* batch per domain (``batch_size`` source + ``batch_size``
+    target images a step): with N data-parallel processes each takes a disjoint share of
+    ``batch_size / N`` images of the same global batch (it must divide evenly), so a config
+    means the same optimisation on any number of processes. ``val_batch_size`` is per process
+    (it changes no result).
     """
 
     scenario: str = "synth_to_real"
@@ -99,8 +105,36 @@ class OptimConfig:
     disc_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
 
 
+AMP_MODES = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig:
+    """The loop, the device and the speed switches.
+
+    ``device``: auto (CUDA when present), cpu, cuda or cuda:N. Under torchrun rank r uses
+    ``cuda:LOCAL_RANK`` (auto or cuda) or the CPU (gloo).
+    ``threads``: torch CPU threads per process (0 = torch's default).
+    ``deterministic``: deterministic kernels where torch has them (CUDA's bilinear-upsampling
+    backward has none; torch warns about it instead of failing).
+
+    Speed switches (off by default; where the hardware lacks one it stays off and a one-line
+    notice says so):
+
+    * ``amp``: automatic mixed precision of a step's forward passes: ``fp32`` (none; the
+      values are named so that YAML reads none of them as a boolean); ``bf16`` (autocast to
+      bfloat16, on CUDA GPUs that support it and on CPU); ``fp16`` (autocast to float16 with
+      a GradScaler, CUDA only). Weights, optimiser state and evaluation stay in float32.
+    * ``channels_last``: NHWC memory format for the networks and input images (faster
+      convolutions on tensor-core GPUs).
+    * ``compile``: ``torch.compile`` the student (after its DDP wrapper) and the teacher; the
+      first steps pay the compilation.
+    * ``cudnn_benchmark``: let cuDNN time its kernels and keep the fastest (CUDA only); needs
+      ``deterministic: false``, since the choice may differ from run to run.
+    * ``sync_bn``: SyncBatchNorm in the student, so that BatchNorm normalises over the global
+      batch rather than each process's share (CUDA only, data-parallel runs only).
+    """
+
     steps: int = 1000
     eval_interval: int = 250
     log_interval: int = 50
@@ -108,6 +142,22 @@ class TrainConfig:
     threads: int = 0
     deterministic: bool = True
     progress: bool = True
+    amp: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = False
+    sync_bn: bool = False
+
+
+#: Keys added after stages were first stored, at the values that reproduce the behaviour from
+#: before they existed; left out of fingerprints while at those values, so stored stages stay valid.
+FINGERPRINT_NEUTRAL = {
+    "train.amp": "fp32",
+    "train.channels_last": False,
+    "train.compile": False,
+    "train.cudnn_benchmark": False,
+    "train.sync_bn": False,
+}
 
 
 @dataclass
@@ -173,9 +223,14 @@ class ExperimentConfig:
 
         ``train.threads`` is part of it: on CPU the thread count changes the order of float
         reductions, and a run with 1 thread does not reproduce a run with 2 bit for bit. So is
-        the embedded renderer's version: a changed scene generator is different data.
+        the embedded renderer's version: a changed scene generator is different data. So are the
+        speed switches when they are on (they change float arithmetic); see ``FINGERPRINT_NEUTRAL``.
         """
-        flat = {k: v for k, v in self.flat().items() if k not in exclude}
+        flat = {
+            k: v
+            for k, v in self.flat().items()
+            if k not in exclude and not (k in FINGERPRINT_NEUTRAL and FINGERPRINT_NEUTRAL[k] == v)
+        }
         if self.data.dataset == "scenes":
             from dakd.data.scenes import renderer_version
 
@@ -359,6 +414,12 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         "must be auto, cpu, cuda or cuda:N",
     )
     _check(t.threads >= 0, "train.threads", "must be >= 0 (0 = torch's default)")
+    _check(t.amp in AMP_MODES, "train.amp", f"{t.amp!r} is not one of {', '.join(AMP_MODES)}")
+    _check(
+        not (t.cudnn_benchmark and t.deterministic),
+        "train.cudnn_benchmark",
+        "needs train.deterministic=false (cuDNN picks kernels by timing them, so runs differ)",
+    )
     if cfg.stage == "dakd":
         _check(
             bool(cfg.teacher), "teacher", "stage 'dakd' needs the frozen teacher's checkpoint path"

@@ -9,13 +9,22 @@
 Every ``train.eval_interval`` steps (and at the end) the target val split is evaluated, a
 checkpoint is written atomically and ``report(metrics, checkpoint_path)`` is called. The core
 knows nothing of Ray or MLflow: the sweep and tracking layers adapt ``report``.
+
+Data-parallel: when torch's default process group is initialised (``torchrun -m dakd train``,
+see ``dakd.distributed``), every process runs this same loop on its share of each global batch
+(``data.batch_size`` is global). The student and the discriminators are wrapped in
+``DistributedDataParallel``, which averages their gradients; the frozen teacher is loaded by
+every process, without a wrapper. Evaluation splits the val images between the processes and
+sums their confusion matrices. Rank 0 alone writes checkpoints and metrics and shows progress.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,15 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dakd import checkpoint as ckpt
 from dakd import losses
-from dakd.config import ConfigError, ExperimentConfig, from_dict
+from dakd.config import ConfigError, ExperimentConfig, TrainConfig, from_dict
 from dakd.data.labels import NUM_CLASSES
 from dakd.data.loader import StepSampler, eval_batches
 from dakd.data.scenes import SceneDataset
+from dakd.distributed import World, current_world
 from dakd.evaluate import SegMetrics, evaluate
 from dakd.models import Discriminator, count_parameters, create_model
 from dakd.paradigms import STAGES, phase_at
@@ -55,11 +67,20 @@ class TrainResult:
     evaluation: SegMetrics | None = None
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, world: World | None = None) -> torch.device:
+    """``train.device`` as a torch device; data-parallel CUDA ranks use their current GPU."""
+    world = world or current_world()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"train.device is {name!r} but torch sees no CUDA device")
+    if world.distributed and name.startswith("cuda"):
+        if name != "cuda":
+            raise ConfigError(
+                f"train.device: {name!r} pins one GPU, but each of the {world.size} processes "
+                "needs its own; use auto or cuda (each process uses cuda:LOCAL_RANK)"
+            )
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
 
 
@@ -67,8 +88,66 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        # warn_only: CUDA has no deterministic bilinear-upsampling backward (every CPU op used
+        # here has one, so CPU runs stay bit-reproducible)
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The speed switches of ``train`` as they apply on this device (see ``TrainConfig``)."""
+
+    amp_dtype: torch.dtype | None = None
+    grad_scaling: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = False
+    sync_bn: bool = False
+
+
+def speed_settings(t: TrainConfig, device: torch.device, world: World) -> tuple[Speed, list[str]]:
+    """What ``t``'s speed switches do on ``device``, and a one-line notice per switch that the
+    hardware cannot honour (it stays off)."""
+    cuda = device.type == "cuda"
+    notices = []
+    amp_dtype = None
+    if t.amp == "bf16":
+        if cuda and not torch.cuda.is_bf16_supported():
+            name = torch.cuda.get_device_name(device)
+            notices.append(f"train.amp=bf16: {name} lacks bfloat16; training in float32")
+        else:
+            amp_dtype = torch.bfloat16
+    elif t.amp == "fp16":
+        if cuda:
+            amp_dtype = torch.float16
+        else:
+            notices.append(f"train.amp=fp16 needs CUDA; training in float32 on {device.type}")
+    if t.cudnn_benchmark and not cuda:
+        notices.append(f"train.cudnn_benchmark needs CUDA (cuDNN); off on {device.type}")
+    if t.sync_bn and world.distributed and not cuda:
+        notices.append(
+            f"train.sync_bn needs CUDA (torch's SyncBatchNorm); on {device.type} each process "
+            "normalises over its own share of the batch"
+        )
+    speed = Speed(
+        amp_dtype=amp_dtype,
+        grad_scaling=amp_dtype == torch.float16,
+        channels_last=t.channels_last,
+        compile=t.compile,
+        cudnn_benchmark=t.cudnn_benchmark and cuda,
+        sync_bn=t.sync_bn and world.distributed and cuda,
+    )
+    return speed, notices
+
+
+def check_world(cfg: ExperimentConfig, world: World) -> None:
+    """The global batch must split evenly between the data-parallel processes."""
+    if cfg.data.batch_size % world.size:
+        raise ConfigError(
+            f"data.batch_size: {cfg.data.batch_size} (the global batch) does not split evenly "
+            f"between {world.size} data-parallel processes"
+        )
 
 
 def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1):
@@ -121,8 +200,15 @@ def poly_lr(base: float, step: int, total: int, power: float) -> float:
     return base * (1.0 - step / total) ** power
 
 
-def evaluate_on(model, val, cfg: ExperimentConfig, device) -> SegMetrics:
-    batches = eval_batches(val, cfg.data.val_batch_size, cfg.data.val_size)
+def evaluate_on(
+    model, val, cfg: ExperimentConfig, device, world: World | None = None
+) -> SegMetrics:
+    """Evaluate on the val split; data-parallel processes each take a share of the images and
+    sum their confusion matrices (the result equals one process's evaluation exactly)."""
+    world = world or current_world()
+    batches = eval_batches(
+        val, cfg.data.val_batch_size, cfg.data.val_size, rank=world.rank, world_size=world.size
+    )
     return evaluate(model, batches, device=device)
 
 
@@ -142,22 +228,41 @@ def evaluate_checkpoint(path, overrides: dict[str, Any] | None = None):
 
 
 class Trainer:
-    """Holds the models, optimisers and the step; ``train()`` below is the usual way in."""
+    """Holds the models, optimisers and the step; ``train()`` below is the usual way in.
+
+    ``model``, ``discriminators`` and ``teacher`` are the plain networks (what checkpoints
+    hold); ``student`` and ``disc_step`` are what a step calls: the same networks behind their
+    ``DistributedDataParallel`` wrapper when data-parallel, and ``torch.compile`` when asked.
+    """
 
     def __init__(self, cfg: ExperimentConfig, device: torch.device | None = None):
         self.cfg = cfg
         self.stage = STAGES[cfg.stage]
-        self.device = device or resolve_device(cfg.train.device)
+        self.world = world = current_world()
+        check_world(cfg, world)
+        self.device = device or resolve_device(cfg.train.device, world)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.seed, cfg.train.deterministic)
-        self.source, self.target, self.val = build_data(cfg)
+        self.speed, notices = speed_settings(cfg.train, self.device, world)
+        if world.is_main:
+            for notice in notices:
+                print(f"note: {notice}", file=sys.stderr)
+        if self.speed.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
+        self.source, self.target, self.val = build_data(cfg, world.rank, world.size)
+        self.memory_format = (
+            torch.channels_last if self.speed.channels_last else torch.contiguous_format
+        )
 
         trained = cfg.trained_model
         self.spec = ckpt.network_spec(trained.name, trained.width, NUM_CLASSES)
-        self.model = build_network(self.spec).to(self.device)
+        self.model = build_network(self.spec)
         if cfg.init:
             ckpt.load_network(self.model, ckpt.load(cfg.init), self.spec, cfg.init)
+        if self.speed.sync_bn:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(self.device, memory_format=self.memory_format)
         self.teacher = load_teacher(cfg, self.device) if self.stage.distill else None
         self.discriminators = torch.nn.ModuleDict()
         if self.stage.adversarial:
@@ -165,7 +270,21 @@ class Trainer:
                 self.discriminators[level] = Discriminator(
                     NUM_CLASSES, ndf=cfg.models.discriminator_ndf
                 )
-            self.discriminators.to(self.device)
+            self.discriminators.to(self.device, memory_format=self.memory_format)
+
+        # what a step calls: DDP (gradient averaging) and torch.compile around the networks;
+        # the segmenter's adversarial term reads the discriminators without their wrapper (it
+        # needs no gradient of theirs)
+        self.ddp_modules: list[DistributedDataParallel] = []
+        self.student = self._parallel(self.model)
+        self.disc_step = {level: self._parallel(d) for level, d in self.discriminators.items()}
+        self.teacher_step = self.teacher
+        if self.teacher is not None:
+            self.teacher.to(memory_format=self.memory_format)
+        if self.speed.compile:
+            self.student = torch.compile(self.student)
+            if self.teacher is not None:
+                self.teacher_step = torch.compile(self.teacher)
 
         o = cfg.optim
         self.optimizer = torch.optim.SGD(
@@ -178,10 +297,28 @@ class Trainer:
             if self.stage.adversarial
             else None
         )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.speed.grad_scaling)
         self.step = 0
         self.history: list[dict[str, float]] = []
 
+    def _parallel(self, module: torch.nn.Module) -> torch.nn.Module:
+        if not self.world.distributed:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(module, device_ids=ids)
+        self.ddp_modules.append(wrapped)
+        return wrapped
+
+    def autocast(self):
+        """Mixed precision for a step's forward passes and losses (``train.amp``)."""
+        if self.speed.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.speed.amp_dtype)
+
     # -- one step ------------------------------------------------------------------------------
+    def _images(self, batch) -> torch.Tensor:
+        return batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
+
     def _forward(self, model, images: torch.Tensor) -> dict[str, torch.Tensor]:
         size = images.shape[-2:]
         out = model(images)
@@ -189,6 +326,19 @@ class Trainer:
 
     def _segmentation(self, pred, labels) -> tuple[torch.Tensor, torch.Tensor]:
         return losses.seg_ce(pred["output"], labels), losses.seg_ce(pred["feature"], labels)
+
+    def _check_finite(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """Stop on a NaN or infinite loss; every process stops at the same step."""
+        value = total.detach().float().reshape(1).clone()  # all_reduce works in place
+        finite_here = math.isfinite(value.item())
+        if self.world.distributed:
+            dist.all_reduce(value)  # non-finite anywhere makes the sum non-finite everywhere
+        if not math.isfinite(value.item()):
+            shown = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            where = f" on another process (this is rank {self.world.rank})" if finite_here else ""
+            raise NonFiniteLossError(
+                f"step {self.step}: the training loss is not finite{where} ({shown})"
+            )
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimisation step of the segmenter (and the discriminators). Returns loss terms."""
@@ -208,83 +358,94 @@ class Trainer:
         needs_target = stage.supervised_on == "target" or stage.adversarial
         src = self.source.batch(step) if needs_source else None
         tgt = self.target.batch(step) if needs_target else None
-        pred_s = self._forward(self.model, src["image"].to(self.device)) if src else None
-        pred_t = self._forward(self.model, tgt["image"].to(self.device)) if tgt else None
+        with self.autocast():
+            pred_s = self._forward(self.student, self._images(src)) if src else None
+            pred_t = self._forward(self.student, self._images(tgt)) if tgt else None
 
-        if stage.supervised_on == "source":
-            seg, seg_aux = self._segmentation(pred_s, src["label"].to(self.device))
-        else:
-            seg, seg_aux = self._segmentation(pred_t, tgt["label"].to(self.device))
-        terms["seg"], terms["seg_aux"] = seg, seg_aux
-        total = seg + lw.seg_aux * seg_aux
+            if stage.supervised_on == "source":
+                seg, seg_aux = self._segmentation(pred_s, src["label"].to(self.device))
+            else:
+                seg, seg_aux = self._segmentation(pred_t, tgt["label"].to(self.device))
+            terms["seg"], terms["seg_aux"] = seg, seg_aux
+            total = seg + lw.seg_aux * seg_aux
 
-        if stage.adversarial:
-            self.discriminators.requires_grad_(False)
-            adv = {
-                level: losses.adversarial(
-                    self.discriminators[level](F.softmax(pred_t[level], dim=1)), True, lw.adv_kind
+            if stage.adversarial:
+                self.discriminators.requires_grad_(False)
+                adv = {
+                    level: losses.adversarial(
+                        self.discriminators[level](F.softmax(pred_t[level], dim=1)),
+                        True,
+                        lw.adv_kind,
+                    )
+                    for level in LEVELS
+                }
+                terms["adv_output"], terms["adv_feature"] = adv["output"], adv["feature"]
+                total = total + lw.adv_output * adv["output"] + lw.adv_feature * adv["feature"]
+
+            if stage.distill:
+                phase = phase_at(cfg.paradigm, step, cfg.train.steps, cfg.distill.sequential_split)
+                args = (cfg.distill.levels, lw.temperature, lw.pseudo_threshold)
+                weights = {"kl": lw.kl, "mse": lw.mse, "pseudo": lw.pseudo}
+                teacher_pred = {}
+                with torch.no_grad():
+                    for name, on, batch in (
+                        ("source", phase.source, src),
+                        ("target", phase.target, tgt),
+                    ):
+                        if on:
+                            teacher_pred[name] = self._forward(
+                                self.teacher_step, self._images(batch)
+                            )
+                per_domain = {}
+                for name, pred in (("source", pred_s), ("target", pred_t)):
+                    if name in teacher_pred:
+                        per_domain[name] = losses.distill_terms(pred, teacher_pred[name], *args)
+                        for term, value in per_domain[name].items():
+                            terms[f"{term}_{name}"] = value
+                distill = losses.distillation_objective(
+                    per_domain.get("source"), per_domain.get("target"), weights, lw.target
                 )
-                for level in LEVELS
-            }
-            terms["adv_output"], terms["adv_feature"] = adv["output"], adv["feature"]
-            total = total + lw.adv_output * adv["output"] + lw.adv_feature * adv["feature"]
-
-        if stage.distill:
-            phase = phase_at(cfg.paradigm, step, cfg.train.steps, cfg.distill.sequential_split)
-            args = (cfg.distill.levels, lw.temperature, lw.pseudo_threshold)
-            weights = {"kl": lw.kl, "mse": lw.mse, "pseudo": lw.pseudo}
-            teacher_pred = {}
-            with torch.no_grad():
-                for name, on, batch in (
-                    ("source", phase.source, src),
-                    ("target", phase.target, tgt),
-                ):
-                    if on:
-                        teacher_pred[name] = self._forward(
-                            self.teacher, batch["image"].to(self.device)
-                        )
-            per_domain = {}
-            for name, pred in (("source", pred_s), ("target", pred_t)):
-                if name in teacher_pred:
-                    per_domain[name] = losses.distill_terms(pred, teacher_pred[name], *args)
-                    for term, value in per_domain[name].items():
-                        terms[f"{term}_{name}"] = value
-            distill = losses.distillation_objective(
-                per_domain.get("source"), per_domain.get("target"), weights, lw.target
-            )
-            terms["distill"] = distill
-            total = total + distill
+                terms["distill"] = distill
+                total = total + distill
 
         terms["total"] = total
-        if not math.isfinite(total.item()):
-            shown = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-            raise NonFiniteLossError(f"step {step}: the training loss is not finite ({shown})")
+        self._check_finite(total, terms)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
 
         if stage.adversarial:
             self.discriminators.requires_grad_(True)
             self.d_optimizer.zero_grad(set_to_none=True)
             d_loss = 0.0
-            for level in LEVELS:
-                d = self.discriminators[level]
-                d_src = losses.adversarial(
-                    d(F.softmax(pred_s[level].detach(), dim=1)), True, lw.adv_kind
-                )
-                d_tgt = losses.adversarial(
-                    d(F.softmax(pred_t[level].detach(), dim=1)), False, lw.adv_kind
-                )
-                d_loss = d_loss + (d_src + d_tgt) / 2
-            d_loss.backward()
-            self.d_optimizer.step()
+            with self.autocast():
+                for level in LEVELS:
+                    d = self.disc_step[level]
+                    d_src = losses.adversarial(
+                        d(F.softmax(pred_s[level].detach(), dim=1)), True, lw.adv_kind
+                    )
+                    d_tgt = losses.adversarial(
+                        d(F.softmax(pred_t[level].detach(), dim=1)), False, lw.adv_kind
+                    )
+                    d_loss = d_loss + (d_src + d_tgt) / 2
+            self.scaler.scale(d_loss).backward()
+            self.scaler.step(self.d_optimizer)
             terms["disc"] = d_loss
+        self.scaler.update()
         self.step += 1
         return {k: v.detach() for k, v in terms.items()}
 
     # -- evaluation and checkpoints --------------------------------------------------------------
+    def sync_buffers(self) -> None:
+        """Give every process rank 0's BatchNorm running statistics (DDP does so before each
+        forward; after the last step each process has updated its own from its share)."""
+        if self.world.distributed:
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
+
     def evaluate(self):
-        return evaluate_on(self.model, self.val, self.cfg, self.device)
+        self.sync_buffers()
+        return evaluate_on(self.model, self.val, self.cfg, self.device, self.world)
 
     def state(self) -> dict[str, Any]:
         state = {
@@ -300,6 +461,8 @@ class Trainer:
         if self.d_optimizer is not None:
             state["discriminators"] = self.discriminators.state_dict()
             state["d_optimizer"] = self.d_optimizer.state_dict()
+        if self.scaler.is_enabled():
+            state["grad_scaler"] = self.scaler.state_dict()
         return state
 
     def load_state(self, state: dict[str, Any], path) -> None:
@@ -312,13 +475,36 @@ class Trainer:
         if self.d_optimizer is not None:
             self.discriminators.load_state_dict(state["discriminators"])
             self.d_optimizer.load_state_dict(state["d_optimizer"])
+        if self.scaler.is_enabled() and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
 
 
-def _mean_terms(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
-    return {f"loss/{k}": (v / max(count, 1)).item() for k, v in sums.items()}
+def _mean_terms(sums: dict[str, torch.Tensor], count: int, world: World) -> dict[str, float]:
+    """Mean loss terms since the last report, averaged over the data-parallel processes."""
+    if not sums:
+        return {}
+    keys = sorted(sums)
+    means = torch.stack([sums[k].float() for k in keys]) / max(count, 1)
+    if world.distributed:
+        dist.all_reduce(means)
+        means /= world.size
+    return {f"loss/{k}": v for k, v in zip(keys, means.tolist(), strict=True)}
+
+
+def _same_step_everywhere(step: int, world: World, device: torch.device, last: Path) -> None:
+    """Every process must resume from the same step (they read ``last.pt`` from one folder)."""
+    if not world.distributed:
+        return
+    steps = torch.tensor([step, -step], device=device)
+    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+    if int(steps[0]) != -int(steps[1]):
+        raise ckpt.CheckpointError(
+            f"data-parallel processes start from different steps ({-int(steps[1])} to "
+            f"{int(steps[0])}); every process must see the same {last} (a shared filesystem)"
+        )
 
 
 def train(
@@ -333,6 +519,14 @@ def train(
     (``miou``, ``pixel_acc``, ``iou/<class>``), the mean loss terms since the last report
     (``loss/<term>``), ``step`` and ``lr``. ``stop_after`` ends the call early after that many
     steps of this call (used to test resumption); the checkpoint then holds the exact state.
+
+    Data-parallel (an initialised default process group): every process calls ``train`` with
+    the same config; metrics (but ``sec_per_step``) are the same on every process (the
+    confusion matrix and the loss terms are reduced over all of them); rank 0 alone writes ``run_dir`` and shows progress;
+    ``report`` is called on every process, with the checkpoint path on rank 0 and None
+    elsewhere (an adapter that logs somewhere should log where the path is given). Every
+    process reads ``last.pt`` to resume, so ``run_dir`` must be on a filesystem they all see.
+    ``train`` returns on every process once rank 0's files are written.
     """
     for key in ("teacher", "init"):
         if getattr(cfg, key) == "auto":
@@ -341,12 +535,16 @@ def train(
                 "(python -m dakd train or the sweep do; in code: dakd.pipeline.with_stages)"
             )
     trainer = Trainer(cfg)
+    world = trainer.world
+    main = world.is_main
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "last.pt"
     if resume and last.exists():
         trainer.load_state(ckpt.load(last), last)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    _same_step_everywhere(trainer.step, world, trainer.device, last)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     t = cfg.train
     start = trainer.step
     stop = t.steps if stop_after is None else min(t.steps, start + stop_after)
@@ -357,7 +555,7 @@ def train(
         total=t.steps,
         initial=start,
         desc=f"{cfg.stage}:{cfg.name}",
-        disable=not t.progress,
+        disable=not (t.progress and main),
         dynamic_ncols=True,
         leave=False,
     )
@@ -383,27 +581,30 @@ def train(
                     "lr": trainer.optimizer.param_groups[0]["lr"],
                     "sec_per_step": step_time / max(count, 1),
                     **result.as_dict(),
-                    **_mean_terms(sums, count),
+                    **_mean_terms(sums, count, world),
                 }
                 trainer.history.append(metrics)
                 sums, count, step_time = {}, 0, 0.0
-                ckpt.save(trainer.state(), last)
-                with (run_dir / "metrics.jsonl").open("a") as handle:
-                    handle.write(json.dumps(metrics) + "\n")
+                if main:
+                    ckpt.save(trainer.state(), last)
+                    with (run_dir / "metrics.jsonl").open("a") as handle:
+                        handle.write(json.dumps(metrics) + "\n")
                 bar.set_postfix(miou=f"{metrics['miou']:.2f}")
                 if report is not None:
-                    report(dict(metrics), last)
+                    report(dict(metrics), last if main else None)
     finally:
         bar.close()
-    if trainer.step < t.steps and count:
+    if trainer.step < t.steps and count and main:
         ckpt.save(trainer.state(), last)  # an early stop keeps its exact state
-    if trainer.step == t.steps:
+    if trainer.step == t.steps and main:
         # the final weights alone: what later stages load (no optimiser or discriminator state)
         keep = ("network", "config", "stage", "step", "model")
         final = {k: v for k, v in trainer.state().items() if k in keep}
         final["metrics"] = {k: float(v) for k, v in metrics.items()}
         final["parameters"] = count_parameters(trainer.model)
         ckpt.save(final, run_dir / "model.pt")
+    if world.distributed:
+        dist.barrier()  # no process moves on (e.g. to a stage that loads model.pt) before rank 0
     return TrainResult(
         metrics=metrics, checkpoint=last, history=trainer.history, evaluation=evaluation
     )

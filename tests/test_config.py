@@ -48,6 +48,12 @@ def test_ints_accepted_for_floats_but_not_the_reverse():
         ({"train": {"steps": 0}}, r"train\.steps: must be >= 1"),
         ({"train": {"deterministic": "yes"}}, r"train\.deterministic: expected true or false"),
         ({"stage": "dakd"}, r"teacher: stage 'dakd' needs"),
+        ({"train": {"amp": "fp8"}}, r"train\.amp: 'fp8' is not one of fp32, bf16, fp16"),
+        ({"train": {"amp": False}}, r"train\.amp: expected a string"),
+        (
+            {"train": {"cudnn_benchmark": True}},
+            r"train\.cudnn_benchmark: needs train\.deterministic=false",
+        ),
     ],
 )
 def test_bad_values_name_the_key(data, message):
@@ -94,3 +100,14 @@ def test_thread_count_is_part_of_the_fingerprint():
     one = from_dict({"stage": "student_da", "train": {"threads": 1}})
     two = from_dict({"stage": "student_da", "train": {"threads": 2}})
     assert one.fingerprint() != two.fingerprint()
+
+
+def test_speed_switches_enter_the_fingerprint_only_when_on():
+    # at their defaults they are left out, so stages stored before the switches existed are
+    # still found; switched on they change float arithmetic, hence the weights
+    base = from_dict({"stage": "student_da"})
+    off = from_dict({"stage": "student_da", "train": {"amp": "fp32", "sync_bn": False}})
+    assert base.fingerprint() == off.fingerprint()
+    for switch in ({"amp": "bf16"}, {"channels_last": True}, {"sync_bn": True}):
+        on = from_dict({"stage": "student_da", "train": switch})
+        assert on.fingerprint() != base.fingerprint(), switch

@@ -1,4 +1,5 @@
-"""The trainer: determinism, resume, stages and paradigms, the report callback, bad input."""
+"""The trainer: determinism, resume, stages and paradigms, the report callback, bad input,
+speed switches."""
 
 import math
 
@@ -8,7 +9,7 @@ import torch
 from dakd import checkpoint as ckpt
 from dakd import losses
 from dakd.paradigms import paradigm_phases, phase_at
-from dakd.train import NonFiniteLossError, train
+from dakd.train import NonFiniteLossError, Trainer, train
 
 
 def weights(path):
@@ -81,8 +82,6 @@ def test_sequential_paradigm_switches_to_target_only():
 def test_teacher_is_frozen_and_in_eval_mode(tiny, monkeypatch):
     teacher = train(tiny("teacher_da"))
     before = weights(teacher.checkpoint)
-    from dakd.train import Trainer
-
     trainer = Trainer(tiny("dakd", teacher=str(teacher.checkpoint)))
     trainer.train_step()
     assert not trainer.teacher.training
@@ -130,3 +129,42 @@ def test_oracle_and_source_only_train_without_discriminators(tiny):
         reports = []
         train(tiny(stage), report=lambda m, p, reports=reports: reports.append(m))
         assert "loss/adv_output" not in reports[-1] and "loss/seg" in reports[-1]
+
+
+def test_bf16_autocast_runs_on_cpu_with_finite_losses(tiny):
+    fp32, bf16 = Trainer(tiny(name="fp32")), Trainer(tiny(name="bf16", train__amp="bf16"))
+    assert bf16.speed.amp_dtype is torch.bfloat16 and not bf16.scaler.is_enabled()
+    reference, terms = fp32.train_step(), bf16.train_step()
+    assert all(math.isfinite(v.item()) for v in terms.values())
+    # autocast really ran (bfloat16 arithmetic), and it stays close to float32
+    assert terms["total"].item() != reference["total"].item()
+    assert terms["total"].item() == pytest.approx(reference["total"].item(), rel=0.05)
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the notices are about a CPU-only machine")
+def test_switches_the_cpu_lacks_stay_off_with_one_notice_each(tiny, capsys):
+    plain = Trainer(tiny(name="plain"))
+    capsys.readouterr()
+    asked = Trainer(
+        tiny(
+            name="asked", train__amp="fp16", train__cudnn_benchmark=True, train__deterministic=False
+        )
+    )
+    notices = capsys.readouterr().err.splitlines()
+    assert notices == [
+        "note: train.amp=fp16 needs CUDA; training in float32 on cpu",
+        "note: train.cudnn_benchmark needs CUDA (cuDNN); off on cpu",
+    ]
+    assert asked.speed.amp_dtype is None and not asked.scaler.is_enabled()
+    assert not torch.backends.cudnn.benchmark
+    a, b = plain.train_step(), asked.train_step()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_channels_last_networks_and_inputs(tiny):
+    plain, nhwc = Trainer(tiny(name="plain")), Trainer(tiny(name="nhwc", train__channels_last=True))
+    convs = [m.weight for m in nhwc.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    a, b = plain.train_step(), nhwc.train_step()
+    assert b["total"].item() == pytest.approx(a["total"].item(), rel=1e-4)

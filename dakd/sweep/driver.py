@@ -32,6 +32,9 @@ from dakd.sweep.spec import (
 )
 from dakd.sweep.trial import SweepContext, stages_of
 
+DRIVER_CPU = 1.0
+"""CPUs Tune reserves for a data-parallel trial: the Ray Train driver (Ray's default for a trial)."""
+
 STATE_FILE = "dakd_sweep.json"
 """Written into each Tune experiment folder: what ``--resume`` needs to continue the sweep."""
 
@@ -337,11 +340,6 @@ def run_sweep(
     from dakd.tracking import RunLogger, git_commit, prepare, ui_command
 
     root = (root or Path.cwd()).resolve()
-    if spec.resources.workers > 1:
-        raise SpecError(
-            f"{spec.path}: resources.workers: {spec.resources.workers} workers per trial need "
-            "the data-parallel trainer, which this version does not have; use workers: 1"
-        )
     the_plan = plan(spec, root)
     log(the_plan.text())
     uri = the_plan.tracking_uri
@@ -385,6 +383,7 @@ def run_sweep(
         experiment_id=experiment_id,
         parent_run_id=parent.run_id,
         tags=sweep_tags,
+        storage=f"{storage.rstrip('/')}/{name}",
     )
     started_ray = False
     try:
@@ -398,10 +397,16 @@ def run_sweep(
                 runtime_env={"env_vars": env},
             )
             started_ray = True
+        check_cluster_storage(spec, address, _alive_nodes(), log)
+        if spec.resources.workers > 1 and not spec.tune.max_concurrent:
+            # a Train run starts once all its workers fit; trials beyond that only wait
+            log(
+                "note: tune.max_concurrent is unset; with resources.workers > 1 set it to the "
+                "number of Train runs the cluster fits at once (e.g. GPUs // (workers * gpu))"
+            )
         _train_stages(the_plan.stages, context, log)
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, context=context),
-            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+            tune.with_parameters(run_trial, context=context), trial_resources(spec)
         )
         if previous:
             log(f"resuming {previous}")
@@ -429,6 +434,55 @@ def run_sweep(
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """What Tune reserves for one trial. With one worker the trial trains in its own process
+    (``resources.cpu``/``gpu``); with more it is the driver of a Ray Train run whose workers
+    reserve their own ``cpu``/``gpu`` each, so the trial itself takes :data:`DRIVER_CPU`."""
+    if spec.resources.workers > 1:
+        return {"cpu": DRIVER_CPU, "gpu": 0}
+    return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+
+
+def _alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def check_cluster_storage(spec: SweepSpec, address: str | None, nodes: int, log) -> None:
+    """On a cluster every node must reach the same ``storage`` (trial checkpoints, Train runs).
+
+    A relative folder names a different place on each machine: an error when the cluster has
+    more than one node or is reached through Ray Client (``ray://``). A local absolute folder
+    works only where it is a shared mount at the same path on every node: a warning then, and
+    when ``--address`` joins a cluster that may still add nodes. A URI (``s3://``, ``gs://``,
+    ``file://`` on a shared mount, ...) is what a cluster needs.
+    """
+    cluster = nodes > 1 or bool(address)
+    remote = bool(address) and address.startswith("ray://")
+    where = f"{nodes} nodes" if nodes > 1 else f"a cluster at {address}"
+    if "://" not in spec.storage:
+        if not os.path.isabs(spec.storage) and (nodes > 1 or remote):
+            raise SpecError(
+                f"{spec.path}: storage: {spec.storage!r} is a relative folder, but the sweep runs "
+                f"on {where}: each node would write its own; set storage to a URI every node "
+                "reaches (s3://..., gs://...) or a folder on a shared mount, e.g. "
+                "--set storage=s3://BUCKET/ray"
+            )
+        if cluster:
+            log(
+                f"warning: storage: {spec.storage!r} is a local folder on {where}: it must be a "
+                "shared mount at the same path on every node (else use an s3:// or gs:// URI)"
+            )
+    uri = spec.tracking.uri or ""
+    if cluster and (not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri):
+        log(
+            f"warning: tracking.uri: {uri or 'the default SQLite store'} is a file of this "
+            "machine; trials on other nodes need an MLflow server every node reaches "
+            "(docs/cluster.md)"
+        )
 
 
 def _log_analysis(uri: str, experiment: str, parent_run_id: str, log) -> None:

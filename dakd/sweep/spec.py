@@ -121,7 +121,12 @@ class TuneSettings:
 
 @dataclass
 class Resources:
-    """Per trial: CPUs, GPUs (fractional allowed) and data-parallel workers."""
+    """Per trial: CPUs, GPUs (fractional allowed) and data-parallel workers.
+
+    With ``workers`` 1 the trial trains in its own process with ``cpu`` and ``gpu``. With more,
+    the trial drives a Ray Train run of ``workers`` data-parallel processes, each with ``cpu``
+    CPUs and ``gpu`` GPUs (``data.batch_size`` is the global batch, split between them).
+    """
 
     cpu: float = 1.0
     gpu: float = 0.0
@@ -614,6 +619,35 @@ def _resources(raw: Any, check: _Checker) -> Resources:
     return r
 
 
+def _check_workers(
+    r: Resources, base: ExperimentConfig, axes: dict[str, Distribution], check: _Checker
+) -> None:
+    """Data-parallel trials split ``data.batch_size`` between ``workers`` processes, each on its
+    own device: the batch sizes the spec can give must divide, and no one GPU may be pinned."""
+    if r.workers == 1:
+        return
+    if base.train.device not in ("auto", "cpu", "cuda"):
+        check.fail(
+            "experiment.train.device",
+            f"{base.train.device!r} pins one GPU, but each of the resources.workers "
+            f"({r.workers}) processes needs its own; use auto, cuda or cpu",
+        )
+    axis = axes.get("data.batch_size")
+    if axis is None:
+        sizes = [("experiment.data.batch_size", base.data.batch_size)]
+    elif axis.categorical:
+        sizes = [("search.data.batch_size", value) for _, value in axis.options]
+    else:  # a range: the trainer names a batch that does not split when a trial samples it
+        sizes = []
+    for key, size in sizes:
+        if isinstance(size, int) and size % r.workers:
+            check.fail(
+                key,
+                f"the global batch {size} does not split between resources.workers "
+                f"({r.workers}) data-parallel processes",
+            )
+
+
 def _tracking(raw: Any, check: _Checker) -> Tracking:
     section = check.mapping(raw, "tracking", ("uri", "experiment"))
     return Tracking(
@@ -697,6 +731,8 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
                     "grid needs tune.search grid or random (not optuna); use choice",
                 )
     storage = raw.get("storage", "runs/ray")
+    resources = _resources(raw.get("resources"), check)
+    _check_workers(resources, base, axes, check)
     return SweepSpec(
         path=path,
         name=name,
@@ -706,7 +742,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
         search=axes,
         stages=_stages(raw.get("stages"), stages_extra, base, check),
         tune=tune,
-        resources=_resources(raw.get("resources"), check),
+        resources=resources,
         tracking=_tracking(raw.get("tracking"), check),
         storage=check.string(storage, "storage"),
         base_file=base_file,

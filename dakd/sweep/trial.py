@@ -5,6 +5,12 @@ evaluation to Ray Tune (metrics plus the resumable checkpoint, for schedulers an
 MLflow (a child run of the sweep's parent run). A retried or resumed trial gets its checkpoint
 back from Tune, copies it into its run directory and continues exactly where it stopped, in the
 same MLflow run.
+
+With ``resources.workers`` > 1 the trial is the driver of a Ray Train run (``TorchTrainer``):
+Ray Train starts the workers and their torch process group, every worker runs the same trainer,
+which sees the group (data-parallel), rank 0 logs to MLflow and hands the checkpoint to Ray
+Train, and ``TuneReportCallback`` passes each evaluation on to Tune. A retried trial restarts
+the Train run under the same name and storage, which resumes it from its latest checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 import yaml
 from ray import tune
@@ -42,6 +49,8 @@ class SweepContext:
     experiment_id: str
     parent_run_id: str
     tags: dict[str, str]  # sweep-wide tags (sweep name, git commit)
+    # the Tune experiment (folder or URI); data-parallel trials store their Train runs there
+    storage: str = ""
 
     def absolute(self, path: str) -> str:
         if not path or "://" in path or os.path.isabs(path):
@@ -187,6 +196,8 @@ def _open_trial_run(context, cfg: ExperimentConfig, config: dict, run_id=None, *
         params.update({f"sweep.{k}": v for k, v in trial_overrides(spec, config).items()})
         logger.log_params(params)
         logger.set_tags({"trial": label, "ray.trial_id": tune.get_context().get_trial_id()})
+    if ray.is_initialized():  # where this attempt runs: trial placement on a cluster
+        logger.set_tags({"ray.node_id": ray.get_runtime_context().get_node_id()})
     return logger
 
 
@@ -237,6 +248,9 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
             "data.cache_dir": context.absolute(cfg.data.cache_dir),
         },
     )
+    if spec.resources.workers > 1:
+        _run_data_parallel(cfg, config, context, trial_dir, checkpoints.get("teacher"))
+        return
     run_dir = cfg.run_dir
     run_id = _restore(run_dir, trial_dir)
     logger = _open_trial_run(context, cfg, config, run_id)
@@ -281,6 +295,144 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
             pass  # stopped at its last report: the trial is complete either way
 
 
+# ------------------------------------------------------------------------------------------------
+# A data-parallel trial (resources.workers > 1): a Ray Train run driven from the Tune trial
+# ------------------------------------------------------------------------------------------------
+
+
+def train_run_name(trial_id: str) -> str:
+    """The Ray Train run of a trial: the same on every retry, so Ray Train resumes it."""
+    return f"train-trial_id={trial_id}"
+
+
+def _trial_run_id(context: SweepContext, trial_id: str) -> str | None:
+    """The MLflow run an earlier attempt of this trial opened (looked up by its ``ray.trial_id``
+    tag in the tracking store, which every node shares), or None on the first attempt."""
+    from dakd.tracking import find_runs
+
+    runs = find_runs(
+        context.tracking_uri,
+        context.spec.experiment_name,
+        f"tags.`ray.trial_id` = '{trial_id}'",
+    )
+    return runs[-1].info.run_id if runs else None
+
+
+def _run_data_parallel(
+    cfg: ExperimentConfig,
+    config: dict,
+    context: SweepContext,
+    trial_dir: Path,
+    teacher: str | None,
+) -> None:
+    """Train ``cfg`` on ``resources.workers`` Ray Train workers, this trial being their driver."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    resources = context.spec.resources
+    trial_id = tune.get_context().get_trial_id()
+    logger = _open_trial_run(
+        context, cfg, config, _trial_run_id(context, trial_id), workers=str(resources.workers)
+    )
+    per_worker = {"CPU": resources.cpu}
+    if resources.gpu:
+        per_worker["GPU"] = resources.gpu
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "context": context,
+            "run_id": logger.run_id,
+            "out_dir": str(trial_dir),
+            "teacher": teacher,
+            "threads": max(1, int(resources.cpu)),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.workers,
+            use_gpu=resources.gpu > 0,
+            resources_per_worker=per_worker,
+        ),
+        run_config=ray.train.RunConfig(
+            name=train_run_name(trial_id),
+            storage_path=context.storage or str(trial_dir),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    try:
+        trainer.fit()
+    except SystemExit:
+        raise  # stopped by the scheduler: the driver closes the MLflow run
+    except BaseException:
+        logger.finish("FAILED")
+        raise
+
+
+def train_worker(loop: dict[str, Any]) -> None:
+    """One Ray Train worker of a data-parallel trial (its ``train_loop_per_worker``).
+
+    Ray Train has joined the worker to the torch process group, so :func:`dakd.train.train`
+    trains data-parallel. Each worker restores Ray Train's latest checkpoint into its own run
+    directory (rank 0: the trial's; others: a ``rank<r>`` folder beside it), so the workers need
+    no shared filesystem. Every worker reports every evaluation (``ray.train.report`` is a
+    barrier); rank 0 attaches the checkpoint and logs to MLflow.
+    """
+    import ray.train
+
+    context: SweepContext = loop["context"]
+    rank = ray.train.get_context().get_world_rank()
+    torch.set_num_threads(loop["threads"])
+    out_dir = Path(loop["out_dir"])
+    cfg = from_dict(
+        loop["config"], {"out_dir": str(out_dir if rank == 0 else out_dir / f"rank{rank}")}
+    )
+    run_dir = cfg.run_dir
+    run_id = loop["run_id"]
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(folder) / "last.pt", run_dir / "last.pt")
+    elif (run_dir / "last.pt").exists():
+        (run_dir / "last.pt").unlink()  # no checkpoint from Ray Train: the run starts over
+    logger = _logger(context, run_id=run_id) if rank == 0 else None
+    steps = cfg.train.steps
+
+    def send(metrics: dict[str, float], path: Path | None) -> None:
+        payload = {**metrics, "steps": steps, "mlflow_run_id": run_id}
+        if path is None:
+            ray.train.report(payload)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            shutil.copyfile(path, Path(folder) / "last.pt")
+            (Path(folder) / RUN_ID_FILE).write_text(run_id)
+            ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    final: dict[str, Any] = {}
+
+    def report(metrics: dict[str, float], path: Path | None) -> None:
+        if logger is not None:
+            logger.log_metrics(metrics, step=int(metrics["step"]))
+        if int(metrics["step"]) >= steps:
+            final.update(metrics=metrics, path=path)  # sent after the final artifacts
+            return
+        send(metrics, path)
+
+    try:
+        result = train(cfg, report=report, resume=True)
+        if logger is not None:
+            log_final_artifacts(logger, cfg, result, loop["teacher"])
+    except BaseException:
+        if logger is not None:
+            logger.finish("FAILED")
+        raise
+    if logger is not None:
+        logger.finish("FINISHED")
+    if final:
+        send(final["metrics"], final["path"])
+
+
 def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: SweepContext):
     """Report a reused stage's recorded evaluations as this trial's, without training it again."""
     logger = _open_trial_run(context, stage, config, reused="true")
@@ -315,4 +467,13 @@ def _ensure_stage(dep: ExperimentConfig, context: SweepContext, threads: int) ->
     return str(final)
 
 
-__all__ = ["RUN_ID_FILE", "SELF", "SweepContext", "run_trial", "stages_of", "train_stage"]
+__all__ = [
+    "RUN_ID_FILE",
+    "SELF",
+    "SweepContext",
+    "run_trial",
+    "stages_of",
+    "train_run_name",
+    "train_stage",
+    "train_worker",
+]

@@ -1,0 +1,297 @@
+"""Sweeps on a Ray cluster: storage every node must reach, trials placed on several nodes, and
+data-parallel trials (``resources.workers`` > 1) trained through Ray Train.
+
+The cluster tests start a head and one more node on this machine (``ray.cluster_utils``), one
+CPU each: two trials that run at once can only run on different nodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
+from dakd.sweep.driver import DRIVER_CPU, check_cluster_storage, smoke, trial_resources
+from dakd.sweep.spec import SpecError, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spec_file(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\n"
+        "experiment:\n"
+        f"  base: {ROOT / 'configs' / 'embedded.yaml'}\n"
+        "  stage: source_only\n" + body
+    )
+    return path
+
+
+# -- validation (no Ray) ----------------------------------------------------------------------
+
+
+def test_workers_must_split_the_global_batch(tmp_path):
+    path = _spec_file(tmp_path, "w", "resources: {workers: 3}\n")  # embedded batch: 8
+    with pytest.raises(SpecError, match=r"experiment\.data\.batch_size.*8.*workers \(3\)"):
+        load_spec(path)
+    path = _spec_file(
+        tmp_path, "w", "search:\n  data.batch_size: {choice: [4, 6]}\nresources: {workers: 4}\n"
+    )
+    with pytest.raises(SpecError, match=r"search\.data\.batch_size.*6"):
+        load_spec(path)
+    assert load_spec(path, ["resources.workers=2"]).resources.workers == 2
+
+
+def test_workers_cannot_share_one_pinned_gpu(tmp_path):
+    path = _spec_file(tmp_path, "w", "resources: {workers: 2, gpu: 0.5}\n")
+    with pytest.raises(SpecError, match=r"experiment\.train\.device.*cuda:1"):
+        load_spec(path, ["experiment.train.device=cuda:1"])
+    spec = load_spec(path)  # fractional GPUs per worker are allowed
+    assert (spec.resources.workers, spec.resources.gpu) == (2, 0.5)
+
+
+def test_data_parallel_trials_reserve_only_their_driver(tmp_path):
+    path = _spec_file(tmp_path, "w", "resources: {cpu: 2, gpu: 1, workers: 2}\n")
+    assert trial_resources(load_spec(path)) == {"cpu": DRIVER_CPU, "gpu": 0}
+    one = load_spec(path, ["resources.workers=1"])
+    assert trial_resources(one) == {"cpu": 2.0, "gpu": 1.0}
+
+
+def test_cluster_storage_must_be_shared(tmp_path):
+    path = _spec_file(tmp_path, "s", "")
+    relative = load_spec(path, ["storage=runs/ray"])
+    with pytest.raises(SpecError, match=r"storage: 'runs/ray' is a relative folder.*2 nodes"):
+        check_cluster_storage(relative, "auto", 2, print)
+    with pytest.raises(SpecError, match=r"storage: .*relative"):
+        check_cluster_storage(relative, "ray://head:10001", 1, print)
+
+    lines: list[str] = []
+    check_cluster_storage(relative, None, 1, lines.append)  # one machine: nothing to share
+    assert lines == []
+    check_cluster_storage(load_spec(path, [f"storage={tmp_path}"]), "auto", 2, lines.append)
+    assert any(line.startswith("warning: storage:") for line in lines)
+    assert any(line.startswith("warning: tracking.uri:") for line in lines)
+    lines.clear()
+    uri = load_spec(path, [f"storage={tmp_path.as_uri()}", "tracking.uri=http://mlflow:5000"])
+    check_cluster_storage(uri, "auto", 2, lines.append)
+    assert lines == []
+    sqlite = load_spec(path, [f"storage={tmp_path.as_uri()}", "tracking.uri=sqlite:///x.db"])
+    check_cluster_storage(sqlite, "auto", 2, lines.append)
+    assert [line.split(":")[1] for line in lines] == [" tracking.uri"]
+
+
+# -- the data-parallel worker, with Ray Train's side played by a fake --------------------------
+
+
+class FakeTrain:
+    """What a Ray Train worker sees of Ray Train: its rank, its checkpoint, ``report``."""
+
+    def __init__(self, rank: int, store: Path, checkpoint=None, uri: str = ""):
+        self.rank, self.store, self.checkpoint, self.uri = rank, store, checkpoint, uri
+        self.prefix = "resumed-" if checkpoint is not None else ""
+        self.reports: list[dict] = []
+
+    def get_context(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(get_world_rank=lambda: self.rank)
+
+    def get_checkpoint(self):
+        return self.checkpoint
+
+    def report(self, metrics, checkpoint=None):
+        import shutil
+
+        from mlflow.tracking import MlflowClient
+
+        entry = {"step": metrics["step"], "run_id": metrics["mlflow_run_id"]}
+        if checkpoint is not None:  # Ray Train persists the folder before report returns
+            kept = self.store / f"{self.prefix}checkpoint_{metrics['step']}"
+            shutil.copytree(checkpoint.path, kept)
+            entry["checkpoint"] = str(kept)
+        if self.rank == 0:  # the MLflow run's state when Tune would hear of this evaluation
+            entry["status"] = MlflowClient(self.uri).get_run(metrics["mlflow_run_id"]).info.status
+        self.reports.append(entry)
+
+
+def _train_worker_process(rank: int, root: Path, port: int, loop: dict, resume: bool) -> None:
+    import json
+
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    from dakd.sweep import trial as trial_module
+
+    torch.set_num_threads(1)
+    store = root / "store"
+    checkpoint = (
+        ray.train.Checkpoint.from_directory(str(store / "checkpoint_2")) if resume else None
+    )
+    fake = FakeTrain(rank, store, checkpoint, loop["context"].tracking_uri)
+    for name in ("get_context", "get_checkpoint", "report"):
+        setattr(ray.train, name, getattr(fake, name))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        trial_module.train_worker(loop)
+    finally:
+        dist.destroy_process_group()
+    tag = "resumed" if resume else "first"
+    (root / f"{tag}-rank{rank}.json").write_text(json.dumps(fake.reports))
+
+
+@pytest.mark.slow
+def test_data_parallel_worker_reports_in_step_and_resumes(tmp_path):
+    """Two gloo processes run the trial's Ray Train worker function: every rank reports every
+    evaluation, rank 0 alone with a checkpoint; the MLflow run is finished with its weights
+    before the last report; restarted from the first checkpoint, it evaluates only what is left."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+    from mlflow.tracking import MlflowClient
+
+    from dakd.config import from_dict
+    from dakd.sweep.spec import grid_variants, resolve
+    from dakd.sweep.trial import SweepContext
+    from dakd.tracking import RunLogger, prepare
+
+    spec = smoke(_spec_file(tmp_path, "dp", "resources: {workers: 2}\n"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    context = SweepContext(spec, str(ROOT), uri, prepare(uri, spec.name), "", {})
+    cfg = from_dict(
+        resolve(spec, grid_variants(spec)[0]).to_dict(), {"name": "run", "train.progress": False}
+    )
+    run = RunLogger(uri, context.experiment_id, run_name="dp", tags={"trial": "dp"})
+    loop = {
+        "config": cfg.to_dict(),
+        "context": context,
+        "run_id": run.run_id,
+        "out_dir": str(tmp_path / "trial"),
+        "teacher": None,
+        "threads": 1,
+    }
+    (tmp_path / "store").mkdir()
+    for resume in (False, True):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_train_worker_process, args=(tmp_path, port, loop, resume), nprocs=2)
+
+    first = [json.loads((tmp_path / f"first-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [e["step"] for e in first[0]] == [e["step"] for e in first[1]] == [2, 4]
+    assert all("checkpoint" in e for e in first[0])
+    assert not any("checkpoint" in e for e in first[1])
+    assert [e["status"] for e in first[0]] == ["RUNNING", "FINISHED"]  # artifacts first
+    assert {e["run_id"] for e in first[0] + first[1]} == {run.run_id}
+
+    resumed = [json.loads((tmp_path / f"resumed-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [e["step"] for e in resumed[0]] == [e["step"] for e in resumed[1]] == [4]
+
+    client = MlflowClient(uri)
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.run_id, "miou")]
+    assert sorted(steps) == [2, 4, 4]  # the restart logged only its own evaluation
+    names = {a.path for a in client.list_artifacts(run.run_id, "weights")}
+    assert names == {"weights/model.pt"}
+
+
+# -- on a two-node cluster --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    assert not ray.is_initialized()
+    nodes = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
+    nodes.add_node(num_cpus=1)
+    ray.init(address=nodes.address, log_to_driver=False)
+    nodes.wait_for_nodes()
+    root = tmp_path_factory.mktemp("cluster")
+    place = {
+        "root": root,
+        "overrides": [
+            f"experiment.out_dir={root / 'stages'}",
+            f"storage={(root / 'ray').as_uri()}",  # shared: both nodes are this machine
+            f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+        ],
+    }
+    yield place
+    ray.shutdown()
+    nodes.shutdown()
+
+
+def _trial_runs(place, spec, result):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{place['root'] / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(spec.experiment_name)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    return client, [r for r in children if "trial" in r.data.tags]
+
+
+@pytest.mark.slow
+def test_sweep_places_trials_on_both_nodes(cluster, tmp_path):
+    import ray
+
+    from dakd.sweep.driver import run_sweep
+
+    body = (
+        "search:\n  optim.lr: {grid: [0.01, 0.02]}\n"
+        "tune: {search: grid, scheduler: fifo, max_concurrent: 2}\n"
+        "resources: {cpu: 1}\n"
+    )
+    spec = smoke(_spec_file(tmp_path, "two_nodes", body), cluster["overrides"])
+    lines: list[str] = []
+    result = run_sweep(spec, address="auto", root=ROOT, log=lines.append)
+
+    assert result.errors == 0
+    assert [r["status"] for r in result.rows] == ["done", "done"]
+    assert all(r["step"] == spec.base.train.steps for r in result.rows)
+    client, trials = _trial_runs(cluster, spec, result)
+    assert len(trials) == 2
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    nodes = {r.data.tags["ray.node_id"] for r in trials}
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 2 and nodes <= alive  # one trial on each node
+    for run in trials:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "miou")] == [2, 4]
+    # Tune's results are stored: the experiment can be read back from the storage URI
+    from ray import tune
+
+    assert tune.Tuner.can_restore(result.experiment_path)
+    assert len(tune.ExperimentAnalysis(result.experiment_path).trials) == 2
+
+
+@pytest.mark.slow
+def test_data_parallel_trial_trains_through_ray_train(cluster, tmp_path):
+    from dakd.sweep.driver import run_sweep
+
+    body = (
+        "tune: {search: grid, scheduler: fifo, max_concurrent: 1}\n"
+        "resources: {cpu: 0.5, workers: 2}\n"  # the driver's CPU plus two half-CPU workers
+    )
+    spec = smoke(_spec_file(tmp_path, "two_workers", body), cluster["overrides"])
+    result = run_sweep(spec, root=ROOT, log=lambda _: None)
+
+    assert result.errors == 0
+    (row,) = result.rows
+    assert row["status"] == "done" and row["step"] == spec.base.train.steps
+    client, (run,) = _trial_runs(cluster, spec, result)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["workers"] == "2"
+    assert row["mlflow_run_id"] == run.info.run_id
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "miou")] == [2, 4]
+    assert client.get_metric_history(run.info.run_id, "loss/total")
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
+    assert "weights/model.pt" in names
+    # the Train run (workers' checkpoints) lives in the sweep's storage, beside the trials
+    train_runs = list(Path(result.experiment_path.removeprefix("file://")).glob("train-trial_id=*"))
+    assert len(train_runs) == 1
+    assert list(train_runs[0].glob("checkpoint_*/last.pt"))
