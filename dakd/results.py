@@ -53,7 +53,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from dakd.data.labels import CLASS_NAMES
-from dakd.tracking import retry_locked
+from dakd.tracking import finite_float, retry_locked
 
 __all__ = [
     "FORMATS",
@@ -250,17 +250,6 @@ def _int(value: str | None) -> int | None:
         return int(value) if value not in (None, "") else None
     except ValueError:
         return None
-
-
-def _number(value: Any) -> float | None:
-    """``float(value)`` for a number or a numeric string, else ``None``."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _is_bookkeeping(key: str) -> bool:
@@ -538,7 +527,7 @@ def _parameters_m(name: str, width: float) -> float:
 def _group_parameters_m(group: dict[str, Any]) -> float:
     role = "teacher" if group["row"] in TEACHER_ROWS else "student"
     name = group.get(f"params.models.{role}.name")
-    width = _number(group.get(f"params.models.{role}.width"))
+    width = finite_float(group.get(f"params.models.{role}.width"))
     return parameters_m(name, width) if name and width else math.nan
 
 
@@ -624,14 +613,14 @@ def _latex(text: str) -> str:
 
 
 def _fmt(value: Any, digits: int = 2, sign: bool = False) -> str:
-    number = _number(value)
+    number = finite_float(value)
     if number is None:
         return DASH
     return f"{number:+.{digits}f}" if sign else f"{number:.{digits}f}"
 
 
 def _mean_std(group: dict[str, Any], name: str = "miou", digits: int = 2) -> str:
-    mean = _number(group.get(f"{name}_mean"))
+    mean = finite_float(group.get(f"{name}_mean"))
     if mean is None:
         return DASH
     return f"{mean:.{digits}f} ± {_fmt(group.get(f'{name}_std'), digits)}"
@@ -639,7 +628,7 @@ def _mean_std(group: dict[str, Any], name: str = "miou", digits: int = 2) -> str
 
 def _value(text: str | None) -> str:
     """A param value for display: numbers with 3 significant digits."""
-    number = _number(text)
+    number = finite_float(text)
     if number is None or text in ("True", "False"):
         return str(text)
     return f"{number:.3g}"
@@ -664,7 +653,7 @@ def _failure_note(label: str, failed: int, unfinished: int) -> str | None:
 
 def _score(group: dict[str, Any]) -> float:
     """A group's mean mIoU; ``-inf`` for a group without one (all its runs failed, say)."""
-    mean = _number(group.get("miou_mean"))
+    mean = finite_float(group.get("miou_mean"))
     return -math.inf if mean is None else mean
 
 
@@ -678,14 +667,14 @@ def _baselines(groups: list[dict[str, Any]]) -> dict[str, float]:
     out = {}
     for scenario in {g["scenario"] for g in groups}:
         rows = [g for g in groups if g["scenario"] == scenario and g["row"] == BASELINE_ROW]
-        mean = _number(_best(rows).get("miou_mean")) if rows else None
+        mean = finite_float(_best(rows).get("miou_mean")) if rows else None
         if mean is not None:
             out[scenario] = mean
     return out
 
 
 def _delta(group: dict[str, Any], baselines: dict[str, float]) -> float:
-    mean = _number(group.get("miou_mean"))
+    mean = finite_float(group.get("miou_mean"))
     base = baselines.get(group["scenario"])
     return math.nan if mean is None or base is None else mean - base
 
@@ -781,7 +770,7 @@ def _dakd(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _terms(group: dict[str, Any]) -> tuple[bool, ...]:
-    return tuple((_number(group.get(f"params.{k}")) or 0.0) > 0 for k in LOSS_TERMS)
+    return tuple((finite_float(group.get(f"params.{k}")) or 0.0) > 0 for k in LOSS_TERMS)
 
 
 def loss_ablation_table(groups: list[dict[str, Any]], best: bool = False) -> ResultTable | None:
@@ -809,7 +798,7 @@ def loss_ablation_table(groups: list[dict[str, Any]], best: bool = False) -> Res
         )
         rows.append(
             {
-                **{k: _number(g.get(f"params.{k}")) for k in LOSS_TERMS},
+                **{k: finite_float(g.get(f"params.{k}")) for k in LOSS_TERMS},
                 **{k.removeprefix("params."): g.get(k) for k in extra},
                 "scenario": g["scenario"],
                 "config": g["config"],
@@ -925,7 +914,7 @@ def best_trials_table(
         rows.append(
             {
                 "rank": rank,
-                **{k.removeprefix("params."): _number(g.get(k)) for k in swept},
+                **{k.removeprefix("params."): finite_float(g.get(k)) for k in swept},
                 "scenario": g["scenario"],
                 "config": g["config"],
                 "steps": g.get("steps"),
@@ -1023,17 +1012,17 @@ def _figure(width: float, height: float):
 
 
 def _std(group: dict[str, Any]) -> float:
-    return _number(group.get("miou_std")) or 0.0
+    return finite_float(group.get("miou_std")) or 0.0
 
 
 def plot_sensitivity(groups: list[dict[str, Any]], path: Path) -> Path | None:
     """mIoU (mean, seed std as error bars) against each swept loss weight of the DAKD runs; the
     student-DA baseline as a dashed line. ``None`` when no loss weight varies."""
-    dakd = [g for g in _dakd(groups) if _number(g.get("miou_mean")) is not None]
+    dakd = [g for g in _dakd(groups) if finite_float(g.get("miou_mean")) is not None]
     swept = [
         k
         for k in _varying(dakd)
-        if k.startswith("params.loss.") and all(_number(g.get(k)) is not None for g in dakd)
+        if k.startswith("params.loss.") and all(finite_float(g.get(k)) is not None for g in dakd)
     ]
     if not swept:
         return None
@@ -1041,8 +1030,8 @@ def plot_sensitivity(groups: list[dict[str, Any]], path: Path) -> Path | None:
     fig = _figure(3.6 * len(swept), 3.4)
     axes = fig.subplots(1, len(swept), squeeze=False, sharey=True)[0]
     for ax, key in zip(axes, swept):
-        x = np.array([_number(g[key]) for g in dakd])
-        y = np.array([_number(g["miou_mean"]) for g in dakd])
+        x = np.array([finite_float(g[key]) for g in dakd])
+        y = np.array([finite_float(g["miou_mean"]) for g in dakd])
         ax.errorbar(x, y, yerr=[_std(g) for g in dakd], fmt="o", capsize=3, color="C0")
         for k, (scenario, value) in enumerate(sorted(baselines.items())):
             ax.axhline(value, ls="--", color=f"C{k + 1}", lw=1, label=f"student-DA {scenario}")
@@ -1065,7 +1054,7 @@ def _best_per_row(groups: list[dict[str, Any]], scenario: str) -> dict[str, dict
         candidates = [
             g
             for g in groups
-            if g["scenario"] == scenario and g["row"] == row and _number(g.get("miou_mean"))
+            if g["scenario"] == scenario and g["row"] == row and finite_float(g.get("miou_mean"))
         ]
         if candidates:
             out[row] = _best(candidates)
@@ -1088,7 +1077,7 @@ def plot_parameters(groups: list[dict[str, Any]], path: Path) -> Path | None:
     ax = fig.add_subplot(1, 1, 1)
     for k, (scenario, shown) in enumerate(points.items()):
         x = [_group_parameters_m(g) for g in shown.values()]
-        y = [_number(g["miou_mean"]) for g in shown.values()]
+        y = [finite_float(g["miou_mean"]) for g in shown.values()]
         ax.errorbar(
             x,
             y,
@@ -1124,9 +1113,9 @@ def plot_per_class(groups: list[dict[str, Any]], scenario: str, path: Path) -> P
     x = np.arange(len(CLASS_KEYS))
     width = 0.4
     for k, (label, g) in enumerate(bars.items()):
-        values = [_number(g.get(f"iou/{c}_mean")) or 0.0 for c in CLASS_KEYS]
-        errors = [_number(g.get(f"iou/{c}_std")) or 0.0 for c in CLASS_KEYS]
-        mean = _number(g["miou_mean"])
+        values = [finite_float(g.get(f"iou/{c}_mean")) or 0.0 for c in CLASS_KEYS]
+        errors = [finite_float(g.get(f"iou/{c}_std")) or 0.0 for c in CLASS_KEYS]
+        mean = finite_float(g["miou_mean"])
         ax.bar(
             x + (k - 0.5) * width,
             values,

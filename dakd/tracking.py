@@ -66,6 +66,7 @@ __all__ = [
     "default_uri",
     "find_runs",
     "finish_run",
+    "finite_float",
     "git_commit",
     "prepare",
     "retry_locked",
@@ -314,8 +315,11 @@ def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
         yield items[start : start + size]
 
 
-def _finite(value: Any) -> float | None:
-    """``float(value)`` if it is a finite number, else ``None``."""
+def finite_float(value: Any) -> float | None:
+    """``float(value)`` if it is a finite number (or a numeric string), else ``None``; booleans
+    are not numbers here."""
+    if isinstance(value, bool):
+        return None
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -396,7 +400,9 @@ class RunLogger:
         hold ``/`` (``iou/road``, ``loss/kl``). Returns what was logged."""
         stamp = int(time.time() * 1000)
         logged = {
-            str(k): v for k, v in ((k, _finite(v)) for k, v in metrics.items()) if v is not None
+            str(k): v
+            for k, v in ((k, finite_float(v)) for k, v in metrics.items())
+            if v is not None
         }
         items = [Metric(k, v, stamp, int(step)) for k, v in logged.items()]
         for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
