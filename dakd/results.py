@@ -48,12 +48,12 @@ import pyarrow.compute as pc
 import pyarrow.csv
 import pyarrow.parquet as pq
 from mlflow import MlflowClient
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from dakd.data.labels import CLASS_NAMES
-from dakd.tracking import finite_float, retry_locked
+from dakd.tracking import finite_float, retry_locked, search_runs
 
 __all__ = [
     "FORMATS",
@@ -157,26 +157,6 @@ def _client(uri: str) -> MlflowClient:
         if not db.is_file():
             raise AnalysisError(f"no MLflow store at {db} (tracking URI {uri})")
     return retry_locked(MlflowClient, tracking_uri=uri)
-
-
-def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str, page_size: int):
-    """Every active run matching ``filter_string``, oldest first, page by page."""
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = retry_locked(
-            client.search_runs,
-            experiment_ids,
-            filter_string=filter_string,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=page_size,
-            order_by=["attributes.start_time ASC"],
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _is_parent(run: Run) -> bool:
@@ -403,7 +383,7 @@ def _linked_stages(client: MlflowClient, runs: list[Run], page_size: int) -> lis
         literal = name.replace("'", "\\'")
         found += [
             run
-            for run in _search(client, experiments, f"params.name = '{literal}'", page_size)
+            for run in search_runs(client, experiments, f"params.name = '{literal}'", page_size)
             if not _is_parent(run)
         ]
     return found
@@ -418,7 +398,7 @@ def load_runs(selection: Selection, page_size: int = 1000) -> pa.Table:
     )
     runs = [
         run
-        for run in _search(client, [selection.experiment_id], filter_string, page_size)
+        for run in search_runs(client, [selection.experiment_id], filter_string, page_size)
         if not _is_parent(run)
     ]
     if not runs:

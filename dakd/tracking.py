@@ -70,6 +70,7 @@ __all__ = [
     "git_commit",
     "prepare",
     "retry_locked",
+    "search_runs",
     "ui_command",
 ]
 
@@ -510,6 +511,29 @@ def set_run_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
         retry_locked(client.set_tag, run_id, key, str(value))
 
 
+def search_runs(
+    client: MlflowClient, experiment_ids: list[str], filter_string: str = "", page_size: int = 1000
+) -> list[Run]:
+    """Every active run of ``experiment_ids`` matching ``filter_string``, oldest first, read page
+    by page (each page retried on a locked SQLite store)."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = retry_locked(
+            client.search_runs,
+            experiment_ids,
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=page_size,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def find_runs(uri: str, experiment: str, filter_string: str = "") -> list[Run]:
     """Every active run of the experiment named ``experiment`` matching ``filter_string`` (MLflow
     search syntax, e.g. ``"tags.stage = 'dakd'"``), oldest first; ``[]`` if there is no such
@@ -518,19 +542,4 @@ def find_runs(uri: str, experiment: str, filter_string: str = "") -> list[Run]:
     found = retry_locked(client.get_experiment_by_name, experiment)
     if found is None:
         return []
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = retry_locked(
-            client.search_runs,
-            [found.experiment_id],
-            filter_string=filter_string,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            order_by=["attributes.start_time ASC"],
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return search_runs(client, [found.experiment_id], filter_string)
