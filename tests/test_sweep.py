@@ -168,6 +168,12 @@ def test_trial_artifacts_and_per_evaluation_metrics(local_ray, place):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "miou")] == [2, 4]
     for name in ("iou/road", "pixel_acc", "loss/total", "loss/kl_target", "loss/seg"):
         assert client.get_metric_history(run.info.run_id, name), name
+    # where the trial's time went (bench/sweep_overhead.py): parts that add up to at most the whole
+    times = {k: v for k, v in run.data.metrics.items() if k.startswith("time/")}
+    parts = ("setup", "train", "report", "logging", "artifacts")
+    assert set(times) == {f"time/{p}_s" for p in (*parts, "total")}
+    assert all(v >= 0 for v in times.values()) and times["time/train_s"] > 0
+    assert sum(times[f"time/{p}_s"] for p in parts) <= times["time/total_s"] + 1e-6
     names = set()
     for top in client.list_artifacts(run.info.run_id):
         names.add(top.path)

@@ -178,3 +178,17 @@ def test_a_trial_stopped_early_is_closed_by_the_driver(sweep, tmp_path, monkeypa
     closer.complete("trial_0")
     (run,) = _trial_runs(context, spec)
     assert run.info.status == "FINISHED" and run.data.tags["early_stopped"] == "true"
+
+
+def test_clock_adds_up_the_time_of_each_activity(monkeypatch):
+    """The trial's time split: repeated activities add up, the total covers them all."""
+    from dakd.sweep import trial
+
+    now = iter([0.0, 1.0, 3.0, 4.0, 4.5, 10.0])
+    monkeypatch.setattr(trial.time, "perf_counter", lambda: next(now))
+    clock = trial.Clock()  # starts at 0
+    with clock("report"):  # 1 -> 3
+        pass
+    with clock("report"):  # 4 -> 4.5
+        pass
+    assert clock.metrics() == {"time/report_s": 2.5, "time/total_s": 10.0}

@@ -19,6 +19,9 @@ import json
 import os
 import shutil
 import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,28 @@ def run_tags(cfg: ExperimentConfig, context: SweepContext) -> dict[str, str]:
         "seed": str(cfg.seed),
         "stage": cfg.stage,
     }
+
+
+class Clock:
+    """Seconds a trial spends per activity: ``with clock("report"): ...``; where the rest of a
+    trial's time goes is ``total - sum``. Logged as ``time/<activity>_s`` (bench/sweep_overhead.py)."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, activity: str):
+        tic = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[activity] += time.perf_counter() - tic
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"time/{k}_s": v for k, v in self.seconds.items()}
+        out["time/total_s"] = time.perf_counter() - self.start
+        return out
 
 
 def _logger(context: SweepContext, **kwargs):
@@ -221,7 +246,13 @@ def _restore(run_dir: Path, trial_dir: Path) -> str | None:
 
 
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
-    """Train one sampled configuration, reporting every evaluation to Tune and MLflow."""
+    """Train one sampled configuration, reporting every evaluation to Tune and MLflow.
+
+    The trial's own time is split into ``setup`` (stages, MLflow run), ``train`` (the trainer
+    alone), ``report`` (Tune reports and checkpoints), ``logging`` (MLflow metrics) and
+    ``artifacts`` (final MLflow artifacts); the split is logged to the run as ``time/*_s``.
+    """
+    clock = Clock()
     spec = context.spec
     threads = max(1, int(spec.resources.cpu))
     torch.set_num_threads(threads)
@@ -259,7 +290,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     final: dict[str, Any] = {}
 
     def send(metrics: dict[str, float], checkpoint: Path) -> None:
-        with tempfile.TemporaryDirectory() as folder:
+        with clock("report"), tempfile.TemporaryDirectory() as folder:
             shutil.copyfile(checkpoint, Path(folder) / "last.pt")
             (Path(folder) / RUN_ID_FILE).write_text(logger.run_id)
             tune.report(
@@ -268,7 +299,8 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
             )
 
     def report(metrics: dict[str, float], checkpoint: Path) -> None:
-        logger.log_metrics(metrics, step=int(metrics["step"]))
+        with clock("logging"):
+            logger.log_metrics(metrics, step=int(metrics["step"]))
         if int(metrics["step"]) >= cfg.train.steps:
             # the last evaluation reaches Tune only after the final weights and artifacts are
             # written: a scheduler that stops trials at their last rung (ASHA's max_t) ends
@@ -278,8 +310,17 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         send(metrics, checkpoint)
 
     try:
+        clock.seconds["setup"] = time.perf_counter() - clock.start
+        tic = time.perf_counter()
         result = train(cfg, report=report, resume=True)
-        log_final_artifacts(logger, cfg, result, checkpoints.get("teacher"))
+        # the trainer alone: what ran inside train() less the callbacks it called
+        clock.seconds["train"] = (
+            time.perf_counter() - tic - clock.seconds["logging"] - clock.seconds["report"]
+        )
+        with clock("artifacts"):
+            log_final_artifacts(logger, cfg, result, checkpoints.get("teacher"))
+        with clock("logging"):
+            logger.log_metrics(clock.metrics(), step=cfg.train.steps)
     except SystemExit:
         # the scheduler stopped this trial early (Tune ends the thread at a report); the driver
         # closes its MLflow run, so the thread ends at once and its actor can be reused
