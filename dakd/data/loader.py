@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 
 from dakd.data.labels import IGNORE_INDEX, NUM_CLASSES
 from dakd.data.scenes import MEAN, STD
@@ -83,6 +82,9 @@ def photometric(image: torch.Tensor, draws, strength: float, grayscale: float) -
     ``[-s/4, s/4]`` turns (at most 0.5); with probability ``grayscale`` the image turns grey.
     ``draws`` are five uniform numbers in [0, 1) that fix every choice (see ``indices``).
     """
+    # imported here: torchvision takes seconds to import, and only colour jitter needs it
+    import torchvision.transforms.v2.functional as TF
+
     x = (image * _STD + _MEAN).clamp_(0, 1)
     b, c, s, h, g = (float(v) for v in draws)
     if strength > 0:

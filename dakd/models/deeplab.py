@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import resnet101
 
 from dakd.models.registry import Segmenter, register_backbone, register_model
 
@@ -78,6 +77,8 @@ def _check_width(width: float) -> None:
 def deeplabv2_resnet101(num_classes: int = 19, width: float = 1.0) -> Segmenter:
     """DeepLab-v2 ResNet-101 segmenter: ASPP heads on layer3 ("feature") and layer4 ("output")."""
     _check_width(width)
+    from torchvision.models import resnet101  # here: importing torchvision costs seconds
+
     resnet = resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
     encoder = ResNetEncoder(resnet)
     return Segmenter(
@@ -92,4 +93,6 @@ def deeplabv2_resnet101(num_classes: int = 19, width: float = 1.0) -> Segmenter:
 def resnet101_backbone(width: float = 1.0, num_classes: int = 1000) -> nn.Module:
     """torchvision ResNet-101 ImageNet classifier (random weights)."""
     _check_width(width)
+    from torchvision.models import resnet101
+
     return resnet101(weights=None, num_classes=num_classes)
