@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--address",
         default=None,
-        help="join a Ray cluster: 'auto' or ray://host:port (default: a local Ray)",
+        help="join a Ray cluster: 'auto' or ray://host:port (default: $RAY_ADDRESS if set, else a "
+        "new local Ray, never one left running on this machine)",
     )
     parser.add_argument(
         "--dry-run",

@@ -295,3 +295,16 @@ def test_data_parallel_trial_trains_through_ray_train(cluster, tmp_path):
     train_runs = list(Path(result.experiment_path.removeprefix("file://")).glob("train-trial_id=*"))
     assert len(train_runs) == 1
     assert list(train_runs[0].glob("checkpoint_*/last.pt"))
+
+
+def test_without_address_a_sweep_starts_its_own_local_ray(monkeypatch):
+    """Ray's own default would join the latest cluster started on this machine; a sweep joins
+    only what --address or RAY_ADDRESS names."""
+    from dakd.sweep.driver import ray_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_address(None) == "local"
+    assert ray_address("auto") == "auto"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert ray_address(None) == "10.0.0.5:6379"
+    assert ray_address("ray://head:10001") == "ray://head:10001"

@@ -391,13 +391,13 @@ def run_sweep(
             # workers on other nodes get the driver's Tune settings through the runtime env
             env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"]}
             ray.init(
-                address=address,
+                address=ray_address(address),
                 include_dashboard=False,
                 log_to_driver=True,
                 runtime_env={"env_vars": env},
             )
             started_ray = True
-        check_cluster_storage(spec, address, _alive_nodes(), log)
+        check_cluster_storage(spec, address or os.environ.get("RAY_ADDRESS"), _alive_nodes(), log)
         if spec.resources.workers > 1 and not spec.tune.max_concurrent:
             # a Train run starts once all its workers fit; trials beyond that only wait
             log(
@@ -434,6 +434,14 @@ def run_sweep(
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def ray_address(address: str | None) -> str:
+    """Where ``ray.init`` goes: ``--address`` if given, else ``RAY_ADDRESS`` (how ``ray job
+    submit`` names the cluster), else a new local Ray. Never Ray's own fallback, the latest
+    cluster started on this machine (``/tmp/ray/ray_current_cluster``): a sweep without
+    ``--address`` would silently join a stale or foreign local cluster."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
 
 
 def trial_resources(spec: SweepSpec) -> dict[str, float]:
