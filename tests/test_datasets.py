@@ -256,8 +256,15 @@ def test_training_on_real_trees_and_the_synthia_protocols(tiny, trees, monkeypat
     from dakd.train import train
 
     monkeypatch.setenv("DAKD_DATA", str(trees))
-    result = train(_real(tiny, "student_da", train__steps=2))
+    cfg = _real(tiny, "student_da", train__steps=2)
+    result = train(cfg)
     assert 0 <= result.metrics["miou"] <= 100 and "miou16" not in result.metrics
+    from dakd.sweep.trial import prediction_panel
+    from dakd.visualize import SEPARATOR
+
+    # a sweep's prediction panel shows full-resolution labels at the images' size (16x32)
+    panel = prediction_panel(cfg, {"student": str(cfg.run_dir / "model.pt")})
+    assert panel.shape[1] == 3 * 32 + 2 * SEPARATOR
     synthia = train(_real(tiny, data__source="synthia", train__steps=2, name="syn"))
     ious = synthia.evaluation
     assert synthia.metrics["miou16"] == pytest.approx(100 * ious.miou_over(SYNTHIA_16))
