@@ -233,7 +233,10 @@ class RealDataset(Dataset):
     @classmethod
     def unknown_values(cls, raw: np.ndarray) -> list[int]:
         """Raw label values outside the dataset's label space, sorted."""
-        values = np.unique(raw)
+        if raw.dtype in (np.uint8, np.uint16):  # counting is much faster than sorting
+            values = np.flatnonzero(np.bincount(raw.ravel()))
+        else:
+            values = np.unique(raw)
         outside = (values < 0) | (values >= _LUT_SIZE)
         inside = values[~outside].astype(np.int64)
         return sorted(values[outside].tolist() + inside[~cls.known[inside]].tolist())
