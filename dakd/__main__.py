@@ -1,4 +1,4 @@
-"""Command line: ``python -m dakd {train,eval,calibrate,scenes,models} ...``."""
+"""Command line: ``python -m dakd {train,eval,calibrate,scenes,models,data} ...``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   python -m dakd calibrate configs/embedded.yaml --seeds 0 1 2
   python -m dakd scenes --domain city --out samples/
   python -m dakd models
+  python -m dakd data check --dataset cityscapes --root /data/cityscapes
 """
 
 
@@ -65,11 +66,34 @@ def cmd_eval(args) -> int:
     overrides = dict(parse_override(item) for item in args.overrides)
     cfg, network, metrics = evaluate_checkpoint(args.checkpoint, overrides)
     target = cfg.domains[1]
-    print(
-        f"{network['name']} (width {network['width']}) on {target} val, {cfg.data.crop_size} crops"
-    )
+    if cfg.data.dataset == "real":
+        shown = f"images at {cfg.data.val_resize}, labels at full resolution"
+    else:
+        shown = f"{cfg.data.crop_size} crops"
+    print(f"{network['name']} (width {network['width']}) on {target} val, {shown}")
     print(metrics.table())
+    from dakd.data.datasets import protocols
+
+    for name, classes in protocols(cfg).items():
+        print(f"{name:<14} {100 * metrics.miou_over(classes):6.2f}   ({len(classes)} classes)")
     return 0
+
+
+def cmd_data_check(args) -> int:
+    from dakd.config import ConfigError
+    from dakd.data.datasets import ENV, check_dataset, default_root, reader
+
+    root = args.root or default_root(args.dataset)
+    if root is None:
+        raise ConfigError(
+            f"--root: give the {args.dataset} folder, or set the {ENV} environment variable "
+            f"(the folder is then ${ENV}/{reader(args.dataset).folder})"
+        )
+    report = check_dataset(
+        args.dataset, root, args.split or None, sample=args.sample, workers=args.workers
+    )
+    print(report.text(limit=None if args.all else 50))
+    return 0 if report.ok else 1
 
 
 def cmd_calibrate(args) -> int:
@@ -159,6 +183,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered segmenters and their sizes")
     p.add_argument("--width", type=float, default=1.0)
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("data", help="real datasets (docs/datasets.md)")
+    data = p.add_subparsers(dest="data_command", required=True)
+    p = data.add_parser(
+        "check",
+        help="check a dataset tree: layout, pairs, unreadable and wrongly sized files, labels",
+        description="Check a dataset tree and print every problem with its path, then a "
+        "summary (counts per split, sizes, class pixel frequencies). Exit status 1 when the "
+        "check fails.",
+    )
+    p.add_argument("--dataset", required=True, help="cityscapes, gta5, bdd100k or synthia")
+    p.add_argument("--root", default=None, help="the dataset folder (default: $DAKD_DATA/NAME)")
+    p.add_argument(
+        "--split", action="append", default=[], help="a split to check (repeatable; default: all)"
+    )
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="decode N pairs per split, spread evenly (default: every pair)",
+    )
+    p.add_argument("--workers", type=int, default=4, help="decoding threads (default 4)")
+    p.add_argument("--all", action="store_true", help="list every problem (default: first 50)")
+    p.set_defaults(func=cmd_data_check)
     return parser
 
 

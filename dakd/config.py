@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -41,6 +42,20 @@ class DataConfig:
     ``batch_size / N`` images of the same global batch (it must divide evenly), so a config
     means the same optimisation on any number of processes. ``val_batch_size`` is per process
     (it changes no result).
+
+    ``dataset``: ``scenes`` (the embedded benchmark; ``source``/``target`` name its domains) or
+    ``real`` (``source``/``target`` name datasets of ``dakd.data.datasets``: cityscapes, gta5,
+    bdd100k, synthia; the scenarios default to gta5 -> cityscapes and bdd100k -> cityscapes).
+    The keys below apply to real data only (docs/datasets.md); their defaults are the paper's
+    recipe (AdaptSegNet's): ``source_root``/``target_root`` are the dataset folders ("" =
+    ``$DAKD_DATA/<dataset>``); source images are resized to ``source_resize`` and cropped at
+    random to ``source_crop``; target training images are resized to ``target_resize`` and
+    cropped to ``target_crop``; validation images are resized to ``val_resize`` while their
+    labels keep full resolution (logits are upsampled to it); ``random_scale`` ``[low, high]``
+    scales training samples by a random factor before the crop (``[1, 1]``: off); ``hflip``
+    mirrors them (on by default for the embedded benchmark; AdaptSegNet's recipe, which the
+    real-data specs follow, has it off). Sizes are ``[height, width]``. ``check_sample``: before training, every split
+    is listed and paired, and this many pairs per split are decoded and checked (0: none).
     """
 
     scenario: str = "synth_to_real"
@@ -56,12 +71,26 @@ class DataConfig:
     color_jitter: float = 0.0
     grayscale: float = 0.0
     cache_dir: str = "runs/cache/scenes"
+    source_root: str = ""
+    target_root: str = ""
+    source_resize: list[int] = field(default_factory=lambda: [720, 1280])
+    source_crop: list[int] = field(default_factory=lambda: [512, 1024])
+    target_resize: list[int] = field(default_factory=lambda: [512, 1024])
+    target_crop: list[int] = field(default_factory=lambda: [512, 1024])
+    val_resize: list[int] = field(default_factory=lambda: [512, 1024])
+    random_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    check_sample: int = 8
 
 
 @dataclass
 class ModelConfig:
+    """``pretrained``: a local file of backbone weights (e.g. ImageNet DRN or ResNet weights)
+    the network starts from when no ``init`` checkpoint is given; tensors are matched by name
+    and shape, and the match is reported. Nothing is downloaded."""
+
     name: str = "drn_d_22"
     width: float = 1.0
+    pretrained: str = ""
 
 
 @dataclass
@@ -157,6 +186,17 @@ FINGERPRINT_NEUTRAL = {
     "train.compile": False,
     "train.cudnn_benchmark": False,
     "train.sync_bn": False,
+    "models.teacher.pretrained": "",
+    "models.student.pretrained": "",
+    "data.source_root": "",
+    "data.target_root": "",
+    "data.source_resize": [720, 1280],
+    "data.source_crop": [512, 1024],
+    "data.target_resize": [512, 1024],
+    "data.target_crop": [512, 1024],
+    "data.val_resize": [512, 1024],
+    "data.random_scale": [1.0, 1.0],
+    "data.check_sample": 8,
 }
 
 
@@ -187,7 +227,11 @@ class ExperimentConfig:
     # -- derived --------------------------------------------------------------------------
     @property
     def domains(self) -> tuple[str, str]:
-        source, target = SCENARIOS.get(self.data.scenario, ("", ""))
+        """(source, target): embedded domains, or real dataset names when ``data.dataset`` is real."""
+        scenarios = SCENARIOS
+        if self.data.dataset == "real":
+            from dakd.data.datasets import REAL_SCENARIOS as scenarios
+        source, target = scenarios.get(self.data.scenario, ("", ""))
         return self.data.source or source, self.data.target or target
 
     @property
@@ -225,6 +269,8 @@ class ExperimentConfig:
         reductions, and a run with 1 thread does not reproduce a run with 2 bit for bit. So is
         the embedded renderer's version: a changed scene generator is different data. So are the
         speed switches when they are on (they change float arithmetic); see ``FINGERPRINT_NEUTRAL``.
+        Real datasets enter with their absolute folders (the same config on other data is another
+        stage), backbone weights with their absolute path.
         """
         flat = {
             k: v
@@ -235,6 +281,13 @@ class ExperimentConfig:
             from dakd.data.scenes import renderer_version
 
             flat["data.renderer"] = renderer_version()
+        else:
+            from dakd.data.datasets import fingerprint_roots
+
+            flat.update(fingerprint_roots(self))
+        for key in ("models.teacher.pretrained", "models.student.pretrained"):
+            if flat.get(key):
+                flat[key] = os.path.abspath(flat[key])
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -325,8 +378,37 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+#: Values of ``data.dataset``: the embedded benchmark, or the real datasets.
+DATASETS = ("scenes", "real")
+
+
+def _check_real_data(d: DataConfig) -> None:
+    """The real-data keys: sizes, scale range, check sample."""
+    for name in ("source_resize", "source_crop", "target_resize", "target_crop", "val_resize"):
+        size = getattr(d, name)
+        _check(
+            len(size) == 2 and min(size) >= 16,
+            f"data.{name}",
+            f"must be [height, width], each >= 16, got {size}",
+        )
+    for name in ("source_crop", "target_crop"):
+        _check(
+            all(s % 8 == 0 for s in getattr(d, name)),
+            f"data.{name}",
+            "height and width must be multiples of 8 (output stride)",
+        )
+    scale = d.random_scale
+    _check(
+        len(scale) == 2 and 0 < scale[0] <= scale[1] <= 4,
+        "data.random_scale",
+        f"must be [low, high] with 0 < low <= high <= 4 ([1, 1]: off), got {scale}",
+    )
+    _check(d.check_sample >= 0, "data.check_sample", "must be >= 0 (0: layout and pairing only)")
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Reject impossible values, naming the key. Returns ``cfg`` for chaining."""
+    from dakd.data.datasets import DATASETS as READERS
     from dakd.data.scenes import DOMAINS
     from dakd.models import list_models
 
@@ -346,14 +428,24 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         f"{d.scenario!r} is not one of {', '.join(SCENARIOS)}",
     )
     _check(
-        d.dataset == "scenes",
+        d.dataset in DATASETS,
         "data.dataset",
-        f"{d.dataset!r}: the embedded 'scenes' benchmark is the only dataset",
+        f"{d.dataset!r} is not one of {', '.join(DATASETS)} (embedded benchmark, real datasets)",
     )
     for key, domain in (("data.source", cfg.domains[0]), ("data.target", cfg.domains[1])):
-        _check(
-            domain in DOMAINS, key, f"{domain!r} is not an embedded domain ({', '.join(DOMAINS)})"
-        )
+        if d.dataset == "scenes":
+            _check(
+                domain in DOMAINS,
+                key,
+                f"{domain!r} is not an embedded domain ({', '.join(DOMAINS)})",
+            )
+        else:
+            _check(
+                domain in READERS,
+                key,
+                f"{domain!r} is not a real dataset ({', '.join(READERS)})",
+            )
+    _check_real_data(d)
     _check(
         len(d.crop_size) == 2 and min(d.crop_size) >= 16,
         "data.crop_size",

@@ -71,6 +71,12 @@ class SegMetrics:
         accuracy = float(tp.sum() / total) if total else math.nan
         return cls(iou=iou, miou=miou, pixel_accuracy=accuracy, matrix=matrix)
 
+    def miou_over(self, classes) -> float:
+        """Mean IoU over the train ids ``classes`` (those present), e.g. SYNTHIA's 16 classes."""
+        values = self.iou[list(classes)]
+        values = values[~np.isnan(values)]
+        return float(values.mean()) if values.size else math.nan
+
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         """Flat metrics in percent: ``miou``, ``pixel_acc`` and ``iou/<class name>`` (NaN skipped)."""
         out = {
@@ -97,18 +103,27 @@ class SegMetrics:
 def evaluate(model, batches, device="cpu", num_classes: int = NUM_CLASSES) -> SegMetrics:
     """Evaluate a segmenter on an iterable of ``{"image", "label"}`` batches (output level).
 
-    Predictions are bilinearly upsampled to the label resolution before the argmax.
+    Predictions are made at the image's size and their logits bilinearly upsampled
+    (``align_corners=False``) to the label's resolution before the argmax: with Cityscapes val,
+    images resized to 512x1024 are scored against the full 1024x2048 labels
+    (:func:`predict` gives those predictions).
     """
-    from dakd.losses import upsample
-
     was_training = model.training
     model.eval()
     confusion = ConfusionMatrix(num_classes, device=device)
     for batch in batches:
         image = batch["image"].to(device, non_blocking=True)
         label = batch["label"].to(device, non_blocking=True)
-        logits = upsample(model(image)["output"], label.shape[-2:])
-        confusion.update(logits.argmax(1), label)
+        confusion.update(predict(model, image, label.shape[-2:]), label)
     confusion.all_reduce()
     model.train(was_training)
     return confusion.compute()
+
+
+@torch.no_grad()
+def predict(model, images: torch.Tensor, size) -> torch.Tensor:
+    """Train-id predictions (N, H, W) at ``size`` (H, W): the output-level logits bilinearly
+    upsampled to it (``align_corners=False``), then the argmax."""
+    from dakd.losses import upsample
+
+    return upsample(model(images)["output"], tuple(size)).argmax(1)

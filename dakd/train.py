@@ -40,12 +40,14 @@ from tqdm import tqdm
 from dakd import checkpoint as ckpt
 from dakd import losses
 from dakd.config import ConfigError, ExperimentConfig, TrainConfig, from_dict
+from dakd.data.datasets import protocols, split_of
 from dakd.data.labels import NUM_CLASSES
 from dakd.data.loader import StepSampler, eval_batches
 from dakd.data.scenes import SceneDataset
 from dakd.distributed import World, current_world
 from dakd.evaluate import SegMetrics, evaluate
 from dakd.models import Discriminator, count_parameters, create_model
+from dakd.models.pretrained import PretrainedReport, load_pretrained
 from dakd.paradigms import STAGES, phase_at
 
 Report = Callable[[dict[str, float], Path | None], None]
@@ -150,11 +152,25 @@ def check_world(cfg: ExperimentConfig, world: World) -> None:
         )
 
 
-def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1):
-    """Source and target train samplers and the target val dataset of the experiment."""
-    source, target = cfg.domains
+def _scenes(cfg: ExperimentConfig) -> dict[str, Any]:
     size = tuple(cfg.data.crop_size)
-    common = {"seed": cfg.data.scene_seed, "size": size, "cache_dir": cfg.data.cache_dir or None}
+    return {"seed": cfg.data.scene_seed, "size": size, "cache_dir": cfg.data.cache_dir or None}
+
+
+def val_dataset(cfg: ExperimentConfig):
+    """The target val split: embedded scenes, or the real target dataset (checked first)."""
+    if cfg.data.dataset == "real":
+        return split_of(cfg, "target", "val")
+    return SceneDataset(cfg.domains[1], "val", **_scenes(cfg))
+
+
+def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1):
+    """Source and target train samplers and the target val dataset of the experiment.
+
+    Real datasets are checked first (``dakd.data.datasets.open_split``): a split that fails its
+    check stops training here with the report.
+    """
+    source, target = cfg.domains
     kw = {
         "hflip": cfg.data.hflip,
         "rank": rank,
@@ -162,14 +178,26 @@ def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1):
         "color_jitter": cfg.data.color_jitter,
         "grayscale": cfg.data.grayscale,
     }
-    src = StepSampler(
-        SceneDataset(source, "train", **common), cfg.data.batch_size, cfg.seed, "source", **kw
-    )
-    tgt = StepSampler(
-        SceneDataset(target, "train", **common), cfg.data.batch_size, cfg.seed, "target", **kw
-    )
-    val = SceneDataset(target, "val", **common)
-    return src, tgt, val
+    if cfg.data.dataset == "real":
+        source_train, target_train = (
+            split_of(cfg, "source", "train"),
+            split_of(cfg, "target", "train"),
+        )
+    else:
+        source_train = SceneDataset(source, "train", **_scenes(cfg))
+        target_train = SceneDataset(target, "train", **_scenes(cfg))
+    src = StepSampler(source_train, cfg.data.batch_size, cfg.seed, "source", **kw)
+    tgt = StepSampler(target_train, cfg.data.batch_size, cfg.seed, "target", **kw)
+    return src, tgt, val_dataset(cfg)
+
+
+def metrics_of(result: SegMetrics, cfg: ExperimentConfig) -> dict[str, float]:
+    """An evaluation's metrics in percent, plus the source dataset's class-subset protocols
+    (SYNTHIA: ``miou16``, ``miou13``)."""
+    out = result.as_dict()
+    for name, classes in protocols(cfg).items():
+        out[name] = 100.0 * result.miou_over(classes)
+    return out
 
 
 def build_network(spec: dict[str, Any]) -> torch.nn.Module:
@@ -223,8 +251,7 @@ def evaluate_checkpoint(path, overrides: dict[str, Any] | None = None):
     base = {**state["config"], "stage": "source_only", "init": "", "teacher": ""}
     cfg = from_dict(base, overrides or {})
     device = resolve_device(cfg.train.device)
-    _, _, val = build_data(cfg)
-    return cfg, state["network"], evaluate_on(model.to(device), val, cfg, device)
+    return cfg, state["network"], evaluate_on(model.to(device), val_dataset(cfg), cfg, device)
 
 
 class Trainer:
@@ -258,8 +285,15 @@ class Trainer:
         trained = cfg.trained_model
         self.spec = ckpt.network_spec(trained.name, trained.width, NUM_CLASSES)
         self.model = build_network(self.spec)
+        self.pretrained: PretrainedReport | None = None
         if cfg.init:
             ckpt.load_network(self.model, ckpt.load(cfg.init), self.spec, cfg.init)
+        elif trained.pretrained:
+            role = "teacher" if trained is cfg.models.teacher else "student"
+            key = f"models.{role}.pretrained"
+            self.pretrained = load_pretrained(self.model, trained.pretrained, key)
+            if world.is_main:
+                print(f"note: {self.pretrained}", file=sys.stderr)
         if self.speed.sync_bn:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device, memory_format=self.memory_format)
@@ -580,7 +614,7 @@ def train(
                     "step": trainer.step,
                     "lr": trainer.optimizer.param_groups[0]["lr"],
                     "sec_per_step": step_time / max(count, 1),
-                    **result.as_dict(),
+                    **metrics_of(result, cfg),
                     **_mean_terms(sums, count, world),
                 }
                 trainer.history.append(metrics)

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from dakd.config import ConfigError
+    from dakd.data.datasets import DataError
     from dakd.sweep.driver import plan, run_sweep, smoke
     from dakd.sweep.spec import SpecError, load_spec
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             print(plan(spec).text())
             return 0
         result = run_sweep(spec, resume=args.resume, address=args.address)
-    except (SpecError, ConfigError) as err:
+    except (SpecError, ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1 if result.errors else 0

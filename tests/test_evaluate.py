@@ -80,3 +80,56 @@ def official_class_names():
         (lab for lab in labels if 0 <= lab.trainId < 255), key=lambda lab: lab.trainId
     )
     return [lab.name for lab in evaluated]
+
+
+class _Logits(torch.nn.Module):
+    """Stride-8 class logits from the image: a fixed random map of its 8x8 block means."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.weight = torch.randn(19, 3, generator=generator) * 4
+
+    def forward(self, x):
+        blocks = torch.nn.functional.avg_pool2d(x, 8, ceil_mode=True)
+        return {"output": torch.einsum("kc,nchw->nkhw", self.weight, blocks)}
+
+
+def test_cityscapes_val_protocol_agrees_with_the_official_evaluation(tmp_path, monkeypatch):
+    """Val images read at half resolution, logits upsampled to the full-resolution label files:
+    the same per-class IoU as cityscapesscripts on those predictions and the gtFine files."""
+    monkeypatch.setenv("CITYSCAPES_DATASET", str(tmp_path))
+    monkeypatch.setenv("CITYSCAPES_EXPORT_DIR", str(tmp_path))
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
+
+    from dakd.data.datasets import CityscapesDataset
+    from dakd.data.loader import eval_batches
+    from dakd.evaluate import evaluate, predict
+    from tests import realdata
+
+    realdata.cityscapes(tmp_path / "cityscapes", {"val": 3}, size=(64, 128))
+    val = CityscapesDataset(tmp_path / "cityscapes", "val", resize=(32, 64), full_label=True)
+    model = _Logits()
+    ours = evaluate(model, eval_batches(val, 2))
+
+    to_id = np.array(LABEL_IDS, dtype=np.uint8)
+    pred_files, gt_files = [], []
+    for i, (_, label_file) in enumerate(val.pairs):
+        sample = val[i]
+        assert sample["image"].shape[-2:] == (32, 64) and sample["label"].shape == (64, 128)
+        prediction = predict(model, sample["image"][None], sample["label"].shape)[0]
+        pred_file = tmp_path / f"pred{i}.png"
+        Image.fromarray(to_id[prediction.numpy()]).save(pred_file)
+        pred_files.append(str(pred_file))
+        gt_files.append(str(label_file))
+    args = official.args
+    monkeypatch.setattr(args, "quiet", True)
+    monkeypatch.setattr(args, "JSONOutput", False)
+    monkeypatch.setattr(args, "evalInstLevelScore", False)
+    monkeypatch.setattr(args, "exportFile", str(tmp_path / "result.json"))
+    result = official.evaluateImgLists(pred_files, gt_files, args)
+
+    official_iou = np.array([result["classScores"][name] for name in official_class_names()])
+    assert (~np.isnan(official_iou)).sum() >= 10 and np.nanmax(official_iou) > 0.05
+    assert ours.iou == pytest.approx(official_iou, abs=1e-12, nan_ok=True)
+    assert ours.miou == pytest.approx(result["averageScoreClasses"], abs=1e-12)

@@ -72,3 +72,35 @@ def colorize(train_ids: np.ndarray) -> np.ndarray:
     lut = np.zeros((256, 3), dtype=np.uint8)
     lut[:NUM_CLASSES] = PALETTE
     return lut[np.asarray(train_ids, dtype=np.uint8)]
+
+
+# -- SYNTHIA-RAND-CITYSCAPES ------------------------------------------------------------------
+#: SYNTHIA class id -> Cityscapes train id, for the 16 classes SYNTHIA shares with Cityscapes
+#: (the table of the dataset's README, as DAFormer's and ADVENT's converters use it). SYNTHIA's
+#: own ids run 0..22; void (0), parking slot (13), road work (14), terrain (16), truck (18),
+#: train (20) and lane marking (22) map to ignore. Terrain, truck and train have no pixels in
+#: SYNTHIA-RAND-CITYSCAPES, so the 19-class model is evaluated over the 16 classes below.
+SYNTHIA_TO_CITYSCAPES = {
+    3: 0,  # road
+    4: 1,  # sidewalk
+    2: 2,  # building
+    21: 3,  # wall
+    5: 4,  # fence
+    7: 5,  # pole
+    15: 6,  # traffic light
+    9: 7,  # traffic sign
+    6: 8,  # vegetation
+    1: 10,  # sky
+    10: 11,  # pedestrian -> person
+    17: 12,  # rider
+    8: 13,  # car
+    19: 15,  # bus
+    12: 17,  # motorcycle
+    11: 18,  # bicycle
+}
+SYNTHIA_NUM_IDS = 23
+
+#: The 16-class protocol (train ids; no terrain, truck, train) and the 13-class one (also no
+#: wall, fence, pole), as SYNTHIA -> Cityscapes results are reported.
+SYNTHIA_16: tuple[int, ...] = tuple(sorted(SYNTHIA_TO_CITYSCAPES.values()))
+SYNTHIA_13: tuple[int, ...] = tuple(c for c in SYNTHIA_16 if c not in (3, 4, 5))

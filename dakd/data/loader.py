@@ -4,6 +4,10 @@ Which images form the batch at step ``t`` depends only on the experiment seed, t
 (source or target) and ``t``, never on what ran before: a resumed run draws exactly the
 batches an uninterrupted run would, and each data-parallel rank takes its slice of the same
 global batch.
+
+A dataset with an ``augmented(index, draws)`` method (the real datasets: random scale and crop)
+gets three more numbers in [0, 1) per sample, drawn after all the others, so the batches of a
+dataset without one are the same as before it existed.
 """
 
 from __future__ import annotations
@@ -49,20 +53,28 @@ class StepSampler:
 
         The photometric draws are rows of (brightness, contrast, saturation, hue, grey) in [0, 1).
         """
+        index, flip, photo, _ = self._draws(step)
+        return index, flip, photo
+
+    def _draws(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`indices` plus rows of (scale, crop top, crop left) in [0, 1) for datasets with
+        ``augmented``; drawn last, so the other draws do not depend on them."""
         rng = np.random.default_rng([self.seed, self.stream, step])
         n = len(self.dataset)
         index = rng.choice(n, size=self.batch_size, replace=self.batch_size > n)
         flip = rng.random(self.batch_size) < 0.5 if self.hflip else np.zeros(self.batch_size, bool)
         photo = rng.random((self.batch_size, 5))
+        geometry = rng.random((self.batch_size, 3))
         share = self.batch_size // self.world_size
         part = slice(self.rank * share, (self.rank + 1) * share)
-        return index[part], flip[part], photo[part]
+        return index[part], flip[part], photo[part], geometry[part]
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        index, flip, photo = self.indices(step)
+        index, flip, photo, geometry = self._draws(step)
+        augmented = getattr(self.dataset, "augmented", None)
         images, labels = [], []
-        for i, f, draws in zip(index.tolist(), flip.tolist(), photo, strict=True):
-            sample = self.dataset[i]
+        for i, f, draws, where in zip(index.tolist(), flip.tolist(), photo, geometry, strict=True):
+            sample = self.dataset[i] if augmented is None else augmented(i, where)
             image, label = sample["image"], sample["label"]
             if f:
                 image, label = image.flip(-1), label.flip(-1)

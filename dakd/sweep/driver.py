@@ -92,6 +92,7 @@ class Plan:
     stages: list[StagePlan]
     tracking_uri: str
     storage: str
+    inputs: list[str] = dataclasses.field(default_factory=list)  # real data splits checked
 
     def text(self) -> str:
         """The spec's search space and settings, then what will be trained or reused, where."""
@@ -110,6 +111,9 @@ class Plan:
                 f"{stage.config.data.scenario} {stage.config.train.steps} steps -> "
                 f"{stage.config.run_dir}"
             )
+        if self.inputs:
+            lines.append("data (checked):")
+            lines += [f"  {line}" for line in self.inputs]
         lines += [
             f"MLflow: {self.tracking_uri} (experiment {spec.experiment_name})",
             f"Ray Tune storage: {self.storage}",
@@ -140,15 +144,44 @@ def storage_path(spec: SweepSpec, root: Path) -> str:
     return str((root / spec.storage).resolve())
 
 
+def check_inputs(cfg: ExperimentConfig) -> list[str]:
+    """Check what a run of ``cfg`` reads besides checkpoints: the splits of real datasets (as
+    training checks them) and the backbone weights file of the trained network. One error on the
+    first problem (ConfigError naming the key, or DataError with the check's report); else one
+    line per split."""
+    from dakd.config import ConfigError
+    from dakd.data.datasets import split_of
+
+    lines = []
+    if cfg.data.dataset == "real":
+        for role, split in (("source", "train"), ("target", "train"), ("target", "val")):
+            data = split_of(cfg, role, split)
+            lines.append(f"{data.name} {split} ({data.root}): {len(data)} pairs, check passed")
+    model = cfg.trained_model
+    if not cfg.init and model.pretrained and not Path(model.pretrained).is_file():
+        role = "teacher" if model is cfg.models.teacher else "student"
+        raise ConfigError(f"models.{role}.pretrained: {model.pretrained} does not exist")
+    return lines
+
+
 def plan(spec: SweepSpec, root: Path | None = None) -> Plan:
-    """Trials and stages of a sweep, without starting Ray (``--dry-run``)."""
+    """Trials and stages of a sweep, without starting Ray (``--dry-run``); the data and weight
+    files every trial and stage reads are checked (:func:`check_inputs`)."""
+    from dakd.config import from_dict
+    from dakd.sweep.trial import input_paths
+
     root = (root or Path.cwd()).resolve()
     context = _context(spec, root)
     stages: dict[str, StagePlan] = {}
+    inputs: dict[str, None] = {}
     for sampled in grid_variants(spec):
         cfg = resolve(spec, sampled)
+        inputs.update(
+            dict.fromkeys(check_inputs(from_dict(cfg.to_dict(), input_paths(cfg, context))))
+        )
         for dep in stages_of(cfg, context).values():
             if dep.name not in stages:
+                inputs.update(dict.fromkeys(check_inputs(dep)))
                 stages[dep.name] = StagePlan(dep, (dep.run_dir / "model.pt").exists())
     return Plan(
         spec=spec,
@@ -156,6 +189,7 @@ def plan(spec: SweepSpec, root: Path | None = None) -> Plan:
         stages=list(stages.values()),
         tracking_uri=tracking_uri(spec, root),
         storage=storage_path(spec, root),
+        inputs=list(inputs),
     )
 
 
@@ -390,6 +424,8 @@ def run_sweep(
         if not ray.is_initialized():
             # workers on other nodes get the driver's Tune settings through the runtime env
             env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"]}
+            if os.environ.get("DAKD_DATA"):  # where trials on every node find the datasets
+                env["DAKD_DATA"] = os.path.abspath(os.environ["DAKD_DATA"])
             ray.init(
                 address=ray_address(address),
                 include_dashboard=False,

@@ -28,15 +28,21 @@ from typing import Any
 
 import ray
 import torch
+import torch.nn.functional as F
 import yaml
 from ray import tune
 
 from dakd.config import ExperimentConfig, from_dict
-from dakd.data.scenes import SceneDataset
 from dakd.losses import upsample
 from dakd.pipeline import AUTO_STAGES, dependency_config, requirements, run_stage, with_stages
 from dakd.sweep.spec import SweepSpec, resolve, trial_label, trial_overrides
-from dakd.train import TrainResult, evaluate_checkpoint, network_from_checkpoint, train
+from dakd.train import (
+    TrainResult,
+    evaluate_checkpoint,
+    network_from_checkpoint,
+    train,
+    val_dataset,
+)
 
 RUN_ID_FILE = "mlflow_run_id"
 """Name of the file, in every trial checkpoint, that holds the trial's MLflow run id."""
@@ -78,10 +84,28 @@ SELF = "self"
 of a table, trained from scratch): it reports that stage's evaluations instead of training again."""
 
 
+#: Files and folders a config names besides its outputs: read from the spec's folder (the root)
+#: when relative, whatever folder a trial runs in.
+INPUT_PATHS = (
+    "data.source_root",
+    "data.target_root",
+    "models.teacher.pretrained",
+    "models.student.pretrained",
+)
+
+
+def input_paths(cfg: ExperimentConfig, context: SweepContext, overrides=None) -> dict[str, str]:
+    """The dataset folders and weight files of ``cfg`` (or of ``overrides`` where it sets them)
+    as absolute paths."""
+    flat = cfg.flat()
+    return {k: context.absolute((overrides or {}).get(k, flat[k])) for k in INPUT_PATHS}
+
+
 def stages_of(cfg: ExperimentConfig, context: SweepContext) -> dict[str, ExperimentConfig]:
     """The stage configs behind the ``auto`` fields of a trial config (and the trial itself when
     it is one of the reused stages)."""
     overrides = stage_overrides(context)
+    overrides.update(input_paths(cfg, context, overrides))
     deps = requirements(cfg, overrides)
     if cfg.stage in AUTO_STAGES.values() and not cfg.init:
         deps[SELF] = dependency_config(cfg, cfg.stage, overrides)
@@ -137,16 +161,13 @@ def prediction_panel(cfg: ExperimentConfig, checkpoints: dict[str, str], count: 
     """Image / ground truth / one column per network, on the first ``count`` target val images."""
     from dakd.visualize import prediction_panel as panel
 
-    val = SceneDataset(
-        cfg.domains[1],
-        "val",
-        seed=cfg.data.scene_seed,
-        size=tuple(cfg.data.crop_size),
-        cache_dir=cfg.data.cache_dir or None,
-    )
+    val = val_dataset(cfg)
     samples = [val[i] for i in range(min(count, len(val)))]
     images = torch.stack([s["image"] for s in samples])
     labels = torch.stack([s["label"] for s in samples])
+    if labels.shape[-2:] != images.shape[-2:]:  # real data: full-resolution labels, shown smaller
+        labels = F.interpolate(labels[:, None].float(), images.shape[-2:], mode="nearest")
+        labels = labels[:, 0].long()
     predictions = {}
     with torch.no_grad():
         for name, path in checkpoints.items():
@@ -277,6 +298,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
             "train.threads": threads,
             "train.progress": False,
             "data.cache_dir": context.absolute(cfg.data.cache_dir),
+            **input_paths(cfg, context),
         },
     )
     if spec.resources.workers > 1:

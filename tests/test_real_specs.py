@@ -1,0 +1,86 @@
+"""The specs of the paper's two scenarios on the real datasets: their recipe, and a --dry-run
+that checks the data (on fixture trees found through DAKD_DATA) before printing the plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
+from dakd.sweep.spec import load_spec
+from tests import realdata
+from tests.test_sweep import _cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = {"real_to_real": "bdd100k", "synth_to_real": "gta5"}  # spec -> source dataset
+
+
+@pytest.fixture
+def place(tmp_path, monkeypatch):
+    """Fixture trees of the three datasets under $DAKD_DATA, and the weight files the specs
+    name, in the folder the sweep runs from."""
+    data = tmp_path / "data"
+    for name in ("cityscapes", "bdd100k", "gta5"):
+        realdata.write(name, data / name)
+    (tmp_path / "weights").mkdir()
+    for name in ("drn_d_38-eebb45f0.pth", "drn_d_22-4bd2f8ea.pth"):
+        (tmp_path / "weights" / name).write_bytes(b"")  # the dry run only checks they exist
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DAKD_DATA", str(data))
+    return data
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_specs_hold_the_paper_recipe(name):
+    spec = load_spec(ROOT / "sweeps" / f"{name}.yaml")
+    cfg = spec.base
+    assert cfg.data.dataset == "real" and cfg.data.scenario == name
+    assert cfg.domains == (SPECS[name], "cityscapes")
+    assert (cfg.models.teacher.name, cfg.models.teacher.width) == ("drn_d_38", 1.0)
+    assert (cfg.models.student.name, cfg.models.student.width) == ("drn_d_22", 1.0)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (2.5e-4, 0.9, 5e-4)
+    assert (cfg.loss.adv_output, cfg.loss.adv_feature, cfg.loss.kl, cfg.loss.mse) == (
+        1e-3,
+        2e-4,
+        0.1,
+        0.01,
+    )
+    assert cfg.data.batch_size == 2 and cfg.data.source_crop == [512, 1024]
+    assert cfg.train.steps == 50000 and spec.stages["train.steps"] == 50000
+    assert spec.tune.seeds == [0, 1, 2]
+    labels = spec.search["method"].labels()
+    assert [f"stage=dakd paradigm={p}" for p in "abcd"] == labels[-4:]
+    assert any("source_only" in label for label in labels) and any("oracle" in x for x in labels)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_dry_run_checks_the_data_and_prints_the_plan(name, place, capsys):
+    assert _cli([str(ROOT / "sweeps" / f"{name}.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "data (checked):" in out
+    assert f"{SPECS[name]} train ({place / SPECS[name]}): 3 pairs, check passed" in out
+    assert f"cityscapes val ({place / 'cityscapes'}): 2 pairs, check passed" in out
+    assert "trials: 27" in out and "teacher_da" in out
+
+
+def test_dry_run_without_data_or_with_broken_data_fails_with_one_error(place, monkeypatch, capsys):
+    spec = str(ROOT / "sweeps" / "real_to_real.yaml")
+    monkeypatch.delenv("DAKD_DATA")
+    assert _cli([spec, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data.source_root: ") and "DAKD_DATA" in err
+    monkeypatch.setenv("DAKD_DATA", str(place))
+    label = sorted((place / "cityscapes" / "gtFine" / "val").glob("*/*.png"))[0]
+    label.unlink()
+    assert _cli([spec, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "cityscapes val split fails its check" in err and "missing_label" in err
+    assert str(label) in err
+    fresh = place / "cityscapes-again"
+    realdata.write("cityscapes", fresh)
+    (Path("weights") / "drn_d_38-eebb45f0.pth").unlink()
+    assert _cli([spec, "--dry-run", "--set", f"experiment.data.target_root={fresh}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: models.teacher.pretrained: ")
+    assert "drn_d_38-eebb45f0.pth does not exist" in err
