@@ -45,10 +45,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import InterpolationMode
 
 from dakd.data.labels import (
     CLASS_NAMES,
@@ -279,6 +277,11 @@ class RealDataset(Dataset):
     def _resized(self, index: int, size: tuple[int, int] | None, full_label: bool):
         image, label = self.load(index)
         if size is not None and size != (image.height, image.width):
+            # imported here: torchvision takes seconds to import (every trial process, every
+            # CLI call), and only real datasets resize
+            import torchvision.transforms.v2.functional as TF
+            from torchvision.transforms import InterpolationMode
+
             image = TF.resize(image, list(size), InterpolationMode.BILINEAR, antialias=True)
             if not full_label:
                 label = np.asarray(
