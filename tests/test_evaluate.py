@@ -39,7 +39,6 @@ def test_labels_outside_the_space_are_rejected():
 def test_agrees_with_official_cityscapes_evaluation(tmp_path, monkeypatch):
     monkeypatch.setenv("CITYSCAPES_DATASET", str(tmp_path))
     monkeypatch.setenv("CITYSCAPES_EXPORT_DIR", str(tmp_path))
-    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
 
     rng = np.random.default_rng(0)
     to_id = np.array(list(LABEL_IDS) + [0] * (256 - 19), dtype=np.uint8)
@@ -60,17 +59,24 @@ def test_agrees_with_official_cityscapes_evaluation(tmp_path, monkeypatch):
         gt_files.append(str(gt_file))
         pred_files.append(str(pred_file))
 
-    args = official.args
-    monkeypatch.setattr(args, "quiet", True)
-    monkeypatch.setattr(args, "JSONOutput", False)
-    monkeypatch.setattr(args, "evalInstLevelScore", False)
-    monkeypatch.setattr(args, "exportFile", str(tmp_path / "result.json"))
-    result = official.evaluateImgLists(pred_files, gt_files, args)
+    result = official_evaluation(pred_files, gt_files, tmp_path, monkeypatch)
 
     metrics: SegMetrics = ours.compute()
     official_iou = [result["classScores"][name] for name in official_class_names()]
     assert metrics.iou == pytest.approx(np.array(official_iou), abs=1e-12)
     assert metrics.miou == pytest.approx(result["averageScoreClasses"], abs=1e-12)
+
+
+def official_evaluation(pred_files, gt_files, tmp_path, monkeypatch):
+    """cityscapesscripts' pixel-level evaluation of prediction / ground-truth PNG pairs."""
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
+
+    args = official.args
+    monkeypatch.setattr(args, "quiet", True)
+    monkeypatch.setattr(args, "JSONOutput", False)
+    monkeypatch.setattr(args, "evalInstLevelScore", False)
+    monkeypatch.setattr(args, "exportFile", str(tmp_path / "result.json"))
+    return official.evaluateImgLists(pred_files, gt_files, args)
 
 
 def official_class_names():
@@ -100,7 +106,6 @@ def test_cityscapes_val_protocol_agrees_with_the_official_evaluation(tmp_path, m
     the same per-class IoU as cityscapesscripts on those predictions and the gtFine files."""
     monkeypatch.setenv("CITYSCAPES_DATASET", str(tmp_path))
     monkeypatch.setenv("CITYSCAPES_EXPORT_DIR", str(tmp_path))
-    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
 
     from dakd.data.datasets import CityscapesDataset
     from dakd.data.loader import eval_batches
@@ -122,12 +127,7 @@ def test_cityscapes_val_protocol_agrees_with_the_official_evaluation(tmp_path, m
         Image.fromarray(to_id[prediction.numpy()]).save(pred_file)
         pred_files.append(str(pred_file))
         gt_files.append(str(label_file))
-    args = official.args
-    monkeypatch.setattr(args, "quiet", True)
-    monkeypatch.setattr(args, "JSONOutput", False)
-    monkeypatch.setattr(args, "evalInstLevelScore", False)
-    monkeypatch.setattr(args, "exportFile", str(tmp_path / "result.json"))
-    result = official.evaluateImgLists(pred_files, gt_files, args)
+    result = official_evaluation(pred_files, gt_files, tmp_path, monkeypatch)
 
     official_iou = np.array([result["classScores"][name] for name in official_class_names()])
     assert (~np.isnan(official_iou)).sum() >= 10 and np.nanmax(official_iou) > 0.05

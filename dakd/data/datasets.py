@@ -207,7 +207,9 @@ class RealDataset(Dataset):
     # -- the layout and the files ------------------------------------------------------------
     @classmethod
     def layout(cls, root: Path, split: str) -> Layout:
-        raise NotImplementedError
+        """The image/label pairs of ``split`` under ``root`` and what is wrong with them; each
+        dataset class lists its own published layout."""
+        raise NotImplementedError(f"{cls.__name__} does not describe its layout")
 
     @classmethod
     def splits_in(cls, root: Path) -> tuple[str, ...]:
