@@ -58,7 +58,7 @@ tune:
   seeds: [0, 1, 2]
   max_concurrent: 2
   max_failures: 1
-  reuse_actors: true
+  reuse_actors: false
 resources: {cpu: 0.5, gpu: 0.25, workers: 1}
 tracking: {uri: null, experiment: null}
 storage: runs/ray
@@ -132,7 +132,7 @@ def test_example_loads_with_everything_in_place(write):
         3,
     )
     assert (t.scheduler, t.asha) == ("asha", {"grace_period": 2, "reduction_factor": 3})
-    assert (t.seeds, t.max_concurrent, t.max_failures, t.reuse_actors) == ([0, 1, 2], 2, 1, True)
+    assert (t.seeds, t.max_concurrent, t.max_failures, t.reuse_actors) == ([0, 1, 2], 2, 1, False)
     assert (spec.resources.cpu, spec.resources.gpu, spec.resources.workers) == (0.5, 0.25, 1)
     assert spec.tracking.uri is None and spec.experiment_name == "loss_weights"
     assert spec.storage == "runs/ray"
@@ -153,7 +153,7 @@ def test_defaults_of_optional_sections(write):
         "grid",
         "fifo",
     )
-    assert (t.seeds, t.max_concurrent, t.max_failures, t.reuse_actors) == ([0], None, 2, False)
+    assert (t.seeds, t.max_concurrent, t.max_failures, t.reuse_actors) == ([0], None, 2, True)
     assert t.asha == {"grace_period": 1, "reduction_factor": 2} and t.search_seed == 0
     assert (spec.resources.cpu, spec.resources.gpu, spec.resources.workers) == (1.0, 0.0, 1)
     assert spec.storage == "runs/ray" and spec.stages == {} and spec.base_file is None

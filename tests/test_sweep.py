@@ -168,6 +168,27 @@ def test_reused_stage_rows_report_the_stage_itself(local_ray, place):
         assert steps == [2, 4]  # the stage's own schedule (smoke: 4 steps, evaluated every 2)
 
 
+def test_trials_reuse_one_actor_after_asha_stops_them(local_ray, place):
+    """One trial at a time on a reused actor (Tune's default for function trainables), with
+    ASHA stopping trials at intermediate and at last reports: every trial runs and ends, all in
+    the same process. A trial that swallowed Tune's stop at its last report left its actor
+    unable to reset, so the next trial failed and the sweep hung."""
+    import dataclasses
+
+    from ray.tune import ExperimentAnalysis
+
+    spec = smoke(ROOT / "sweeps" / "loss_weights.yaml", _overrides(place))
+    assert spec.tune.reuse_actors and spec.tune.scheduler == "asha"
+    spec = dataclasses.replace(
+        spec, tune=dataclasses.replace(spec.tune, num_samples=3, max_concurrent=1)
+    )
+    result = run_sweep(spec, root=ROOT, log=lambda _: None)
+    assert result.errors == 0 and len(result.rows) == 3
+    assert all(row["status"] == "done" for row in result.rows)
+    trials = ExperimentAnalysis(result.experiment_path).trials
+    assert len({trial.last_result["pid"] for trial in trials}) == 1  # one actor served all
+
+
 def test_trial_artifacts_and_per_evaluation_metrics(local_ray, place):
     spec, result = _smoke_sweep("quickstart", place)
     client = MlflowClient(place["uri"])

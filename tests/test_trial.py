@@ -141,11 +141,13 @@ def test_a_trial_stopped_at_its_last_report_still_keeps_its_final_artifacts(
     sweep, tmp_path, monkeypatch
 ):
     """ASHA stops every trial that reaches max_t at that report: the final weights and
-    evaluation artifacts must already be logged by then."""
+    evaluation artifacts must already be logged by then. The stop (SystemExit) still ends the
+    function: swallowed, Tune's wrapper would report again and a reused actor would hang."""
     spec, context, config = sweep
     (tmp_path / "store").mkdir()
     fake = FakeTune(tmp_path / "t", tmp_path / "store", stop_at=4)
-    _run(monkeypatch, fake, config, context)  # returns normally
+    with pytest.raises(SystemExit):
+        _run(monkeypatch, fake, config, context)
     assert [r["step"] for r in fake.reports] == [2, 4]
     (run,) = _trial_runs(context, spec)
     assert run.info.status == "FINISHED" and "early_stopped" not in run.data.tags

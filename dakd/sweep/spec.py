@@ -116,7 +116,7 @@ class TuneSettings:
     max_failures: int = 2
     # off by default: with Ray 2.60, reusing a function-trainable actor after ASHA stopped its
     # trial failed the next trial ("Could not re-use actor ... reset_config") and once hung
-    reuse_actors: bool = False
+    reuse_actors: bool = True
 
 
 @dataclass

@@ -352,10 +352,10 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         raise
     logger.finish("FINISHED")
     if final:
-        try:
-            send(final["metrics"], final["checkpoint"])
-        except SystemExit:
-            pass  # stopped at its last report: the trial is complete either way
+        # A scheduler that stops the trial at this last report raises SystemExit here, and it
+        # must end the function: swallowed, Tune's wrapper would report once more and wait for
+        # a go-ahead that never comes, and a reused actor could not start its next trial.
+        send(final["metrics"], final["checkpoint"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -510,11 +510,10 @@ def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: Sw
     result = TrainResult(metrics=history[-1], checkpoint=Path(final), evaluation=evaluation)
     log_final_artifacts(logger, stage, result, None)
     logger.finish("FINISHED")
-    try:
-        for metrics in history:
-            tune.report({**metrics, "steps": stage.train.steps, "mlflow_run_id": logger.run_id})
-    except SystemExit:
-        pass  # a scheduler stopped it: the stage's record is complete in MLflow anyway
+    # a scheduler may stop it at any report (SystemExit): the stage's record is complete in
+    # MLflow anyway, and the exit must end the function (see the end of run_trial)
+    for metrics in history:
+        tune.report({**metrics, "steps": stage.train.steps, "mlflow_run_id": logger.run_id})
 
 
 def _ensure_stage(dep: ExperimentConfig, context: SweepContext, threads: int) -> str:
