@@ -34,6 +34,7 @@ returns a :class:`CheckReport`; training refuses a split whose check fails (:fun
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -149,7 +150,7 @@ def _folders(*folders: Path) -> list[Problem]:
     return [Problem("missing_folder", str(f)) for f in folders if not f.is_dir()]
 
 
-class RealDataset(Dataset):
+class RealDataset(Dataset, ABC):
     """One split of a real dataset as a map-style dataset of normalised samples.
 
     Args:
@@ -206,10 +207,10 @@ class RealDataset(Dataset):
 
     # -- the layout and the files ------------------------------------------------------------
     @classmethod
+    @abstractmethod
     def layout(cls, root: Path, split: str) -> Layout:
         """The image/label pairs of ``split`` under ``root`` and what is wrong with them; each
         dataset class lists its own published layout."""
-        raise NotImplementedError(f"{cls.__name__} does not describe its layout")
 
     @classmethod
     def splits_in(cls, root: Path) -> tuple[str, ...]:
