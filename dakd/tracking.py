@@ -34,7 +34,6 @@ import os
 import random
 import re
 import sqlite3
-import subprocess
 import tempfile
 import threading
 import time
@@ -56,6 +55,7 @@ from mlflow.utils.validation import (
 )
 
 from dakd.config import flatten
+from dakd.locations import default_uri, git_commit, ui_command  # noqa: F401 (tracking API)
 
 if TYPE_CHECKING:
     from dakd.evaluate import SegMetrics
@@ -162,36 +162,6 @@ def retry_locked(
 
 
 # -- stores, experiments -----------------------------------------------------------------------
-
-
-def default_uri(root: str | Path = "runs") -> str:
-    """The default tracking store: ``sqlite:///<absolute root>/mlflow.db``."""
-    return f"sqlite:///{(Path(root).resolve() / 'mlflow.db').as_posix()}"
-
-
-def ui_command(uri: str) -> str:
-    """The shell command that opens the MLflow UI on ``uri`` (http://127.0.0.1:5000)."""
-    quoted = uri if re.fullmatch(r"[\w./:@%+=-]+", uri) else "'" + uri.replace("'", "'\\''") + "'"
-    return f"uv run mlflow ui --backend-store-uri {quoted} --host 127.0.0.1 --port 5000"
-
-
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The commit checked out in ``cwd`` (default: the folder of this package), or ``None`` when
-    that is not a git work tree or git is missing."""
-    where = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = done.stdout.strip()
-    return commit if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{7,64}", commit) else None
 
 
 def _sqlite_path(uri: str) -> Path | None:

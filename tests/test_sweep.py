@@ -245,3 +245,40 @@ def test_resume_without_a_previous_sweep_says_so(place, tmp_path):
     spec = smoke(ROOT / "sweeps" / "quickstart.yaml", [*_overrides(place), f"storage={tmp_path}"])
     with pytest.raises(SpecError, match="no interrupted sweep"):
         run_sweep(spec, resume=True, root=ROOT, log=lambda _: None)
+
+
+def test_ray_failing_to_start_leaves_no_running_parent_run(place, tmp_path, monkeypatch):
+    """Ray starts while the MLflow parent run opens in a thread; when Ray fails, the error
+    reaches the user and the parent run is closed (KILLED), not left RUNNING."""
+    import dakd.sweep.driver as driver
+
+    def no_ray(address):
+        raise ConnectionError("no Ray cluster at 127.0.0.1:1")
+
+    monkeypatch.setattr(driver, "_start_ray", no_ray)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = smoke(
+        ROOT / "sweeps" / "quickstart.yaml",
+        [*_overrides(place), f"tracking.uri={uri}", f"storage={tmp_path / 'ray'}"],
+    )
+    with pytest.raises(ConnectionError, match="127.0.0.1:1"):
+        run_sweep(spec, root=ROOT, log=lambda _: None)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(spec.experiment_name).experiment_id])
+    assert [(r.data.tags["stage"], r.info.status) for r in runs] == [("sweep", "KILLED")]
+
+
+def test_the_plan_is_made_without_importing_mlflow():
+    """The driver opens MLflow (seconds to import) in a thread while Ray starts; that only
+    overlaps if nothing before ``ray.init`` imports it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from dakd.sweep.driver import plan; "
+        "from dakd.sweep.spec import load_spec; "
+        f"plan(load_spec({str(ROOT / 'sweeps' / 'quickstart.yaml')!r}), Path({str(ROOT)!r})); "
+        "print('mlflow' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"

@@ -8,12 +8,15 @@ Tuner runs the trials; at the end the best trials are printed with where to look
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,7 +136,7 @@ def _context(spec: SweepSpec, root: Path, uri: str = "", exp_id: str = "", paren
 
 
 def tracking_uri(spec: SweepSpec, root: Path) -> str:
-    from dakd.tracking import default_uri
+    from dakd.locations import default_uri
 
     return spec.tracking.uri or default_uri(root / "runs")
 
@@ -370,15 +373,14 @@ def run_sweep(
     import ray
     from ray import tune
 
+    from dakd.locations import git_commit, ui_command
     from dakd.sweep.trial import run_trial
-    from dakd.tracking import RunLogger, git_commit, prepare, ui_command
 
     root = (root or Path.cwd()).resolve()
     the_plan = plan(spec, root)
     log(the_plan.text())
     uri = the_plan.tracking_uri
     storage = the_plan.storage
-    experiment_id = prepare(uri, spec.experiment_name)
 
     previous = _latest_experiment(storage, spec.name) if resume else None
     state: dict[str, Any] = {}
@@ -389,27 +391,28 @@ def run_sweep(
             )
         state = _read_state(previous)
     name = Path(previous).name if previous else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    commit = git_commit(root) or "unknown"
-    sweep_tags = {"sweep": spec.name, "git_commit": commit}
-    parent = RunLogger(
-        uri,
-        experiment_id,
-        run_name=f"sweep {name}",
-        tags={**sweep_tags, "stage": "sweep", "tune_experiment": name},
-        run_id=state.get("parent_run_id"),
-    )
-    if not state:
-        parent.log_params(
-            {
-                "spec": str(spec.path),
-                "trials": the_plan.trials,
-                "search": spec.tune.search,
-                "scheduler": spec.tune.scheduler,
-                "seeds": spec.tune.seeds,
-                "metric": spec.tune.metric,
-            }
+    sweep_tags = {"sweep": spec.name, "git_commit": git_commit(root) or "unknown"}
+
+    # Starting Ray (seconds, mostly spent in the processes it spawns: GCS, raylet, agents) and
+    # opening the sweep's MLflow experiment and parent run (seconds: importing MLflow, the
+    # store's schema) do not depend on each other: Ray starts here, MLflow opens in a thread.
+    started_ray = False
+    with ThreadPoolExecutor(1, thread_name_prefix="dakd-mlflow") as pool:
+        opening = pool.submit(
+            _open_parent, spec, the_plan, uri, name, sweep_tags, state.get("parent_run_id")
         )
-        parent.log_artifact(spec.path, "spec")
+        try:
+            started_ray = _start_ray(address)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the parent run must not stay RUNNING
+                opening.result()[1].finish("KILLED")
+            raise
+        try:
+            experiment_id, parent = opening.result()
+        except BaseException:
+            if started_ray:
+                ray.shutdown()
+            raise
     context = SweepContext(
         spec=spec,
         root=str(root),
@@ -419,20 +422,8 @@ def run_sweep(
         tags=sweep_tags,
         storage=f"{storage.rstrip('/')}/{name}",
     )
-    started_ray = False
+    analysis = None
     try:
-        if not ray.is_initialized():
-            # workers on other nodes get the driver's Tune settings through the runtime env
-            env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"]}
-            if os.environ.get("DAKD_DATA"):  # where trials on every node find the datasets
-                env["DAKD_DATA"] = os.path.abspath(os.environ["DAKD_DATA"])
-            ray.init(
-                address=ray_address(address),
-                include_dashboard=False,
-                log_to_driver=True,
-                runtime_env={"env_vars": env},
-            )
-            started_ray = True
         check_cluster_storage(spec, address or os.environ.get("RAY_ADDRESS"), _alive_nodes(), log)
         if spec.resources.workers > 1 and not spec.tune.max_concurrent:
             # a Train run starts once all its workers fit; trials beyond that only wait
@@ -461,15 +452,73 @@ def run_sweep(
         parent.log_metrics(
             {f"best_{spec.tune.metric}": result.rows[0]["final"]} if result.rows else {}, step=0
         )
-        _log_analysis(uri, spec.experiment_name, parent.run_id, log)
+        # the result tables need MLflow only: build them while Ray shuts down
+        analysis = threading.Thread(
+            target=_log_analysis,
+            args=(uri, spec.experiment_name, parent.run_id, log),
+            name="dakd-analysis",
+        )
+        analysis.start()
+        if started_ray:
+            started_ray = False
+            ray.shutdown()
+        analysis.join()
         parent.finish("FINISHED" if not result.errors else "FAILED")
         return result
     except BaseException:
+        if analysis is not None and analysis.is_alive():
+            analysis.join()  # never finish the parent run under the tables being logged to it
         parent.finish("KILLED")
         raise
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _start_ray(address: str | None) -> bool:
+    """``ray.init`` unless Ray is already up in this process; whether this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # workers on other nodes get the driver's Tune settings through the runtime env
+    env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"]}
+    if os.environ.get("DAKD_DATA"):  # where trials on every node find the datasets
+        env["DAKD_DATA"] = os.path.abspath(os.environ["DAKD_DATA"])
+    ray.init(
+        address=ray_address(address),
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env={"env_vars": env},
+    )
+    return True
+
+
+def _open_parent(spec: SweepSpec, the_plan: Plan, uri: str, name: str, tags: dict, run_id):
+    """The sweep's MLflow experiment id and parent run (reopened by ``run_id`` on resume)."""
+    from dakd.tracking import RunLogger, prepare
+
+    experiment_id = prepare(uri, spec.experiment_name)
+    parent = RunLogger(
+        uri,
+        experiment_id,
+        run_name=f"sweep {name}",
+        tags={**tags, "stage": "sweep", "tune_experiment": name},
+        run_id=run_id,
+    )
+    if run_id is None:
+        parent.log_params(
+            {
+                "spec": str(spec.path),
+                "trials": the_plan.trials,
+                "search": spec.tune.search,
+                "scheduler": spec.tune.scheduler,
+                "seeds": spec.tune.seeds,
+                "metric": spec.tune.metric,
+            }
+        )
+        parent.log_artifact(spec.path, "spec")
+    return experiment_id, parent
 
 
 def ray_address(address: str | None) -> str:
