@@ -61,18 +61,26 @@ DISTILL_ONLY = (
 #: What an ``auto`` field stands for: config field -> the stage that provides its checkpoint.
 AUTO_STAGES = {"teacher": "teacher_da", "init": "student_da"}
 
+#: The network each reused stage does not train: its keys are reset to their defaults too, so
+#: a sweep over teachers shares one student-DA baseline and a sweep over students one teacher.
+UNUSED_NETWORK = {"teacher_da": "models.student.", "student_da": "models.teacher."}
+
 
 def dependency_config(
     cfg: ExperimentConfig, stage: str, overrides: dict[str, Any] | None = None
 ) -> ExperimentConfig:
     """The ``stage`` (teacher_da or student_da) that ``cfg`` builds on, named by its fingerprint.
 
-    Everything that shapes the stage (data, models, optimiser, adversarial weights, seed) comes
-    from ``cfg``; distillation-only keys are reset to their defaults; ``overrides`` (dotted, e.g.
-    ``{"train.steps": 600}``) give the stage its own schedule.
+    Everything that shapes the stage (data, its network, optimiser, adversarial weights, seed)
+    comes from ``cfg``; distillation-only keys and the network the stage does not train are
+    reset to their defaults; ``overrides`` (dotted, e.g. ``{"train.steps": 600}``) give the
+    stage its own schedule.
     """
     defaults = ExperimentConfig().flat()
     changes: dict[str, Any] = {key: defaults[key] for key in DISTILL_ONLY}
+    unused = UNUSED_NETWORK.get(stage)
+    if unused:
+        changes.update({k: v for k, v in defaults.items() if k.startswith(unused)})
     changes["stage"] = stage
     changes.update(overrides or {})
     dep = from_dict(cfg.to_dict(), changes)

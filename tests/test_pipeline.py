@@ -4,6 +4,7 @@ import json
 
 import yaml
 
+from dakd.config import from_dict, load_config
 from dakd.pipeline import CALIBRATION_ROWS, calibrate
 from tests.conftest import TINY
 
@@ -29,3 +30,21 @@ def test_calibration_runs_every_row_and_reuses_finished_stages(tmp_path):
     assert again["results"] == summary["results"]
     saved = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert saved["results"] == summary["results"]
+
+
+def test_stages_ignore_the_network_they_do_not_train():
+    """Two DAKD configs that differ only in the teacher share one student-DA baseline (and the
+    other way round); the stage that trains the changed network is not shared."""
+    from dakd.pipeline import requirements
+
+    base = load_config(None, ["stage=dakd", "teacher=auto", "init=auto"])
+    wide_teacher = from_dict(base.to_dict(), {"models.teacher.width": 0.5})
+    wide_student = from_dict(base.to_dict(), {"models.student.width": 0.25})
+    deps = requirements(base)
+    assert requirements(wide_teacher)["init"].name == deps["init"].name
+    assert requirements(wide_teacher)["teacher"].name != deps["teacher"].name
+    assert requirements(wide_student)["teacher"].name == deps["teacher"].name
+    assert requirements(wide_student)["init"].name != deps["init"].name
+    # the stage config keeps the network it trains, whatever the defaults are
+    assert requirements(wide_teacher)["teacher"].models.teacher.width == 0.5
+    assert requirements(wide_student)["init"].models.student.width == 0.25
