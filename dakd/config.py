@@ -56,6 +56,10 @@ class DataConfig:
     mirrors them (on by default for the embedded benchmark; AdaptSegNet's recipe, which the
     real-data specs follow, has it off). Sizes are ``[height, width]``. ``check_sample``: before training, every split
     is listed and paired, and this many pairs per split are decoded and checked (0: none).
+
+    ``prefetch``: training batches built ahead per stream in background threads (changes no
+    result, only when the work happens): -1 = auto, 4 for real datasets (decoded from files) and
+    0 for the embedded scenes (already in memory); 0 = off.
     """
 
     scenario: str = "synth_to_real"
@@ -80,6 +84,7 @@ class DataConfig:
     val_resize: list[int] = field(default_factory=lambda: [512, 1024])
     random_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     check_sample: int = 8
+    prefetch: int = -1
 
 
 @dataclass
@@ -261,6 +266,7 @@ class ExperimentConfig:
             "data.cache_dir",
             "train.progress",
             "train.log_interval",
+            "data.prefetch",
         ),
     ) -> str:
         """A short hash of everything that changes the trained weights (for stage reuse).
@@ -458,6 +464,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     )
     _check(d.batch_size >= 1, "data.batch_size", "must be >= 1")
     _check(d.val_batch_size >= 1, "data.val_batch_size", "must be >= 1")
+    _check(d.prefetch >= -1, "data.prefetch", f"must be >= 0, or -1 for auto, got {d.prefetch}")
     _check(0 <= d.color_jitter <= 1, "data.color_jitter", "must be in [0, 1]")
     _check(0 <= d.grayscale <= 1, "data.grayscale", "must be in [0, 1]")
     _check(d.val_size >= 0, "data.val_size", "must be >= 0 (0 = the whole val split)")

@@ -42,7 +42,7 @@ from dakd import losses
 from dakd.config import ConfigError, ExperimentConfig, TrainConfig, from_dict
 from dakd.data.datasets import protocols, split_of
 from dakd.data.labels import NUM_CLASSES
-from dakd.data.loader import StepSampler, eval_batches
+from dakd.data.loader import Prefetcher, StepSampler, eval_batches
 from dakd.data.scenes import SceneDataset
 from dakd.distributed import World, current_world
 from dakd.evaluate import SegMetrics, evaluate
@@ -188,7 +188,18 @@ def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1):
         target_train = SceneDataset(target, "train", **_scenes(cfg))
     src = StepSampler(source_train, cfg.data.batch_size, cfg.seed, "source", **kw)
     tgt = StepSampler(target_train, cfg.data.batch_size, cfg.seed, "target", **kw)
+    depth = prefetch_depth(cfg)
+    if depth:
+        last = cfg.train.steps - 1
+        src, tgt = Prefetcher(src, depth, last), Prefetcher(tgt, depth, last)
     return src, tgt, val_dataset(cfg)
+
+
+def prefetch_depth(cfg: ExperimentConfig) -> int:
+    """How many batches each training stream builds ahead (``data.prefetch``; -1 = auto)."""
+    if cfg.data.prefetch >= 0:
+        return cfg.data.prefetch
+    return 4 if cfg.data.dataset == "real" else 0
 
 
 def metrics_of(result: SegMetrics, cfg: ExperimentConfig) -> dict[str, float]:
@@ -373,6 +384,12 @@ class Trainer:
             raise NonFiniteLossError(
                 f"step {self.step}: the training loss is not finite{where} ({shown})"
             )
+
+    def close(self) -> None:
+        """Stop the threads that build batches ahead (``data.prefetch``); idempotent."""
+        for stream in (self.source, self.target):
+            if isinstance(stream, Prefetcher):
+                stream.close()
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimisation step of the segmenter (and the discriminators). Returns loss terms."""
@@ -628,6 +645,7 @@ def train(
                     report(dict(metrics), last if main else None)
     finally:
         bar.close()
+        trainer.close()
     if trainer.step < t.steps and count and main:
         ckpt.save(trainer.state(), last)  # an early stop keeps its exact state
     if trainer.step == t.steps and main:

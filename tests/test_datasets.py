@@ -271,6 +271,27 @@ def test_training_on_real_trees_and_the_synthia_protocols(tiny, trees, monkeypat
     assert synthia.metrics["miou13"] == pytest.approx(100 * ious.miou_over(SYNTHIA_13))
 
 
+def test_prefetching_real_batches_changes_no_result(tiny, trees, monkeypatch):
+    """Real datasets build their batches ahead in threads by default (data.prefetch -1 = auto:
+    4); the run is the same, weights included, as one that builds them in the loop."""
+    from dakd.data.loader import Prefetcher
+    from dakd.train import Trainer, train
+
+    monkeypatch.setenv("DAKD_DATA", str(trees))
+    auto = _real(tiny, "student_da", train__steps=3, name="auto")
+    off = _real(tiny, "student_da", train__steps=3, name="off", data__prefetch=0)
+    assert auto.fingerprint() == off.fingerprint()  # the same stage
+    trainer = Trainer(auto)
+    assert isinstance(trainer.source, Prefetcher) and trainer.source.depth == 4
+    trainer.close()
+    assert not isinstance(Trainer(off).source, Prefetcher)
+    a, b = train(auto), train(off)
+    assert a.metrics["miou"] == b.metrics["miou"]
+    wa = torch.load(auto.run_dir / "model.pt", weights_only=True)["model"]
+    wb = torch.load(off.run_dir / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_training_refuses_a_tree_that_fails_its_check(tiny, trees, monkeypatch, capsys):
     from dakd.train import train
 

@@ -67,3 +67,53 @@ def test_eval_batches_cover_the_split_in_order(dataset):
     assert torch.equal(batches[1]["label"][0], dataset[16]["label"])
     shards = [list(eval_batches(dataset, 16, limit=20, rank=r, world_size=2)) for r in (0, 1)]
     assert sum(len(b["label"]) for s in shards for b in s) == 20
+
+
+def test_prefetched_batches_are_the_sampler_batches(dataset):
+    """Built ahead in threads, a batch is exactly the batch of that step, whatever step the
+    run starts at (a resumed run starts in the middle) and however many are built ahead."""
+    from dakd.data.loader import Prefetcher
+
+    sampler = StepSampler(dataset, 4, seed=3, stream="source", color_jitter=0.3)
+    for start, depth in ((0, 1), (5, 3)):
+        ahead = Prefetcher(StepSampler(dataset, 4, 3, "source", color_jitter=0.3), depth, 9)
+        try:
+            for step in range(start, 10):
+                got, want = ahead.batch(step), sampler.batch(step)
+                assert torch.equal(got["image"], want["image"])
+                assert torch.equal(got["label"], want["label"])
+                assert all(s <= 9 for s in ahead._ahead)  # nothing past the last step
+        finally:
+            ahead.close()
+    assert ahead.dataset is dataset and ahead.batch_size == 4  # the rest is the sampler's
+
+
+def test_prefetch_builds_in_background_and_fails_at_the_step_that_fails():
+    import threading
+
+    from dakd.data.loader import Prefetcher
+
+    class Recorder:
+        def __init__(self):
+            self.threads = {}
+
+        def batch(self, step):
+            self.threads[step] = threading.current_thread().name
+            if step == 3:
+                raise ValueError("label 40 outside the label space in sample 7")
+            return {"step": step}
+
+    recorder = Recorder()
+    ahead = Prefetcher(recorder, depth=2)
+    try:
+        assert ahead.batch(0) == {"step": 0}  # nothing built yet: built here, on the caller
+        assert recorder.threads[0] == threading.current_thread().name
+        assert ahead.batch(1) == {"step": 1} and ahead.batch(2) == {"step": 2}
+        assert recorder.threads[1].startswith("dakd-prefetch")
+        assert recorder.threads[2].startswith("dakd-prefetch")
+        with pytest.raises(ValueError, match="sample 7"):  # raised where step 3 is asked for
+            ahead.batch(3)
+    finally:
+        ahead.close()
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        Prefetcher(recorder, depth=0)

@@ -12,6 +12,8 @@ dataset without one are the same as before it existed.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -85,6 +87,54 @@ class StepSampler:
         batch = {"image": torch.stack(images), "label": torch.stack(labels)}
         check_labels(batch["label"], f"{self.dataset!r} samples {index.tolist()}")
         return batch
+
+
+class Prefetcher:
+    """A :class:`StepSampler` whose next ``depth`` batches are built in background threads while
+    the current step trains.
+
+    Meant for datasets decoded from files (the real datasets: PNG decoding and resizing, which
+    release the GIL), so that an accelerator step does not wait for them. ``batch(step)`` of a
+    sampler is a pure function of ``step``, so a batch built ahead is exactly the batch the loop
+    would have built: determinism and bit-identical resumption are unchanged. A build that
+    fails raises at the step that asks for that batch, as it would without prefetching. A
+    stream starts building ahead on its first request, so a stream a stage never reads costs
+    nothing; nothing is built past ``last_step``. Everything else (``dataset``, ``indices``,
+    ...) is the sampler's.
+    """
+
+    def __init__(self, sampler: StepSampler, depth: int, last_step: int | None = None):
+        if depth < 1:
+            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+        self.sampler = sampler
+        self.depth = depth
+        self.last_step = last_step
+        self._pool = ThreadPoolExecutor(depth, thread_name_prefix="dakd-prefetch")
+        self._ahead: dict[int, Future] = {}
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        for stale in [s for s in self._ahead if s < step]:  # steps that were skipped
+            self._ahead.pop(stale).cancel()
+        current = self._ahead.pop(step, None)
+        end = step + self.depth
+        if self.last_step is not None:
+            end = min(end, self.last_step)
+        for ahead in range(step + 1, end + 1):
+            if ahead not in self._ahead:
+                self._ahead[ahead] = self._pool.submit(self.sampler.batch, ahead)
+        return current.result() if current is not None else self.sampler.batch(step)
+
+    def close(self) -> None:
+        """Drop the batches built ahead and stop the threads."""
+        for future in self._ahead.values():
+            future.cancel()
+        self._ahead.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __getattr__(self, name: str):
+        if name == "sampler":  # not set yet (during unpickling or a failed __init__)
+            raise AttributeError(name)
+        return getattr(self.sampler, name)
 
 
 def photometric(image: torch.Tensor, draws, strength: float, grayscale: float) -> torch.Tensor:
