@@ -212,7 +212,13 @@ def calibrate(
                     seconds.setdefault(key, []).append(done[key]["seconds"])
     table = format_calibration(results, seeds)
     log(table)
-    summary = {"results": results, "seconds": seconds, "seeds": list(seeds), "table": table}
+    summary = {
+        "results": results,
+        "seconds": seconds,
+        "seeds": list(seeds),
+        "table": table,
+        "targets": calibration_targets(results),
+    }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "calibration.md").write_text(table + "\n")
@@ -265,6 +271,57 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+#: The embedded benchmark's targets: (what, row a, row b, margin): mean(a) - mean(b) >= margin
+#: (``None``: strictly greater). A target is *reliable* when every seed meets it too.
+CALIBRATION_TARGETS = (
+    ("source-only loses >= 10 against oracle", "oracle", "source-only", 10.0),
+    ("teacher-DA beats student-DA by >= 3", "teacher-DA", "student-DA", 3.0),
+    ("DAKD (c) beats the fair baseline", "DAKD (c)", "student-DA + extra steps", None),
+)
+
+
+def calibration_targets(results: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
+    """Each target of :data:`CALIBRATION_TARGETS` per scenario: the difference of the means,
+    the per-seed (paired) differences, whether the mean meets it and whether every seed does."""
+    checks = []
+    for scenario, rows in results.items():
+        for what, a, b, margin in CALIBRATION_TARGETS:
+            if not rows.get(a) or not rows.get(b):
+                continue
+            per_seed = [x - y for x, y in zip(rows[a], rows[b], strict=True)]
+            mean = statistics.fmean(rows[a]) - statistics.fmean(rows[b])
+
+            def meets(value: float, margin=margin) -> bool:
+                return value > 0 if margin is None else value >= margin
+
+            checks.append(
+                {
+                    "scenario": scenario,
+                    "target": what,
+                    "difference": mean,
+                    "per_seed": per_seed,
+                    "met": meets(mean),
+                    "every_seed": all(meets(d) for d in per_seed),
+                }
+            )
+    return checks
+
+
+def format_targets(checks: list[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`calibration_targets`."""
+    lines = [
+        "| scenario | target | difference of means | per seed | met | in every seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in checks:
+        seeds = ", ".join(f"{d:+.1f}" for d in c["per_seed"])
+        lines.append(
+            f"| {c['scenario']} | {c['target']} | {c['difference']:+.1f} | {seeds} | "
+            f"{'yes' if c['met'] else 'no'} | {'yes' if c['every_seed'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def format_calibration(results: dict[str, dict[str, list[float]]], seeds: Sequence[int]) -> str:
     """A Markdown table: rows, then per scenario the mean +- std of target val mIoU."""
     scenarios = list(results)
@@ -280,4 +337,12 @@ def format_calibration(results: dict[str, dict[str, list[float]]], seeds: Sequen
             mean, std = mean_std(results[scenario][name])
             cells.append(f"{mean:.1f} +- {std:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    checks = calibration_targets(results)
+    if checks:
+        lines += [
+            "",
+            "The benchmark's targets (differences in mIoU points):",
+            "",
+            format_targets(checks),
+        ]
     return "\n".join(lines)

@@ -48,3 +48,27 @@ def test_stages_ignore_the_network_they_do_not_train():
     # the stage config keeps the network it trains, whatever the defaults are
     assert requirements(wide_teacher)["teacher"].models.teacher.width == 0.5
     assert requirements(wide_student)["init"].models.student.width == 0.25
+
+
+def test_calibration_targets_by_hand():
+    from dakd.pipeline import calibration_targets, format_calibration
+
+    results = {
+        "s": {
+            "source-only": [5.0, 9.0],
+            "oracle": [20.0, 20.0],  # gaps 15 and 11: mean 13, met in every seed
+            "teacher-DA": [14.0, 10.0],
+            "student-DA": [10.0, 9.0],  # leads 4 and 1: mean 2.5, not met
+            "student-DA + extra steps": [10.0, 12.0],
+            "DAKD (c)": [12.0, 11.0],  # +2 and -1: mean +0.5, met, not in every seed
+        }
+    }
+    checks = {c["target"].split()[0]: c for c in calibration_targets(results)}
+    so, teacher, dakd = checks["source-only"], checks["teacher-DA"], checks["DAKD"]
+    assert so["difference"] == 13.0 and so["per_seed"] == [15.0, 11.0]
+    assert so["met"] and so["every_seed"]
+    assert teacher["difference"] == 2.5 and not teacher["met"] and not teacher["every_seed"]
+    assert dakd["difference"] == 0.5 and dakd["per_seed"] == [2.0, -1.0]
+    assert dakd["met"] and not dakd["every_seed"]
+    table = format_calibration(results, [0, 1])
+    assert "| s | DAKD (c) beats the fair baseline | +0.5 | +2.0, -1.0 | yes | no |" in table
