@@ -40,11 +40,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dakd.config import from_dict  # noqa: E402
-from dakd.pipeline import run_stage, with_stages  # noqa: E402
+from dakd.pipeline import run_stage  # noqa: E402
 from dakd.sweep.driver import plan, run_sweep  # noqa: E402
 from dakd.sweep.spec import load_spec, resolve  # noqa: E402
-from dakd.sweep.trial import SweepContext, stages_of  # noqa: E402
+from dakd.sweep.trial import SweepContext, stages_of, trial_config  # noqa: E402
 from dakd.train import train  # noqa: E402
 
 ACTIVITIES = ("setup", "report", "logging", "artifacts")
@@ -77,17 +76,9 @@ def plain_loop(spec, configs: list[dict], scratch: Path, threads: int) -> tuple[
     tic = time.perf_counter()
     for i, config in enumerate(configs):
         cfg = resolve(spec, config)
-        deps = stages_of(cfg, context)
-        cfg = with_stages(cfg, {k: str(dep.run_dir / "model.pt") for k, dep in deps.items()})
-        cfg = from_dict(
-            cfg.to_dict(),
-            {
-                "name": f"trial{i}",
-                "out_dir": str(scratch / "loop"),
-                "train.threads": threads,
-                "train.progress": False,
-                "data.cache_dir": context.absolute(cfg.data.cache_dir),
-            },
+        stages = {k: str(dep.run_dir / "model.pt") for k, dep in stages_of(cfg, context).items()}
+        cfg = trial_config(
+            cfg, context, stages, name=f"trial{i}", out_dir=scratch / "loop", threads=threads
         )
         start = time.perf_counter()
         train(cfg, resume=False)

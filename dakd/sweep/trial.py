@@ -112,6 +112,32 @@ def stages_of(cfg: ExperimentConfig, context: SweepContext) -> dict[str, Experim
     return deps
 
 
+def trial_config(
+    cfg: ExperimentConfig,
+    context: SweepContext,
+    checkpoints: dict[str, str],
+    *,
+    name: str,
+    out_dir: str | Path,
+    threads: int,
+) -> ExperimentConfig:
+    """The config a trial trains: ``cfg`` with its stage checkpoints filled in, its own run
+    folder, ``threads`` CPU threads, no progress bar, and every input path made absolute (a
+    trial runs in a working directory of Ray's, not the user's)."""
+    cfg = with_stages(cfg, checkpoints)
+    return from_dict(
+        cfg.to_dict(),
+        {
+            "name": name,
+            "out_dir": str(out_dir),
+            "train.threads": threads,
+            "train.progress": False,
+            "data.cache_dir": context.absolute(cfg.data.cache_dir),
+            **input_paths(cfg, context),
+        },
+    )
+
+
 def run_tags(cfg: ExperimentConfig, context: SweepContext) -> dict[str, str]:
     """MLflow tags of a run: scenario, paradigm, levels, seed, stage, plus the sweep's tags."""
     return {
@@ -289,18 +315,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     if SELF in deps:
         _replay_stage(deps[SELF], checkpoints.pop(SELF), config, context)
         return
-    cfg = with_stages(cfg, checkpoints)
-    cfg = from_dict(
-        cfg.to_dict(),
-        {
-            "name": "run",
-            "out_dir": str(trial_dir),
-            "train.threads": threads,
-            "train.progress": False,
-            "data.cache_dir": context.absolute(cfg.data.cache_dir),
-            **input_paths(cfg, context),
-        },
-    )
+    cfg = trial_config(cfg, context, checkpoints, name="run", out_dir=trial_dir, threads=threads)
     if spec.resources.workers > 1:
         _run_data_parallel(cfg, config, context, trial_dir, checkpoints.get("teacher"))
         return
