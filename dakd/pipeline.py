@@ -290,21 +290,22 @@ def calibration_targets(results: dict[str, dict[str, list[float]]]) -> list[dict
                 continue
             per_seed = [x - y for x, y in zip(rows[a], rows[b], strict=True)]
             mean = statistics.fmean(rows[a]) - statistics.fmean(rows[b])
-
-            def meets(value: float, margin=margin) -> bool:
-                return value > 0 if margin is None else value >= margin
-
             checks.append(
                 {
                     "scenario": scenario,
                     "target": what,
                     "difference": mean,
                     "per_seed": per_seed,
-                    "met": meets(mean),
-                    "every_seed": all(meets(d) for d in per_seed),
+                    "met": _meets(mean, margin),
+                    "every_seed": all(_meets(d, margin) for d in per_seed),
                 }
             )
     return checks
+
+
+def _meets(difference: float, margin: float | None) -> bool:
+    """Whether ``difference`` meets a target's margin (``None``: strictly greater than 0)."""
+    return difference > 0 if margin is None else difference >= margin
 
 
 def format_targets(checks: list[dict[str, Any]]) -> str:
