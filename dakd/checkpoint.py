@@ -62,8 +62,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return state
 
 
-def network_spec(name: str, width: float, num_classes: int) -> dict[str, Any]:
-    return {"name": name, "width": float(width), "num_classes": int(num_classes)}
+def network_spec(
+    name: str, width: float, num_classes: int, output_stride: int = 8
+) -> dict[str, Any]:
+    """What a checkpoint says it holds; ``output_stride`` is named only when it is not 8, so
+    checkpoints written before the option existed describe the same network as before."""
+    spec = {"name": name, "width": float(width), "num_classes": int(num_classes)}
+    if output_stride != 8:
+        spec["output_stride"] = int(output_stride)
+    return spec
 
 
 def load_network(
@@ -75,7 +82,10 @@ def load_network(
         raise CheckpointError(
             f"checkpoint {path} holds {describe(found)} but {describe(expected)} was asked for"
         )
+    from dakd.models.domain_bn import prepare_for_state
+
     try:
+        prepare_for_state(model, state["model"])
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as err:
         raise CheckpointError(
@@ -86,4 +96,7 @@ def load_network(
 def describe(spec: dict[str, Any]) -> str:
     if not spec:
         return "an unknown network"
-    return f"{spec.get('name')} (width {spec.get('width')}, {spec.get('num_classes')} classes)"
+    stride = f", output stride {spec['output_stride']}" if "output_stride" in spec else ""
+    return (
+        f"{spec.get('name')} (width {spec.get('width')}, {spec.get('num_classes')} classes{stride})"
+    )

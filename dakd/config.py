@@ -89,13 +89,21 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """``pretrained``: a local file of backbone weights (e.g. ImageNet DRN or ResNet weights)
-    the network starts from when no ``init`` checkpoint is given; tensors are matched by name
-    and shape, and the match is reported. Nothing is downloaded."""
+    """``pretrained``: a local file of backbone weights (e.g. ImageNet DRN or ResNet weights,
+    or the embedded benchmark's shipped weights, ``python -m dakd pretrain``) the network starts
+    from when no ``init`` checkpoint is given; tensors are matched by name and shape, and the
+    match is reported; an encoder tensor the file lacks or has in another shape is an error.
+    Nothing is downloaded.
+
+    ``output_stride``: stride of the output-level logits. 8 is the paper's DRN; 4 or 2 add a
+    light decoder that fuses an early stage (DRN only), so that thin and small classes survive
+    on the logit grid of small inputs. The feature level stays at stride 8.
+    """
 
     name: str = "drn_d_22"
     width: float = 1.0
     pretrained: str = ""
+    output_stride: int = 8
 
 
 @dataclass
@@ -140,6 +148,8 @@ class OptimConfig:
 
 
 AMP_MODES = ("fp32", "bf16", "fp16")
+#: ``train.bn_stats`` values (dakd.models.domain_bn.BN_MODES; the core config imports no torch).
+BN_MODES = ("domain", "target", "blended")
 
 
 @dataclass
@@ -167,6 +177,13 @@ class TrainConfig:
       ``deterministic: false``, since the choice may differ from run to run.
     * ``sync_bn``: SyncBatchNorm in the student, so that BatchNorm normalises over the global
       batch rather than each process's share (CUDA only, data-parallel runs only).
+
+    ``bn_stats``: which batches update BatchNorm running statistics in stages that see both
+    domains (``dakd.models.domain_bn``): ``domain`` (default; a source pair and a target pair
+    of statistics with shared affine parameters, DSBN; a network is evaluated on the target
+    with the target pair, and the frozen teacher predicts on each domain with that domain's
+    pair), ``target`` (only target batches update them) or ``blended`` (every batch: plain
+    PyTorch, which evaluates the target with a mixture of both domains' statistics).
     """
 
     steps: int = 1000
@@ -181,6 +198,7 @@ class TrainConfig:
     compile: bool = False
     cudnn_benchmark: bool = False
     sync_bn: bool = False
+    bn_stats: str = "domain"
 
 
 #: Keys added after stages were first stored, at the values that reproduce the behaviour from
@@ -193,6 +211,8 @@ FINGERPRINT_NEUTRAL = {
     "train.sync_bn": False,
     "models.teacher.pretrained": "",
     "models.student.pretrained": "",
+    "models.teacher.output_stride": 8,
+    "models.student.output_stride": 8,
     "data.source_root": "",
     "data.target_root": "",
     "data.source_resize": [720, 1280],
@@ -476,6 +496,17 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             f"{m.name!r} is not registered ({', '.join(sorted(models))})",
         )
         _check(0 < m.width <= 4, f"{key}.width", f"must be in (0, 4], got {m.width}")
+        _check(
+            m.output_stride in (8, 4, 2),
+            f"{key}.output_stride",
+            f"must be 8, 4 or 2, got {m.output_stride}",
+        )
+        _check(
+            m.output_stride == 8 or m.name.startswith("drn_"),
+            f"{key}.output_stride",
+            f"{m.output_stride} needs a decoder, which only the DRN networks have ({m.name} "
+            "has output stride 8)",
+        )
     _check(cfg.models.discriminator_ndf >= 1, "models.discriminator_ndf", "must be >= 1")
     loss = cfg.loss
     for name in ("seg_aux", "adv_output", "adv_feature", "kl", "mse", "pseudo", "target"):
@@ -514,6 +545,11 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     )
     _check(t.threads >= 0, "train.threads", "must be >= 0 (0 = torch's default)")
     _check(t.amp in AMP_MODES, "train.amp", f"{t.amp!r} is not one of {', '.join(AMP_MODES)}")
+    _check(
+        t.bn_stats in BN_MODES,
+        "train.bn_stats",
+        f"{t.bn_stats!r} is not one of {', '.join(BN_MODES)}",
+    )
     _check(
         not (t.cudnn_benchmark and t.deterministic),
         "train.cudnn_benchmark",

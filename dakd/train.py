@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from dakd import checkpoint as ckpt
 from dakd import losses
-from dakd.config import ConfigError, ExperimentConfig, TrainConfig, from_dict
+from dakd.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, from_dict
 from dakd.data.datasets import protocols, split_of
 from dakd.data.labels import NUM_CLASSES
 from dakd.data.loader import Prefetcher, StepSampler, eval_batches
@@ -47,7 +47,8 @@ from dakd.data.scenes import SceneDataset
 from dakd.distributed import World, current_world
 from dakd.evaluate import SegMetrics, evaluate
 from dakd.models import Discriminator, count_parameters, create_model
-from dakd.models.pretrained import PretrainedReport, load_pretrained
+from dakd.models.domain_bn import add_source_statistics, bn_domain, sync_batchnorm
+from dakd.models.pretrained import PretrainedReport, load_pretrained, network_of
 from dakd.paradigms import STAGES, phase_at
 
 Report = Callable[[dict[str, float], Path | None], None]
@@ -212,7 +213,13 @@ def metrics_of(result: SegMetrics, cfg: ExperimentConfig) -> dict[str, float]:
 
 
 def build_network(spec: dict[str, Any]) -> torch.nn.Module:
-    return create_model(spec["name"], num_classes=spec["num_classes"], width=spec["width"])
+    extra = {"output_stride": spec["output_stride"]} if "output_stride" in spec else {}
+    return create_model(spec["name"], num_classes=spec["num_classes"], width=spec["width"], **extra)
+
+
+def spec_of(model: ModelConfig, num_classes: int = NUM_CLASSES) -> dict[str, Any]:
+    """The checkpoint description of the network ``model`` (``models.teacher``/``student``)."""
+    return ckpt.network_spec(model.name, model.width, num_classes, model.output_stride)
 
 
 def network_from_checkpoint(path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -227,12 +234,16 @@ def network_from_checkpoint(path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 def load_teacher(cfg: ExperimentConfig, device: torch.device) -> torch.nn.Module:
     """The frozen teacher: weights from ``cfg.teacher``, eval mode, no gradients."""
-    spec = ckpt.network_spec(cfg.models.teacher.name, cfg.models.teacher.width, NUM_CLASSES)
+    spec = spec_of(cfg.models.teacher)
     state = ckpt.load(cfg.teacher)
     teacher = build_network(spec)
     ckpt.load_network(teacher, state, spec, cfg.teacher)
     teacher.eval().requires_grad_(False)
     return teacher.to(device)
+
+
+def _no_switch(model):
+    return contextlib.nullcontext()
 
 
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
@@ -294,7 +305,7 @@ class Trainer:
         )
 
         trained = cfg.trained_model
-        self.spec = ckpt.network_spec(trained.name, trained.width, NUM_CLASSES)
+        self.spec = spec_of(trained)
         self.model = build_network(self.spec)
         self.pretrained: PretrainedReport | None = None
         if cfg.init:
@@ -302,11 +313,21 @@ class Trainer:
         elif trained.pretrained:
             role = "teacher" if trained is cfg.models.teacher else "student"
             key = f"models.{role}.pretrained"
-            self.pretrained = load_pretrained(self.model, trained.pretrained, key)
+            self.pretrained = load_pretrained(
+                self.model, trained.pretrained, key, network_of(trained)
+            )
             if world.is_main:
                 print(f"note: {self.pretrained}", file=sys.stderr)
+        # a stage that sees both domains keeps the target's BatchNorm statistics for the target
+        # (train.bn_stats, dakd.models.domain_bn); one that sees a single domain has only those
+        self.bn_stats = cfg.train.bn_stats
+        self.two_domains = self.stage.supervised_on == "source" and (
+            self.stage.adversarial or self.stage.distill
+        )
+        if self.two_domains and self.bn_stats == "domain":
+            add_source_statistics(self.model)
         if self.speed.sync_bn:
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.model = sync_batchnorm(self.model)
         self.model.to(self.device, memory_format=self.memory_format)
         self.teacher = load_teacher(cfg, self.device) if self.stage.distill else None
         self.discriminators = torch.nn.ModuleDict()
@@ -369,6 +390,12 @@ class Trainer:
         out = model(images)
         return {level: losses.upsample(out[level], size) for level in LEVELS}
 
+    def _source_statistics(self, model):
+        """The BatchNorm statistics a source batch sees (and, in training, updates)."""
+        if not self.two_domains:
+            return contextlib.nullcontext()
+        return bn_domain(model, "source", self.bn_stats)
+
     def _segmentation(self, pred, labels) -> tuple[torch.Tensor, torch.Tensor]:
         return losses.seg_ce(pred["output"], labels), losses.seg_ce(pred["feature"], labels)
 
@@ -410,7 +437,10 @@ class Trainer:
         src = self.source.batch(step) if needs_source else None
         tgt = self.target.batch(step) if needs_target else None
         with self.autocast():
-            pred_s = self._forward(self.student, self._images(src)) if src else None
+            pred_s = None
+            if src:
+                with self._source_statistics(self.model):
+                    pred_s = self._forward(self.student, self._images(src))
             pred_t = self._forward(self.student, self._images(tgt)) if tgt else None
 
             if stage.supervised_on == "source":
@@ -443,7 +473,10 @@ class Trainer:
                         ("source", phase.source, src),
                         ("target", phase.target, tgt),
                     ):
-                        if on:
+                        if not on:
+                            continue
+                        bn = self._source_statistics if name == "source" else _no_switch
+                        with bn(self.teacher):
                             teacher_pred[name] = self._forward(
                                 self.teacher_step, self._images(batch)
                             )
