@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dakd import checkpoint as ckpt  # noqa: E402
 from dakd.config import load_config  # noqa: E402
-from dakd.train import Trainer, build_network  # noqa: E402
+from dakd.train import Trainer, build_network, spec_of  # noqa: E402
 
 PAPER = [
     "models.teacher.name=drn_d_38",
@@ -193,7 +193,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         base = [*(PAPER if args.paper else []), *args.overrides, f"out_dir={tmp}"]
         cfg = load_config(args.config, [*base, *switches, "stage=student_da"])
-        spec = ckpt.network_spec(cfg.models.teacher.name, cfg.models.teacher.width, 19)
+        spec = spec_of(cfg.models.teacher)
         teacher = Path(tmp) / "teacher.pt"
         ckpt.save({"network": spec, "model": build_network(spec).state_dict()}, teacher)
         overrides = [*base, *switches, "stage=dakd", "paradigm=c", f"teacher={teacher}"]

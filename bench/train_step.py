@@ -29,7 +29,7 @@ from dakd import checkpoint as ckpt  # noqa: E402
 from dakd import losses  # noqa: E402
 from dakd.config import load_config  # noqa: E402
 from dakd.data.scenes import render_scene  # noqa: E402
-from dakd.train import Trainer, build_network  # noqa: E402
+from dakd.train import Trainer, build_network, spec_of  # noqa: E402
 
 
 def hand_loop(trainer: Trainer, batches, steps: int) -> float:
@@ -103,7 +103,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         base = load_config(args.config, ["stage=student_da", f"out_dir={tmp}", *args.overrides])
-        spec = ckpt.network_spec(base.models.teacher.name, base.models.teacher.width, 19)
+        spec = spec_of(base.models.teacher)
         teacher_path = Path(tmp) / "teacher.pt"
         ckpt.save({"network": spec, "model": build_network(spec).state_dict()}, teacher_path)
         cfg = load_config(

@@ -75,7 +75,7 @@ def test_drn_output_levels(name, height, width):
         out = model(torch.randn(2, 3, height, width))
     assert set(out) == {"feature", "output"}
     expected = (2, 19, -(-height // 8), -(-width // 8))
-    assert Segmenter.output_size(height, width) == expected[2:]
+    assert model.output_size(height, width) == expected[2:]
     for level in ("feature", "output"):
         assert out[level].shape == expected
         assert torch.isfinite(out[level]).all()
@@ -192,3 +192,31 @@ def test_discriminator_structure_and_shape():
     assert isinstance(list(disc.layers)[-1], nn.Conv2d)
     x = torch.softmax(torch.randn(2, 19, 64, 128), dim=1)
     assert disc(x).shape == (2, 1, 2, 4)
+
+
+@pytest.mark.parametrize(("stride", "skip"), [(2, 2), (4, 3)])
+def test_decoder_brings_the_output_level_to_its_stride(stride, skip):
+    model = create_model("drn_d_22", num_classes=19, width=0.125, output_stride=stride).eval()
+    assert model.output_stride == stride and model.decoder.skip_stage == skip
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 128))
+    assert tuple(out["output"].shape) == (2, 19, 64 // stride, 128 // stride)
+    assert tuple(out["feature"].shape) == (2, 19, 8, 16)  # the feature level stays at stride 8
+    assert model.output_size(64, 128) == (64 // stride, 128 // stride)
+    assert model.output_size(64, 128, "feature") == (8, 16)
+    # the decoder reads the skip stage: changing that stage's output changes the prediction
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        base = model(x)["output"]
+        stage = getattr(model.encoder, f"layer{skip}")
+        handle = stage.register_forward_hook(lambda m, i, o: o * 0)
+        try:
+            zeroed = model(x)["output"]
+        finally:
+            handle.remove()
+    assert not torch.allclose(base, zeroed)
+
+
+def test_output_stride_is_checked():
+    with pytest.raises(ValueError, match="output_stride"):
+        create_model("drn_d_22", width=0.125, output_stride=16)

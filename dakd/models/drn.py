@@ -43,6 +43,7 @@ __all__ = [
     "DRN_D_ARCHS",
     "BasicBlock",
     "Bottleneck",
+    "SkipDecoder",
     "drn_segmenter",
     "init_weights",
     "scale_channels",
@@ -215,14 +216,19 @@ class DRN(nn.Module):
         modules += [block(out_ch, planes, dilation=dilation) for _ in range(1, blocks)]
         return nn.Sequential(*modules)
 
-    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(output of feature_stage, output of layer8)``, both at stride 8."""
-        mid = None
+    def forward_levels(
+        self, x: torch.Tensor, skip_stage: int | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Return ``(output of feature_stage, output of layer8)``, both at stride 8, and with
+        ``skip_stage`` (2 or 3) also that stage's output (stride 2 or 4) for a decoder."""
+        mid = skip = None
         for i in range(9):
             x = getattr(self, f"layer{i}")(x)
             if i == self.feature_stage:
                 mid = x
-        return mid, x
+            if i == skip_stage:
+                skip = x
+        return (mid, x) if skip_stage is None else (mid, x, skip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_classes <= 0:
@@ -252,6 +258,45 @@ DRN_D_ARCHS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, ...]]] = 
 }
 
 
+#: Output stride of the output-level logits -> the DRN stage whose output the decoder fuses.
+DECODER_SKIPS = {4: 3, 2: 2}
+
+
+class SkipDecoder(nn.Module):
+    """A light decoder that brings the output level to stride 2 or 4 (DeepLabv3+-like).
+
+    ``layer8``'s features are reduced by a 1x1 conv, upsampled bilinearly to the resolution of
+    an early stage (layer2 for stride 2, layer3 for stride 4), concatenated with that stage's
+    output and fused by a 3x3 conv; each conv is followed by BN and ReLU. The output-level head
+    then classifies at that finer stride, so thin and small classes survive on the logit grid.
+    """
+
+    def __init__(self, in_ch: int, skip_ch: int, channels: int, stride: int) -> None:
+        super().__init__()
+        if stride not in DECODER_SKIPS:
+            raise ValueError(f"decoder stride must be one of {sorted(DECODER_SKIPS)}, got {stride}")
+        self.stride = stride
+        self.skip_stage = DECODER_SKIPS[stride]
+        self.out_dim = channels
+        self.reduce = nn.Sequential(
+            nn.Conv2d(in_ch, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.fuse = nn.Sequential(
+            _conv3x3(channels + skip_ch, channels),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
+        init_weights(self)
+
+    def forward(self, last: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.interpolate(
+            self.reduce(last), size=skip.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return self.fuse(torch.cat([x, skip], dim=1))
+
+
 def _head(in_ch: int, num_classes: int) -> nn.Conv2d:
     head = nn.Conv2d(in_ch, num_classes, 1, bias=True)
     init_weights(head)
@@ -259,16 +304,34 @@ def _head(in_ch: int, num_classes: int) -> nn.Conv2d:
 
 
 def drn_segmenter(
-    arch: str, num_classes: int = 19, width: float = 1.0, feature_stage: int = 6
+    arch: str,
+    num_classes: int = 19,
+    width: float = 1.0,
+    feature_stage: int = 6,
+    output_stride: int = 8,
 ) -> Segmenter:
-    """Two-level DRN-D segmenter: 1x1 heads on ``feature_stage`` (default layer6) and layer8."""
+    """Two-level DRN-D segmenter: 1x1 heads on ``feature_stage`` (default layer6) and layer8.
+
+    ``output_stride`` 8 is the paper's network; 4 or 2 put a :class:`SkipDecoder` between
+    layer8 and the output-level head (the feature level stays at stride 8).
+    """
+    if output_stride not in (8, *DECODER_SKIPS):
+        raise ValueError(f"output_stride must be 8, 4 or 2, got {output_stride}")
     block, layers = DRN_D_ARCHS[arch]
     encoder = DRN(block, layers, num_classes=0, width=width, feature_stage=feature_stage)
+    decoder = None
+    out_dim = encoder.out_dim
+    if output_stride != 8:
+        skip_ch = encoder.stage_channels[DECODER_SKIPS[output_stride]]
+        channels = max(8, scale_channels(128, width))
+        decoder = SkipDecoder(encoder.out_dim, skip_ch, channels, output_stride)
+        out_dim = decoder.out_dim
     return Segmenter(
         encoder,
         feature_head=_head(encoder.mid_dim, num_classes),
-        output_head=_head(encoder.out_dim, num_classes),
+        output_head=_head(out_dim, num_classes),
         num_classes=num_classes,
+        decoder=decoder,
     )
 
 

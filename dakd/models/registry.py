@@ -46,46 +46,72 @@ class Segmenter(nn.Module):
     Args:
         encoder: module with a ``forward_levels(x) -> (mid, last)`` method returning the
             intermediate feature map (input of the feature-level head) and the final feature map
-            (input of the output-level head), both at output stride 8.
+            (input of the output-level head), both at output stride 8; with a decoder,
+            ``forward_levels(x, skip_stage)`` also returns that stage's output.
         feature_head: classifier applied to ``mid``, producing class logits.
         output_head: classifier applied to ``last``, producing class logits.
         num_classes: number of classes the heads predict.
+        decoder: optional module ``decoder(last, skip)`` with ``stride`` and ``skip_stage``
+            attributes, between the final feature map and the output-level head.
 
     ``forward(x)`` with ``x`` of shape ``[B, 3, H, W]`` returns
-    ``{"feature": [B, C, h, w], "output": [B, C, h, w]}`` with ``h = ceil(H / 8)`` and
-    ``w = ceil(W / 8)`` (every stride-2 layer pads so that it rounds up); see
-    :meth:`output_size`. Logits are not upsampled: losses and evaluation resize them.
+    ``{"feature": [B, C, h, w], "output": [B, C, h', w']}`` with ``h = ceil(H / 8)`` and
+    ``w = ceil(W / 8)`` (every stride-2 layer pads so that it rounds up; the output level at
+    ``output_stride``); see :meth:`output_size`. Logits are not upsampled: losses and evaluation resize them.
     """
 
     levels: tuple[str, str] = ("feature", "output")
-    output_stride: int = 8
+    #: Output stride of the encoder's two maps (and of both levels without a decoder).
+    encoder_stride: int = 8
 
     def __init__(
-        self, encoder: nn.Module, feature_head: nn.Module, output_head: nn.Module, num_classes: int
+        self,
+        encoder: nn.Module,
+        feature_head: nn.Module,
+        output_head: nn.Module,
+        num_classes: int,
+        decoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.feature_head = feature_head
         self.output_head = output_head
         self.num_classes = num_classes
+        self.decoder = decoder
+
+    @property
+    def output_stride(self) -> int:
+        """Stride of the output-level logits: 8, or the decoder's (2 or 4)."""
+        return self.encoder_stride if self.decoder is None else self.decoder.stride
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        mid, last = self.encoder.forward_levels(x)
+        if self.decoder is None:
+            mid, last = self.encoder.forward_levels(x)
+        else:
+            mid, last, skip = self.encoder.forward_levels(x, self.decoder.skip_stage)
+            last = self.decoder(last, skip)
         return {"feature": self.feature_head(mid), "output": self.output_head(last)}
 
-    @classmethod
-    def output_size(cls, height: int, width: int) -> tuple[int, int]:
-        """Spatial size of the logit maps for an input of ``height x width`` pixels."""
-        return math.ceil(height / cls.output_stride), math.ceil(width / cls.output_stride)
+    def output_size(self, height: int, width: int, level: str = "output") -> tuple[int, int]:
+        """Spatial size of a level's logit map for an input of ``height x width`` pixels."""
+        stride = self.output_stride if level == "output" else self.encoder_stride
+        return _strided(height, width, stride)
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the encoder (for a separate learning rate)."""
         return self.encoder.parameters()
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters of both classifier heads (for a separate learning rate)."""
+        """Parameters of both classifier heads and the decoder (for a separate learning rate)."""
+        if self.decoder is not None:
+            yield from self.decoder.parameters()
         yield from self.feature_head.parameters()
         yield from self.output_head.parameters()
+
+
+def _strided(height: int, width: int, stride: int) -> tuple[int, int]:
+    """Size after ``log2(stride)`` stride-2 layers that pad so that they round up."""
+    return math.ceil(height / stride), math.ceil(width / stride)
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
