@@ -1,4 +1,4 @@
-"""Command line: ``python -m dakd {train,eval,calibrate,scenes,models,data} ...``."""
+"""Command line: ``python -m dakd {train,eval,calibrate,pretrain,scenes,models,data} ...``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   python -m dakd train configs/embedded.yaml --set stage=dakd --set teacher=auto --set init=auto
   python -m dakd eval runs/experiments/NAME/model.pt
   python -m dakd calibrate configs/embedded.yaml --seeds 0 1 2
+  python -m dakd pretrain configs/embedded.yaml --networks student teacher
   python -m dakd scenes --domain city --out samples/
   python -m dakd models
   python -m dakd data check --dataset cityscapes --root /data/cityscapes
@@ -112,6 +113,35 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from dakd.config import load_config
+    from dakd.pretrain import PretrainConfig, command_line, pretrain
+
+    cfg = load_config(args.config, args.overrides)
+    recipe = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_interval=args.eval_interval,
+        threads=args.threads,
+        seed=args.seed,
+        size=tuple(cfg.data.crop_size),
+        scene_seed=cfg.data.scene_seed,
+        cache_dir=cfg.data.cache_dir,
+        work_dir=args.work_dir,
+    )
+    for role in args.networks:
+        model = getattr(cfg.models, role)
+        entry = pretrain(model, recipe, Path(args.out), command=command_line())
+        if entry.get("sha256"):
+            final = entry["history"][-1]["miou"] if entry["history"] else float("nan")
+            print(
+                f"{role}: {args.out}/{model.name}-w{model.width:g}-os{model.output_stride}.pt "
+                f"(proxy mIoU {final:.1f}, {entry['wall_seconds']:.0f} s)"
+            )
+    return 0
+
+
 def cmd_scenes(args) -> int:
     from dakd.data.scenes import save_samples
 
@@ -170,6 +200,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/calibration")
     add_overrides(p)
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain the embedded backbones on domain-randomised scenes (ImageNet analogue)",
+        description="Pretrain the config's networks on the 'randomized' scene family with the "
+        "7 Cityscapes categories as labels, and write their weights and manifest.json to --out "
+        "(what models.*.pretrained reads). Resumes an interrupted run from --work-dir.",
+    )
+    p.add_argument("config", nargs="?", default="configs/embedded.yaml")
+    p.add_argument(
+        "--networks", nargs="+", choices=["teacher", "student"], default=["student", "teacher"]
+    )
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--eval-interval", type=int, default=500)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (results depend on it)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="weights/embedded")
+    p.add_argument("--work-dir", default="runs/pretrain")
+    add_overrides(p)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("scenes", help="write sample images and labels of an embedded domain")
     p.add_argument("--domain", required=True)

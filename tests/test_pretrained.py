@@ -44,19 +44,34 @@ def test_imagenet_backbone_fills_the_encoder(imagenet):
     assert "2 in the file unused (fc.weight, fc.bias)" in text
 
 
-def test_wrapped_prefixed_and_mismatched_tensors(imagenet, tmp_path):
+def test_wrapped_and_prefixed_tensors(imagenet, tmp_path):
     backbone, _ = imagenet
     state = {f"module.{k}": v for k, v in backbone.state_dict().items()}
-    state["module.layer0.0.weight"] = torch.zeros(3, 3, 7, 7)  # another shape: not loaded
     path = tmp_path / "wrapped.pth"
     torch.save({"state_dict": state, "epoch": 90}, path)
     model = create_model("drn_d_22", num_classes=19, width=0.0625)
-    before = model.encoder.layer0[0].weight.clone()
     report = load_pretrained(model, path, KEY)
-    assert report.mismatched == [("encoder.layer0.0.weight", (3, 3, 7, 7), (1, 3, 7, 7))]
-    assert "encoder.layer0.0.weight" in report.missing
-    assert torch.equal(model.encoder.layer0[0].weight, before)
+    assert report.mismatched == [] and report.missing == HEADS
     assert torch.equal(model.encoder.layer1[0].weight, backbone.layer1[0].weight)
+
+
+def test_an_encoder_left_partly_random_is_refused(imagenet, tmp_path):
+    """A tensor of another shape, or one the file lacks, would leave part of the encoder at its
+    random initialisation: one error naming the file, and the network is left untouched."""
+    backbone, _ = imagenet
+    state = dict(backbone.state_dict())
+    state["layer0.0.weight"] = torch.zeros(3, 3, 7, 7)  # another shape
+    path = tmp_path / "other_shape.pth"
+    torch.save(state, path)
+    model = create_model("drn_d_22", num_classes=19, width=0.0625)
+    before = model.encoder.layer1[0].weight.clone()
+    with pytest.raises(CheckpointError, match=f"{KEY}: .*other_shape.pth leaves 1 encoder"):
+        load_pretrained(model, path, KEY)
+    assert torch.equal(model.encoder.layer1[0].weight, before)  # nothing half-loaded
+    del state["layer0.0.weight"], state["layer8.0.weight"]
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="leaves 2 encoder tensors"):
+        load_pretrained(model, path, KEY)
 
 
 def test_errors_name_the_key(imagenet, tmp_path):

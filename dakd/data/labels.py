@@ -104,3 +104,19 @@ SYNTHIA_NUM_IDS = 23
 #: wall, fence, pole), as SYNTHIA -> Cityscapes results are reported.
 SYNTHIA_16: tuple[int, ...] = tuple(sorted(SYNTHIA_TO_CITYSCAPES.values()))
 SYNTHIA_13: tuple[int, ...] = tuple(c for c in SYNTHIA_16 if c not in (3, 4, 5))
+
+
+#: The 7 Cityscapes categories (``category`` in cityscapesscripts' table, "void" left out): the
+#: proxy label set of pretraining, coarser than and different from the 19 evaluated classes.
+CATEGORY_NAMES: tuple[str, ...] = (
+    "flat",
+    "construction",
+    "object",
+    "nature",
+    "sky",
+    "human",
+    "vehicle",
+)
+#: train id (0-18, 255) -> category id (0-6, 255).
+TRAINID_TO_CATEGORY = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+TRAINID_TO_CATEGORY[:NUM_CLASSES] = (0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5, 5, 6, 6, 6, 6, 6, 6)

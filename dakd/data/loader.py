@@ -20,7 +20,7 @@ import torch
 from dakd.data.labels import IGNORE_INDEX, NUM_CLASSES
 from dakd.data.scenes import MEAN, STD
 
-_STREAMS = {"source": 1, "target": 2}
+_STREAMS = {"source": 1, "target": 2, "pretrain": 3}
 _MEAN = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
 _STD = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
 

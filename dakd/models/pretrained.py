@@ -11,13 +11,19 @@ reported; nothing is downloaded.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from dakd.checkpoint import CheckpointError
+
+MANIFEST = "manifest.json"
+"""Name of the file beside shipped weights that records each file's sha256 and network."""
 
 #: Buffers that count BatchNorm updates: not weights, so never reported as missing.
 _COUNTERS = "num_batches_tracked"
@@ -51,6 +57,60 @@ class PretrainedReport:
         )
 
 
+def network_of(model) -> dict[str, Any]:
+    """The architecture a weights file is made for, from a ``models.<network>`` config."""
+    return {"name": model.name, "width": float(model.width), "output_stride": model.output_stride}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_entry(path: str | Path) -> dict[str, Any] | None:
+    """The manifest entry of a weights file (from ``manifest.json`` beside it), or None when
+    the folder has no manifest (e.g. ImageNet weights)."""
+    path = Path(path)
+    manifest_path = path.parent / MANIFEST
+    if not manifest_path.exists():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{manifest_path} cannot be read: {err}") from None
+    if not isinstance(manifest, dict) or path.name not in manifest:
+        raise CheckpointError(
+            f"{path}: not listed in {manifest_path} (a weights file beside a manifest must be "
+            "one it describes)"
+        )
+    return manifest[path.name]
+
+
+def check_manifest(path: str | Path, network: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """Refuse a weights file that does not match its manifest: another sha256 (changed or
+    corrupt) or another architecture than ``network`` (:func:`network_of`). Returns the entry
+    (None: the folder has no manifest)."""
+    entry = manifest_entry(path)
+    if entry is None:
+        return None
+    found = sha256(Path(path))
+    if found != entry.get("sha256"):
+        raise CheckpointError(
+            f"{key}: {path} does not match its manifest (sha256 {found[:12]}..., manifest "
+            f"{str(entry.get('sha256'))[:12]}...): the file is corrupt or was changed; "
+            "restore it (git checkout) or remake it with python -m dakd pretrain"
+        )
+    wanted = network
+    if entry.get("network") != wanted:
+        raise CheckpointError(
+            f"{key}: {path} holds weights for {entry.get('network')}, not for {wanted}"
+        )
+    return entry
+
+
 def _state_dict(data, key: str, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]  # a dakd checkpoint
@@ -65,11 +125,17 @@ def _state_dict(data, key: str, path: Path) -> dict[str, torch.Tensor]:
     }
 
 
-def load_pretrained(model: nn.Module, path: str | Path, key: str) -> PretrainedReport:
+def load_pretrained(
+    model: nn.Module, path: str | Path, key: str, network: dict[str, Any] | None = None
+) -> PretrainedReport:
     """Load the tensors of ``path`` that fit ``model`` (by name and shape); return the report.
 
-    ``key`` names the config key in errors: a missing or unreadable file, or one of which no
-    tensor fits, raises :class:`~dakd.checkpoint.CheckpointError`.
+    ``key`` names the config key in errors: a missing or unreadable file, a file that does not
+    match the ``manifest.json`` beside it (sha256, or ``network`` when given), and one that
+    leaves any encoder tensor of ``model`` at its random initialisation (absent from the file
+    or of another shape: weights of another architecture) raise
+    :class:`~dakd.checkpoint.CheckpointError`. Heads and a decoder may be absent (ImageNet files
+    have neither); they keep their initialisation and the report lists them.
     """
     path = Path(path)
     if not path.is_file():
@@ -77,6 +143,8 @@ def load_pretrained(model: nn.Module, path: str | Path, key: str) -> PretrainedR
             f"{key}: {path} does not exist (backbone weights are read from a local file; "
             "nothing is downloaded)"
         )
+    if network is not None:
+        check_manifest(path, network, key)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to unpickle means the same thing here
@@ -98,6 +166,12 @@ def load_pretrained(model: nn.Module, path: str | Path, key: str) -> PretrainedR
     report.matched = [k for k in chosen if not k.endswith(_COUNTERS)]
     if not report.matched:
         raise CheckpointError(f"no tensor fits the network: {report}")
-    model.load_state_dict(chosen, strict=False)
     report.missing = [k for k in own if k not in chosen and not k.endswith(_COUNTERS)]
+    unfilled = [k for k in report.missing if k.startswith("encoder.")]
+    if unfilled:
+        raise CheckpointError(
+            f"{key}: {path} leaves {len(unfilled)} encoder tensors at their random "
+            f"initialisation (weights of another architecture or width?): {report}"
+        )
+    model.load_state_dict(chosen, strict=False)
     return report

@@ -42,21 +42,25 @@ from dakd.data.scenes.render import renderer_version as renderer_version
 from dakd.data.scenes.styles import (
     DOMAINS,
     MEAN,
+    PRETRAIN_DOMAIN,
     SCENARIOS,
     SPLIT_SIZES,
     STD,
     DomainStyle,
+    randomized_style,
 )
 
 __all__ = [
     "DOMAINS",
     "MEAN",
+    "PRETRAIN_DOMAIN",
     "SCENARIOS",
     "SPLIT_SIZES",
     "STD",
     "DomainStyle",
     "SceneDataset",
     "denormalize",
+    "randomized_style",
     "render_scene",
     "render_split",
     "save_samples",

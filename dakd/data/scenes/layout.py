@@ -10,16 +10,20 @@ from functools import lru_cache
 
 import numpy as np
 
-from dakd.data.scenes.styles import DOMAINS, SKY, SPLIT_SIZES, DomainStyle
+from dakd.data.scenes.styles import DOMAINS, PRETRAIN_DOMAIN, SKY, SPLIT_SIZES, DomainStyle
 
 # --------------------------------------------------------------------------------------------
 # Argument checking and seeding
 # --------------------------------------------------------------------------------------------
 
 
-def _check_domain(domain: str) -> DomainStyle:
+def _check_domain(domain: str) -> DomainStyle | None:
+    """The domain's fixed style, or None for the pretraining family (a style per scene)."""
+    if domain == PRETRAIN_DOMAIN:
+        return None
     if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; valid domains: {sorted(DOMAINS)}")
+        valid = sorted([*DOMAINS, PRETRAIN_DOMAIN])
+        raise ValueError(f"unknown domain {domain!r}; valid domains: {valid}")
     return DOMAINS[domain]
 
 

@@ -53,6 +53,7 @@ from dakd.data.scenes.styles import (
     VEGETATION,
     WALL,
     DomainStyle,
+    randomized_style,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -1070,6 +1071,8 @@ def render_scene(
     seed = _check_seed(seed)
     height, width = _check_size(size)
     rng = _scene_rng(domain, split, index, seed)
+    if style is None:  # the pretraining family: this scene's own random style, then the scene
+        style = randomized_style(rng)
     return _compose(style, rng, height, width)
 
 

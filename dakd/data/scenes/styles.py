@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -492,3 +493,123 @@ CITY = DomainStyle(
 
 DOMAINS: dict[str, DomainStyle] = {s.name: s for s in (GAME, DASHCAM, CITY)}
 """Registered domains by name. Add a domain with ``dataclasses.replace`` on an existing one."""
+
+
+# --------------------------------------------------------------------------------------------
+# The pretraining family: domain-randomised appearance (the ImageNet analogue)
+# --------------------------------------------------------------------------------------------
+
+PRETRAIN_DOMAIN = "randomized"
+"""Name of the pretraining family: every scene draws its own style (:func:`randomized_style`)."""
+
+
+def _hsv_shift(color: RGB, hue: float, saturation: float, gain: float) -> RGB:
+    """Rotate a colour's hue by ``hue`` turns, scale its saturation and value."""
+    import colorsys
+
+    h, s, v = colorsys.rgb_to_hsv(*(c / 255 for c in color))
+    r, g, b = colorsys.hsv_to_rgb((h + hue) % 1.0, min(1.0, s * saturation), min(1.0, v * gain))
+    return (int(round(r * 255)), int(round(g * 255)), int(round(b * 255)))
+
+
+def _random_colors(rng: np.random.Generator, n: int) -> tuple[RGB, ...]:
+    return tuple(tuple(int(c) for c in rng.integers(10, 246, 3)) for _ in range(n))
+
+
+def randomized_style(rng: np.random.Generator) -> DomainStyle:
+    """A style drawn at random, per scene, for pretraining (domain randomisation).
+
+    The base palette is rotated in hue by a random angle (each class by a further +-0.12 turns),
+    its saturation and brightness scaled at random; vehicles, clothes, signs, sky and haze get
+    random colours; texture, lighting, weather, sensor (noise, blur, compression), camera
+    (height, horizon, focal length, yaw, hood) and street statistics are drawn from ranges that
+    span and exceed the three benchmark domains. So no colour, texture or camera statistic is a
+    reliable cue, and a network has to learn shapes and layout; and the family looks like none
+    of ``game``, ``dashcam`` or ``city`` (their palettes are fixed, these rotate).
+    """
+    hue = float(rng.uniform(0, 1))
+    sat = float(rng.uniform(0.4, 1.6))
+    gain = float(rng.uniform(0.7, 1.25))
+    palette = tuple(
+        _hsv_shift(
+            c, hue + float(rng.uniform(-0.12, 0.12)), sat, gain * float(rng.uniform(0.85, 1.15))
+        )
+        for c in _BASE_PALETTE
+    )
+    sky = palette[SKY]
+    tint = tuple(float(t) for t in rng.uniform(0.85, 1.15, 3))
+    conditions = ("day", "overcast", "dusk")
+    weights = rng.dirichlet(np.ones(3))
+    bright = float(rng.uniform(0.7, 1.05))
+    contrast = float(rng.uniform(0.75, 1.2))
+    saturation = float(rng.uniform(0.6, 1.2))
+    noise = float(rng.uniform(0.0, 0.025))
+    blur = float(rng.uniform(0.0, 0.7))
+    return dataclasses.replace(
+        CITY,
+        name=PRETRAIN_DOMAIN,
+        description="domain-randomised pretraining scenes",
+        class_colors=palette,
+        vehicle_colors=_random_colors(rng, 10),
+        clothing_colors=_random_colors(rng, 8),
+        sign_colors=tuple(zip(_random_colors(rng, 6), _random_colors(rng, 6), strict=True)),
+        glass_color=_random_colors(rng, 1)[0],
+        marking_color=_hsv_shift((230, 230, 225), hue, sat, gain),
+        light_housing_color=_random_colors(rng, 1)[0],
+        hood_color=_random_colors(rng, 1)[0],
+        sky_top=_hsv_shift(sky, 0.0, 1.2, 0.8),
+        sky_horizon=_hsv_shift(sky, 0.0, 0.6, 1.15),
+        color_jitter=float(rng.uniform(0.05, 0.25)),
+        hue_jitter=float(rng.uniform(0.0, 0.12)),
+        scene_jitter=float(rng.uniform(0.0, 0.15)),
+        fine_texture=tuple(float(v) for v in rng.uniform(0.0, 0.08, NUM_CLASSES)),
+        coarse_texture=tuple(float(v) for v in rng.uniform(0.0, 0.16, NUM_CLASSES)),
+        tile_contrast=float(rng.uniform(0.0, 0.12)),
+        window_mix=float(rng.uniform(0.3, 1.0)),
+        cloud_amount=float(rng.uniform(0.0, 0.4)),
+        conditions=tuple((c, float(w)) for c, w in zip(conditions, weights, strict=True)),
+        brightness=(bright, bright + 0.1),
+        contrast=(contrast, contrast + 0.1),
+        saturation=(saturation, saturation + 0.1),
+        color_cast=tint,
+        shadow_strength=float(rng.uniform(0.1, 0.5)),
+        haze_distance=float(rng.uniform(150.0, 500.0)),
+        haze_color=_hsv_shift(sky, 0.0, 0.5, 1.1),
+        noise_sigma=(0.0, noise),
+        blur_sigma=(0.0, blur),
+        chroma_blur=float(rng.uniform(0.0, 1.0)),
+        block_artifacts=float(rng.uniform(0.0, 0.3)),
+        vignette=float(rng.uniform(0.0, 0.3)),
+        camera_height=(float(rng.uniform(1.1, 1.9)), 0.1),
+        horizon=(float(rng.uniform(0.38, 0.52)), 0.02),
+        focal=(float(rng.uniform(0.85, 1.15)), 0.04),
+        yaw=float(rng.uniform(0.02, 0.07)),
+        hood_probability=0.3,
+        hood_height=(0.04, 0.12),
+        lanes_per_direction=(1, 2, 2, 3),
+        lane_width=(3.0, 3.9),
+        sidewalk_width=(1.5, 5.0),
+        terrain_probability=float(rng.uniform(0.2, 0.6)),
+        building_density=float(rng.uniform(0.4, 0.9)),
+        building_height=(4.0, 30.0),
+        building_setback=(0.0, 8.0),
+        wall_probability=float(rng.uniform(0.15, 0.4)),
+        fence_probability=float(rng.uniform(0.15, 0.4)),
+        hedge_probability=float(rng.uniform(0.15, 0.4)),
+        street_end=(50.0, 160.0),
+        street_end_probability=float(rng.uniform(0.3, 0.8)),
+        cars=float(rng.uniform(1.5, 3.0)),
+        oncoming_cars=float(rng.uniform(1.0, 2.0)),
+        parked_cars=float(rng.uniform(1.0, 4.0)),
+        trucks=float(rng.uniform(0.2, 0.8)),
+        buses=float(rng.uniform(0.1, 0.3)),
+        train_probability=float(rng.uniform(0.03, 0.12)),
+        people=float(rng.uniform(1.5, 6.0)),
+        riders=float(rng.uniform(0.4, 1.0)),
+        motorcycle_fraction=float(rng.uniform(0.3, 0.5)),
+        bicycles=float(rng.uniform(0.3, 1.5)),
+        poles=float(rng.uniform(3.0, 5.0)),
+        traffic_lights=float(rng.uniform(1.0, 2.0)),
+        traffic_signs=float(rng.uniform(1.5, 2.5)),
+        trees=float(rng.uniform(3.0, 4.5)),
+    )
