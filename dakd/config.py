@@ -184,6 +184,9 @@ class TrainConfig:
     with the target pair, and the frozen teacher predicts on each domain with that domain's
     pair), ``target`` (only target batches update them) or ``blended`` (every batch: plain
     PyTorch, which evaluates the target with a mixture of both domains' statistics).
+    ``precise_bn``: before each evaluation, re-estimate those statistics with the current
+    weights from this many training images per pair (0: off, the running averages are used as
+    they are); see ``Trainer.precise_bn``.
     """
 
     steps: int = 1000
@@ -199,6 +202,7 @@ class TrainConfig:
     cudnn_benchmark: bool = False
     sync_bn: bool = False
     bn_stats: str = "domain"
+    precise_bn: int = 0
 
 
 #: Keys added after stages were first stored, at the values that reproduce the behaviour from
@@ -543,6 +547,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         "train.device",
         "must be auto, cpu, cuda or cuda:N",
     )
+    _check(t.precise_bn >= 0, "train.precise_bn", "must be >= 0 (0: off)")
     _check(t.threads >= 0, "train.threads", "must be >= 0 (0 = torch's default)")
     _check(t.amp in AMP_MODES, "train.amp", f"{t.amp!r} is not one of {', '.join(AMP_MODES)}")
     _check(

@@ -21,6 +21,7 @@ sums their confusion matrices. Rank 0 alone writes checkpoints and metrics and s
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -47,7 +48,7 @@ from dakd.data.scenes import SceneDataset
 from dakd.distributed import World, current_world
 from dakd.evaluate import SegMetrics, evaluate
 from dakd.models import Discriminator, count_parameters, create_model
-from dakd.models.domain_bn import add_source_statistics, bn_domain, sync_batchnorm
+from dakd.models.domain_bn import add_source_statistics, bn_domain, reestimate, sync_batchnorm
 from dakd.models.pretrained import PretrainedReport, load_pretrained, network_of
 from dakd.paradigms import STAGES, phase_at
 
@@ -527,7 +528,44 @@ class Trainer:
             for buffer in self.model.buffers():
                 dist.broadcast(buffer, src=0)
 
+    def _stream_dataset(self, stream):
+        sampler = stream.sampler if isinstance(stream, Prefetcher) else stream
+        return sampler.dataset
+
+    def precise_bn(self) -> None:
+        """Re-estimate the BatchNorm statistics with the current weights (``train.precise_bn``
+        training images per pair, the first ones of each split, the same on every process):
+        the pair a network is evaluated with from its evaluation domain (the target in stages
+        that see both domains, else the one domain it trains on), the source pair (``domain``
+        mode) from source images, and in ``blended`` mode the one pair from both halves.
+        Running averages lag the weights; this is the statistics of the network as it is (the
+        PreciseBN of pycls and Detectron2). Training itself never reads running statistics, so
+        the trajectory is unchanged; evaluations and stored weights use these."""
+        n = self.cfg.train.precise_bn
+        if not n:
+            return
+        size = self.cfg.data.val_batch_size
+
+        def images(stream, count):
+            dataset = self._stream_dataset(stream)
+            for batch in eval_batches(dataset, size, count):
+                yield self._images(batch)
+
+        model = self.model
+        if not self.two_domains:
+            own = self.source if self.stage.supervised_on == "source" else self.target
+            reestimate(model, images(own, n))
+        elif self.bn_stats == "blended":
+            half = max(n // 2, 1)
+            reestimate(model, itertools.chain(images(self.source, half), images(self.target, half)))
+        else:
+            reestimate(model, images(self.target, n))
+            if self.bn_stats == "domain":
+                with bn_domain(model, "source", "domain"):
+                    reestimate(model, images(self.source, n))
+
     def evaluate(self):
+        self.precise_bn()
         self.sync_buffers()
         return evaluate_on(self.model, self.val, self.cfg, self.device, self.world)
 
