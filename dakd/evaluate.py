@@ -127,3 +127,28 @@ def predict(model, images: torch.Tensor, size) -> torch.Tensor:
     from dakd.losses import upsample
 
     return upsample(model(images)["output"], tuple(size)).argmax(1)
+
+
+def grid_bound(labels: np.ndarray, stride: int, num_classes: int = NUM_CLASSES) -> float:
+    """mIoU (0-1) of a perfect prediction on a logit grid of output stride ``stride``.
+
+    The best logits a network with that grid can hold are each cell's class frequencies
+    (one-hot labels average-pooled over the ``stride x stride`` cell, ignored pixels left
+    out); they are bilinearly upsampled to the label size, as evaluation upsamples logits, and
+    their argmax is scored against ``labels`` (N, H, W; ``IGNORE_INDEX`` ignored) over one
+    confusion matrix. Classes thinner than a cell vanish, which is what this bound measures.
+    """
+    lab = torch.from_numpy(np.asarray(labels).astype(np.int64))
+    if lab.ndim != 3:
+        raise ValueError(f"labels must be (N, H, W), got shape {tuple(lab.shape)}")
+    valid = lab != IGNORE_INDEX
+    meter = ConfusionMatrix(num_classes)
+    for i in range(lab.shape[0]):
+        onehot = torch.nn.functional.one_hot(lab[i].clamp(max=num_classes - 1), num_classes)
+        onehot = (onehot * valid[i, ..., None]).permute(2, 0, 1)[None].float()
+        cells = torch.nn.functional.avg_pool2d(onehot, stride, ceil_mode=True)
+        logits = torch.nn.functional.interpolate(
+            cells, size=lab.shape[-2:], mode="bilinear", align_corners=False
+        )
+        meter.update(logits.argmax(1), lab[i : i + 1])
+    return meter.compute().miou
