@@ -93,6 +93,13 @@ def weights_name(model: ModelConfig) -> str:
     return f"{model.name}-w{model.width:g}-os{model.output_stride}.pt"
 
 
+def _recipe(cfg: PretrainConfig) -> dict[str, Any]:
+    """What decides the weights, as plain data (the local folders do not)."""
+    recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
+    del recipe["work_dir"], recipe["cache_dir"]
+    return recipe
+
+
 def pretrain(
     model_cfg: ModelConfig,
     cfg: PretrainConfig,
@@ -122,9 +129,7 @@ def pretrain(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
-    recipe.pop("work_dir")
-    recipe.pop("cache_dir")
+    recipe = _recipe(cfg)
     step, history, seconds = 0, [], 0.0
     if last.exists():
         state = ckpt.load(last)
@@ -207,7 +212,7 @@ def write_weights(model, model_cfg, out_dir, cfg, history, seconds, command) -> 
         "renderer": renderer_version(),
         "proxy_task": f"{len(CATEGORY_NAMES)} Cityscapes categories on '{PRETRAIN_DOMAIN}' scenes",
         "steps": cfg.steps,
-        "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+        "recipe": _recipe(cfg),
         "wall_seconds": round(seconds, 1),
         "threads": cfg.threads,
         "torch": torch.__version__,

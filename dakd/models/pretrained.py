@@ -89,7 +89,9 @@ def manifest_entry(path: str | Path) -> dict[str, Any] | None:
     return manifest[path.name]
 
 
-def check_manifest(path: str | Path, network: dict[str, Any], key: str) -> dict[str, Any] | None:
+def check_manifest(
+    path: str | Path, network: dict[str, Any] | None, key: str
+) -> dict[str, Any] | None:
     """Refuse a weights file that does not match its manifest: another sha256 (changed or
     corrupt) or another architecture than ``network`` (:func:`network_of`). Returns the entry
     (None: the folder has no manifest)."""
@@ -104,7 +106,7 @@ def check_manifest(path: str | Path, network: dict[str, Any], key: str) -> dict[
             "restore it (git checkout) or remake it with python -m dakd pretrain"
         )
     wanted = network
-    if entry.get("network") != wanted:
+    if wanted is not None and entry.get("network") != wanted:
         raise CheckpointError(
             f"{key}: {path} holds weights for {entry.get('network')}, not for {wanted}"
         )
@@ -131,7 +133,7 @@ def load_pretrained(
     """Load the tensors of ``path`` that fit ``model`` (by name and shape); return the report.
 
     ``key`` names the config key in errors: a missing or unreadable file, a file that does not
-    match the ``manifest.json`` beside it (sha256, or ``network`` when given), and one that
+    match the ``manifest.json`` beside it (its sha256 always, ``network`` when given), and one that
     leaves any encoder tensor of ``model`` at its random initialisation (absent from the file
     or of another shape: weights of another architecture) raise
     :class:`~dakd.checkpoint.CheckpointError`. Heads and a decoder may be absent (ImageNet files
@@ -143,8 +145,7 @@ def load_pretrained(
             f"{key}: {path} does not exist (backbone weights are read from a local file; "
             "nothing is downloaded)"
         )
-    if network is not None:
-        check_manifest(path, network, key)
+    check_manifest(path, network, key)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to unpickle means the same thing here
