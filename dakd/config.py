@@ -35,6 +35,7 @@ class DataConfig:
 
     ``color_jitter`` (strength s: brightness, contrast, saturation in [1-s, 1+s], hue +-s/4) and
     ``grayscale`` (probability) are photometric augmentations of training images, off at 0.
+    ``train_size``: the first this many images of each embedded train split (0: all 2000).
     ``cache_dir``: where the embedded splits are rendered once and reused ("" renders in memory).
 
     ``batch_size`` is the *global* batch per domain (``batch_size`` source + ``batch_size``
@@ -70,6 +71,7 @@ class DataConfig:
     batch_size: int = 8
     val_batch_size: int = 25
     val_size: int = 0
+    train_size: int = 0
     scene_seed: int = 0
     hflip: bool = True
     color_jitter: float = 0.0
@@ -145,6 +147,30 @@ class OptimConfig:
     poly_power: float = 0.9
     disc_lr: float = 1e-4
     disc_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+
+
+@dataclass
+class TeacherCacheConfig:
+    """The teacher-output cache (``dakd.teacher_cache``): the frozen teacher's outputs on every
+    training image, computed once and read by every DAKD run with the same teacher and data.
+
+    ``mode``: ``auto`` (default) reads a cache wherever it gives exactly the live teacher's
+    numbers (no photometric augmentation, no random crop of real data) and builds one where
+    that saves teacher passes (a sweep builds it as a stage before its trials; a single run
+    when its steps read more samples than the cache holds); ``on`` builds and reads it always
+    (with photometric augmentation or random crops it is an approximation, said in one line);
+    ``off`` runs the teacher at every step. ``dtype``: ``float32`` (exact) or ``float16``;
+    ``topk``: 0 keeps all 19 logits per pixel, k keeps the k largest (ReLabel). ``dir``: where
+    caches live, one folder per key (node-local by default; a shared filesystem path on a
+    cluster with shared storage). ``if_full``: a disk without room stops the run (``stop``)
+    or the run goes on with the live teacher (``live``).
+    """
+
+    mode: str = "auto"
+    dtype: str = "float32"
+    topk: int = 0
+    dir: str = "runs/cache/teacher"
+    if_full: str = "stop"
 
 
 AMP_MODES = ("fp32", "bf16", "fp16")
@@ -226,6 +252,11 @@ FINGERPRINT_NEUTRAL = {
     "data.val_resize": [512, 1024],
     "data.random_scale": [1.0, 1.0],
     "data.check_sample": 8,
+    "data.train_size": 0,
+    "teacher_cache.mode": "auto",
+    "teacher_cache.dtype": "float32",
+    "teacher_cache.topk": 0,
+    "teacher_cache.if_full": "stop",
 }
 
 
@@ -252,6 +283,7 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
 
     # -- derived --------------------------------------------------------------------------
     @property
@@ -288,6 +320,7 @@ class ExperimentConfig:
             "name",
             "out_dir",
             "data.cache_dir",
+            "teacher_cache.dir",
             "train.progress",
             "train.log_interval",
             "data.prefetch",
@@ -492,6 +525,16 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(0 <= d.color_jitter <= 1, "data.color_jitter", "must be in [0, 1]")
     _check(0 <= d.grayscale <= 1, "data.grayscale", "must be in [0, 1]")
     _check(d.val_size >= 0, "data.val_size", "must be >= 0 (0 = the whole val split)")
+    _check(
+        0 <= d.train_size <= 2000,
+        "data.train_size",
+        f"must be in 0..2000 (0 = the whole train split), got {d.train_size}",
+    )
+    _check(
+        d.train_size == 0 or d.dataset == "scenes",
+        "data.train_size",
+        "applies to the embedded scenes only (a real dataset trains on its whole split)",
+    )
     models = set(list_models())
     for key, m in (("models.teacher", cfg.models.teacher), ("models.student", cfg.models.student)):
         _check(
@@ -559,6 +602,33 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         not (t.cudnn_benchmark and t.deterministic),
         "train.cudnn_benchmark",
         "needs train.deterministic=false (cuDNN picks kernels by timing them, so runs differ)",
+    )
+    tc = cfg.teacher_cache
+    _check(
+        tc.mode in ("auto", "on", "off"),
+        "teacher_cache.mode",
+        f"{tc.mode!r} is not one of auto, on, off",
+    )
+    _check(
+        tc.dtype in ("float32", "float16"),
+        "teacher_cache.dtype",
+        f"{tc.dtype!r} is not one of float32, float16",
+    )
+    _check(
+        0 <= tc.topk < 19,
+        "teacher_cache.topk",
+        f"must be 0 (all 19 logits) or 1..18 (the k largest), got {tc.topk}",
+    )
+    _check(
+        tc.if_full in ("stop", "live"),
+        "teacher_cache.if_full",
+        f"{tc.if_full!r} is not one of stop, live",
+    )
+    _check(bool(tc.dir.strip()), "teacher_cache.dir", "must not be empty")
+    _check(
+        "://" not in tc.dir,
+        "teacher_cache.dir",
+        f"{tc.dir!r}: caches are memory-mapped files; give a local or shared filesystem path",
     )
     if cfg.stage == "dakd":
         _check(

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from dakd import checkpoint as ckpt
 from dakd import losses
+from dakd import teacher_cache as tcache
 from dakd.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, from_dict
 from dakd.data.datasets import protocols, split_of
 from dakd.data.labels import NUM_CLASSES
@@ -50,7 +51,7 @@ from dakd.evaluate import SegMetrics, evaluate
 from dakd.models import Discriminator, count_parameters, create_model
 from dakd.models.domain_bn import add_source_statistics, bn_domain, reestimate, sync_batchnorm
 from dakd.models.pretrained import PretrainedReport, load_pretrained, network_of
-from dakd.paradigms import STAGES, phase_at
+from dakd.paradigms import STAGES, paradigm_phases, phase_at
 
 Report = Callable[[dict[str, float], Path | None], None]
 LEVELS = ("feature", "output")
@@ -186,8 +187,9 @@ def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1):
             split_of(cfg, "target", "train"),
         )
     else:
-        source_train = SceneDataset(source, "train", **_scenes(cfg))
-        target_train = SceneDataset(target, "train", **_scenes(cfg))
+        length = cfg.data.train_size or None
+        source_train = SceneDataset(source, "train", length=length, **_scenes(cfg))
+        target_train = SceneDataset(target, "train", length=length, **_scenes(cfg))
     src = StepSampler(source_train, cfg.data.batch_size, cfg.seed, "source", **kw)
     tgt = StepSampler(target_train, cfg.data.batch_size, cfg.seed, "target", **kw)
     depth = prefetch_depth(cfg)
@@ -234,10 +236,15 @@ def network_from_checkpoint(path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 
 def load_teacher(cfg: ExperimentConfig, device: torch.device) -> torch.nn.Module:
-    """The frozen teacher: weights from ``cfg.teacher``, eval mode, no gradients."""
+    """The frozen teacher: weights from ``cfg.teacher``, eval mode, no gradients.
+
+    Building it draws no random numbers from the run's generator (its initial weights are
+    overwritten at once): a run reads the same random stream whether its teacher is live or
+    its outputs come from the cache."""
     spec = spec_of(cfg.models.teacher)
     state = ckpt.load(cfg.teacher)
-    teacher = build_network(spec)
+    with torch.random.fork_rng(devices=[]):
+        teacher = build_network(spec)
     ckpt.load_network(teacher, state, spec, cfg.teacher)
     teacher.eval().requires_grad_(False)
     return teacher.to(device)
@@ -275,6 +282,106 @@ def evaluate_checkpoint(path, overrides: dict[str, Any] | None = None):
     cfg = from_dict(base, overrides or {})
     device = resolve_device(cfg.train.device)
     return cfg, state["network"], evaluate_on(model.to(device), val_dataset(cfg), cfg, device)
+
+
+# -- the teacher-output cache (dakd.teacher_cache) ---------------------------------------------
+
+
+def distill_reads(cfg: ExperimentConfig) -> dict[str, int]:
+    """Per domain (``source``, ``target``), how many samples the teacher predicts in a run of
+    ``cfg`` (every step of a phase that distils on the domain reads a global batch)."""
+    reads = {"source": 0, "target": 0}
+    if not STAGES[cfg.stage].distill:
+        return reads
+    for step in range(cfg.train.steps):
+        phase = phase_at(cfg.paradigm, step, cfg.train.steps, cfg.distill.sequential_split)
+        reads["source"] += cfg.data.batch_size if phase.source else 0
+        reads["target"] += cfg.data.batch_size if phase.target else 0
+    return reads
+
+
+def distill_domains(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The domains the paradigm distils on at some step."""
+    phases = paradigm_phases(cfg.paradigm, cfg.distill.sequential_split)
+    return tuple(
+        role for role in ("source", "target") if any(getattr(phase, role) for phase in phases)
+    )
+
+
+@dataclass(frozen=True)
+class CacheDecision:
+    """Whether a domain's teacher outputs come from the cache: ``use`` (read it), ``build``
+    (make it when missing), ``exact`` (it equals the live teacher), ``notice`` (one line)."""
+
+    use: bool
+    build: bool
+    exact: bool
+    notice: str = ""
+
+
+def cache_decision(cfg: ExperimentConfig, dataset, role: str, reads: int) -> CacheDecision:
+    """``teacher_cache.mode`` applied to one domain of ``cfg`` (see ``TeacherCacheConfig``)."""
+    tc = cfg.teacher_cache
+    if tc.mode == "off":
+        return CacheDecision(False, False, False)
+    geometry, geometry_exact = tcache.geometry_of(dataset)
+    photometric = [key for key in ("color_jitter", "grayscale") if getattr(cfg.data, key) > 0]
+    reasons = []
+    if photometric:
+        reasons.append(
+            " and ".join(f"data.{k}" for k in photometric) + " (photometric augmentation: the "
+            "teacher would see other pixels than the stored images)"
+        )
+    if not geometry_exact:
+        reasons.append(
+            "random scale and crop of real data (applied to the stored maps with the same "
+            "geometry, RoIAlign, as ReLabel does; the teacher on the crop itself sees its borders)"
+        )
+    exact = not reasons
+    if tc.mode == "on":
+        notice = (
+            f"teacher_cache.mode=on: the {role} domain's cached teacher outputs approximate the "
+            f"live teacher: {'; '.join(reasons)}"
+            if reasons
+            else ""
+        )
+        return CacheDecision(True, True, exact, notice)
+    if not exact:
+        notice = (
+            f"teacher_cache: off for the {role} domain, since {'; '.join(reasons)} cannot be "
+            "cached exactly (teacher_cache.mode: on uses it anyway)"
+        )
+        return CacheDecision(False, False, False, notice)
+    # auto: read it when it is there; make it when this run alone reads more teacher outputs
+    # than it holds (a sweep builds it as a stage, for all of its trials)
+    variants = 2 if cfg.data.hflip else 1
+    return CacheDecision(True, reads >= len(dataset) * variants, True)
+
+
+def cache_spec(
+    cfg: ExperimentConfig, dataset, role: str, device: torch.device, speed: Speed
+) -> tcache.CacheSpec:
+    """What decides the cached teacher outputs of ``role``'s training images in a run of
+    ``cfg`` on ``device`` (the key of the cache)."""
+    compute: dict[str, Any] = {
+        "device": device.type,
+        "amp": str(speed.amp_dtype).removeprefix("torch.") if speed.amp_dtype else "fp32",
+        "channels_last": speed.channels_last,
+        "compile": speed.compile,
+    }
+    if device.type == "cpu":
+        # on CPU the thread count changes the order of float reductions (as for fingerprints)
+        compute["threads"] = torch.get_num_threads()
+    bn = "source" if role == "source" and cfg.train.bn_stats == "domain" else "own"
+    return tcache.CacheSpec(
+        teacher_sha256=tcache.file_sha256(cfg.teacher),
+        teacher_network=spec_of(cfg.models.teacher),
+        dataset=tcache.dataset_identity(dataset),
+        variants=2 if cfg.data.hflip else 1,
+        bn=bn,
+        compute=compute,
+        storage=tcache.Storage(cfg.teacher_cache.dtype, cfg.teacher_cache.topk),
+    )
 
 
 class Trainer:
@@ -330,7 +437,20 @@ class Trainer:
         if self.speed.sync_bn:
             self.model = sync_batchnorm(self.model)
         self.model.to(self.device, memory_format=self.memory_format)
-        self.teacher = load_teacher(cfg, self.device) if self.stage.distill else None
+        # the teacher's outputs come from the cache where a domain has one; the live teacher
+        # is loaded only for a domain without one (or to build one), and not kept when every
+        # domain is cached: such a run holds the student alone
+        self.teacher: torch.nn.Module | None = None
+        self.teacher_step: torch.nn.Module | None = None
+        self.teacher_caches: dict[str, tcache.TeacherCache] = {}
+        if self.stage.distill:
+            self.teacher_caches = self._teacher_caches()
+            if set(self.teacher_caches) >= set(distill_domains(cfg)):
+                self.teacher = self.teacher_step = None
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            else:
+                self._live_teacher()
         self.discriminators = torch.nn.ModuleDict()
         if self.stage.adversarial:
             for level in LEVELS:
@@ -345,13 +465,8 @@ class Trainer:
         self.ddp_modules: list[DistributedDataParallel] = []
         self.student = self._parallel(self.model)
         self.disc_step = {level: self._parallel(d) for level, d in self.discriminators.items()}
-        self.teacher_step = self.teacher
-        if self.teacher is not None:
-            self.teacher.to(memory_format=self.memory_format)
         if self.speed.compile:
             self.student = torch.compile(self.student)
-            if self.teacher is not None:
-                self.teacher_step = torch.compile(self.teacher)
 
         o = cfg.optim
         self.optimizer = torch.optim.SGD(
@@ -390,6 +505,109 @@ class Trainer:
         size = images.shape[-2:]
         out = model(images)
         return {level: losses.upsample(out[level], size) for level in LEVELS}
+
+    def _teacher_caches(self) -> dict[str, tcache.TeacherCache]:
+        """Open (or build, see :func:`cache_decision`) the teacher-output cache of each domain
+        the paradigm distils on."""
+        cfg, main = self.cfg, self.world.is_main
+        if cfg.teacher_cache.mode == "off" or not Path(cfg.teacher).is_file():
+            return {}  # a missing teacher is reported by the live teacher's loading
+        reads = distill_reads(cfg)
+        caches = {}
+        root = Path(cfg.teacher_cache.dir)
+        for role in distill_domains(cfg):
+            stream = self.source if role == "source" else self.target
+            dataset = self._stream_dataset(stream)
+            decision = cache_decision(cfg, dataset, role, reads[role])
+            if decision.notice and main:
+                print(f"note: {decision.notice}", file=sys.stderr)
+            if not decision.use:
+                continue
+            spec = cache_spec(cfg, dataset, role, self.device, self.speed)
+            cached = tcache.open_cache(root, spec)
+            if cached is None and decision.build:
+                try:
+                    cached = tcache.ensure(
+                        root,
+                        spec,
+                        dataset,
+                        self._teacher_raw(role),
+                        max(cfg.data.batch_size // self.world.size, 2),
+                        progress=cfg.train.progress and main,
+                        log=lambda line: print(line, file=sys.stderr) if main else None,
+                    )
+                except tcache.CacheFullError as err:
+                    if cfg.teacher_cache.if_full != "live":
+                        raise
+                    if main:
+                        print(f"note: {err}; running the live teacher", file=sys.stderr)
+                    continue
+            if cached is not None:
+                caches[role] = cached
+        return caches
+
+    def _live_teacher(self) -> None:
+        """Load the frozen teacher (once)."""
+        if self.teacher is not None:
+            return
+        self.teacher = load_teacher(self.cfg, self.device)
+        self.teacher.to(memory_format=self.memory_format)
+        self.teacher_step = torch.compile(self.teacher) if self.speed.compile else self.teacher
+
+    def _teacher_raw(self, role: str):
+        """The live teacher's raw outputs (its own stride) on images of ``role``'s domain, as a
+        step computes them: what the cache stores."""
+
+        def forward(images: torch.Tensor) -> dict[str, torch.Tensor]:
+            self._live_teacher()
+            bn = self._source_statistics if role == "source" else _no_switch
+            with torch.no_grad(), self.autocast(), bn(self.teacher):
+                return self.teacher_step(self._images({"image": images}))
+
+        return forward
+
+    def _teacher_predict(self, role: str, batch) -> dict[str, torch.Tensor]:
+        """The teacher's predictions on a batch, upsampled to the images: read from the cache
+        when the domain has one, else computed by the live teacher."""
+        cache = self.teacher_caches.get(role)
+        if cache is None:
+            bn = self._source_statistics if role == "source" else _no_switch
+            with bn(self.teacher):
+                return self._forward(self.teacher_step, self._images(batch))
+        size = batch["image"].shape[-2:]
+        if "geometry" in batch and tcache.geometry_of(self._dataset_of(role))[0] == "crop":
+            raw = self._cached_crops(cache, role, batch)
+        else:
+            raw = cache.lookup(batch["index"], batch["flip"])
+        return {
+            level: losses.upsample(raw[level].to(self.device, non_blocking=True), size)
+            for level in LEVELS
+        }
+
+    def _dataset_of(self, role: str):
+        return self._stream_dataset(self.source if role == "source" else self.target)
+
+    def _cached_crops(self, cache: tcache.TeacherCache, role: str, batch):
+        """Stored maps cut as the real-data samples were cut (random scale, crop, flip)."""
+        dataset = self._dataset_of(role)
+        boxes, image_size = [], None
+        for index, flip, draws in zip(
+            batch["index"].tolist(), batch["flip"].tolist(), batch["geometry"], strict=True
+        ):
+            (x0, y0, x1, y1), image_size = dataset.crop_box(index, draws.tolist())
+            if flip:  # the mirrored stored image: the box mirrors too
+                x0, x1 = image_size[1] - x1, image_size[1] - x0
+            boxes.append((x0, y0, x1, y1))
+        h, w = batch["image"].shape[-2:]
+        strides = {"output": self.cfg.models.teacher.output_stride, "feature": 8}
+        sizes = {level: (math.ceil(h / s), math.ceil(w / s)) for level, s in strides.items()}
+        return cache.crops(
+            batch["index"],
+            batch["flip"],
+            torch.tensor(boxes, dtype=torch.float32),
+            sizes,
+            image_size,
+        )
 
     def _source_statistics(self, model):
         """The BatchNorm statistics a source batch sees (and, in training, updates)."""
@@ -474,13 +692,8 @@ class Trainer:
                         ("source", phase.source, src),
                         ("target", phase.target, tgt),
                     ):
-                        if not on:
-                            continue
-                        bn = self._source_statistics if name == "source" else _no_switch
-                        with bn(self.teacher):
-                            teacher_pred[name] = self._forward(
-                                self.teacher_step, self._images(batch)
-                            )
+                        if on:
+                            teacher_pred[name] = self._teacher_predict(name, batch)
                 per_domain = {}
                 for name, pred in (("source", pred_s), ("target", pred_t)):
                     if name in teacher_pred:

@@ -36,7 +36,13 @@ def tiny(tmp_path):
 
     def make(stage="student_da", name=None, **changes):
         overrides = {k.replace("__", "."): v for k, v in changes.items()}
-        cfg = from_dict({**TINY, "stage": stage, "out_dir": str(tmp_path / "runs")}, overrides)
+        base = {
+            **TINY,
+            "stage": stage,
+            "out_dir": str(tmp_path / "runs"),
+            "teacher_cache": {"dir": str(tmp_path / "cache" / "teacher")},
+        }
+        cfg = from_dict(base, overrides)
         cfg.name = name or stage
         return cfg
 

@@ -321,6 +321,32 @@ class RealDataset(Dataset, ABC):
             image, label = crop(image, label, self.crop, u_top, u_left)
         return {"image": image, "label": label}
 
+    def crop_box(
+        self, index: int, draws
+    ) -> tuple[tuple[float, float, float, float], tuple[int, int]]:
+        """Where :meth:`augmented` with ``draws`` cuts its sample from the resized image (the
+        form the teacher-output cache stores): ``(x0, y0, x1, y1)`` in pixels of that image,
+        and its ``(height, width)``. Padding past the image's edge lies outside it."""
+        u_scale, u_top, u_left = (float(v) for v in draws[:3])
+        size = self.resize
+        if size is None:
+            with Image.open(self.pairs[int(index)][0]) as im:
+                size = (im.height, im.width)
+        low, high = self.random_scale
+        scaled = size
+        if low != 1.0 or high != 1.0:
+            factor = low + u_scale * (high - low)
+            scaled = (max(1, round(size[0] * factor)), max(1, round(size[1] * factor)))
+        if self.crop is None:
+            return (0.0, 0.0, float(size[1]), float(size[0])), tuple(size)
+        height, width = self.crop
+        h, w = max(scaled[0], height), max(scaled[1], width)
+        top = min(int(u_top * (h - height + 1)), h - height)
+        left = min(int(u_left * (w - width + 1)), w - width)
+        sy, sx = size[0] / scaled[0], size[1] / scaled[1]
+        box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
+        return box, tuple(size)
+
 
 def crop(
     image: torch.Tensor, label: torch.Tensor, size: tuple[int, int], u_top: float, u_left: float

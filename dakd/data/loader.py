@@ -84,7 +84,15 @@ class StepSampler:
                 image = photometric(image, draws, self.color_jitter, self.grayscale)
             images.append(image)
             labels.append(label)
-        batch = {"image": torch.stack(images), "label": torch.stack(labels)}
+        batch = {
+            "image": torch.stack(images),
+            "label": torch.stack(labels),
+            # which samples these are: what the teacher-output cache is read with
+            "index": torch.from_numpy(index.astype(np.int64)),
+            "flip": torch.from_numpy(flip.astype(np.bool_)),
+        }
+        if augmented is not None:
+            batch["geometry"] = torch.from_numpy(np.asarray(geometry, dtype=np.float64))
         check_labels(batch["label"], f"{self.dataset!r} samples {index.tolist()}")
         return batch
 
