@@ -166,11 +166,15 @@ class TeacherCacheConfig:
     or the run goes on with the live teacher (``live``).
     """
 
-    mode: str = "auto"
+    mode: str | bool = "auto"  # YAML reads on/off as booleans: they mean "on"/"off"
     dtype: str = "float32"
     topk: int = 0
     dir: str = "runs/cache/teacher"
     if_full: str = "stop"
+
+    def __post_init__(self):
+        if isinstance(self.mode, bool):
+            self.mode = "on" if self.mode else "off"
 
 
 AMP_MODES = ("fp32", "bf16", "fp16")

@@ -10,7 +10,8 @@ What a run is comes from its params (the flattened config) and tags:
 
 * ``row`` names the table row: ``source-only``, ``oracle``, ``teacher-DA``, ``student-DA``,
   ``student-DA + extra steps`` (the fair baseline: stage ``student_da`` started from ``init``),
-  ``DAKD (a)`` ... ``DAKD (d)``. Sweep parent runs (tag ``stage=sweep``) are not data.
+  ``DAKD (a)`` ... ``DAKD (d)``. Sweep parent runs (tag ``stage=sweep``) and teacher-output
+  cache builds (``stage=teacher_cache``) are not data.
 * ``config`` is a hash of every param except the seed and run bookkeeping
   (:data:`BOOKKEEPING_PARAMS`: names, output folders, checkpoint paths, the ``sweep.*`` copies
   of the sampled values), plus the row. Runs with the same ``config`` are one group.
@@ -161,6 +162,14 @@ def _client(uri: str) -> MlflowClient:
 
 def _is_parent(run: Run) -> bool:
     return run.data.tags.get("stage") == "sweep"
+
+
+#: Run ``stage`` tags that are not table rows: sweep parent runs and teacher-output cache builds.
+NOT_DATA = ("sweep", "teacher_cache")
+
+
+def _is_data(run: Run) -> bool:
+    return run.data.tags.get("stage") not in NOT_DATA
 
 
 def select(uri: str, experiment: str, sweep: str | None = None) -> Selection:
@@ -384,13 +393,14 @@ def _linked_stages(client: MlflowClient, runs: list[Run], page_size: int) -> lis
         found += [
             run
             for run in search_runs(client, experiments, f"params.name = '{literal}'", page_size)
-            if not _is_parent(run)
+            if _is_data(run)
         ]
     return found
 
 
 def load_runs(selection: Selection, page_size: int = 1000) -> pa.Table:
-    """One row per run of ``selection`` (every status; sweep parent runs left out), plus the
+    """One row per run of ``selection`` (every status; sweep parent runs and teacher-cache
+    builds left out), plus the
     runs of the stages they start from; columns: see the module docstring and ``runs.parquet``."""
     client = _client(selection.uri)
     filter_string = (
@@ -399,7 +409,7 @@ def load_runs(selection: Selection, page_size: int = 1000) -> pa.Table:
     runs = [
         run
         for run in search_runs(client, [selection.experiment_id], filter_string, page_size)
-        if not _is_parent(run)
+        if _is_data(run)
     ]
     if not runs:
         raise AnalysisError(f"no runs to analyse in {selection.describe()}")

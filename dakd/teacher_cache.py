@@ -194,9 +194,14 @@ class CacheSpec:
         return int(self.dataset["length"]) * self.variants
 
     def label(self) -> str:
-        d = self.dataset
+        return self.label_of(self.to_dict())
+
+    @staticmethod
+    def label_of(spec: dict[str, Any]) -> str:
+        """``game train (float32)``: the images and the storage format of a cache."""
+        d = spec["dataset"]
         name = d.get("domain") or d.get("dataset")
-        return f"{name} {d['split']} ({self.storage.describe()})"
+        return f"{name} {d['split']} ({Storage(**spec['storage']).describe()})"
 
 
 def entry_of(index: torch.Tensor, flip: torch.Tensor, variants: int) -> np.ndarray:
@@ -341,13 +346,29 @@ class TeacherCache:
         return out
 
 
+#: Files this process has checked: (path, inode, size, mtime) -> sha256. A trial process that
+#: opens the same cache again (a reused Ray actor) does not read every shard again.
+_CHECKED: dict[tuple[str, int, int, int], str] = {}
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _CHECKED:
+        _CHECKED[key] = file_sha256(path)
+    return _CHECKED[key]
+
+
 def verify(folder: Path, manifest: dict[str, Any]) -> list[int]:
-    """Shards whose files are missing or differ from the sha256 the manifest lists."""
+    """Shards whose files are missing or differ from the sha256 the manifest lists (each file
+    read once per process while its size and modification time stay the same)."""
     bad = []
     for number, shard in enumerate(manifest["shards"]):
         for name, digest in shard["files"].items():
-            path = folder / name
-            if not path.exists() or file_sha256(path) != digest:
+            if _digest(folder / name) != digest:
                 bad.append(number)
                 break
     return bad

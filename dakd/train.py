@@ -70,6 +70,8 @@ class TrainResult:
     checkpoint: Path
     history: list[dict[str, float]] = field(default_factory=list)
     evaluation: SegMetrics | None = None
+    #: the domains whose teacher outputs came from the cache (DAKD; the others ran the teacher)
+    cached_domains: tuple[str, ...] = ()
 
 
 def resolve_device(name: str, world: World | None = None) -> torch.device:
@@ -167,13 +169,20 @@ def val_dataset(cfg: ExperimentConfig):
     return SceneDataset(cfg.domains[1], "val", **_scenes(cfg))
 
 
+def training_dataset(cfg: ExperimentConfig, role: str):
+    """The train split of the source or target domain (real datasets checked first)."""
+    if cfg.data.dataset == "real":
+        return split_of(cfg, role, "train")
+    domain = cfg.domains[0 if role == "source" else 1]
+    return SceneDataset(domain, "train", length=cfg.data.train_size or None, **_scenes(cfg))
+
+
 def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1):
     """Source and target train samplers and the target val dataset of the experiment.
 
     Real datasets are checked first (``dakd.data.datasets.open_split``): a split that fails its
     check stops training here with the report.
     """
-    source, target = cfg.domains
     kw = {
         "hflip": cfg.data.hflip,
         "rank": rank,
@@ -181,15 +190,7 @@ def build_data(cfg: ExperimentConfig, rank: int = 0, world_size: int = 1):
         "color_jitter": cfg.data.color_jitter,
         "grayscale": cfg.data.grayscale,
     }
-    if cfg.data.dataset == "real":
-        source_train, target_train = (
-            split_of(cfg, "source", "train"),
-            split_of(cfg, "target", "train"),
-        )
-    else:
-        length = cfg.data.train_size or None
-        source_train = SceneDataset(source, "train", length=length, **_scenes(cfg))
-        target_train = SceneDataset(target, "train", length=length, **_scenes(cfg))
+    source_train, target_train = training_dataset(cfg, "source"), training_dataset(cfg, "target")
     src = StepSampler(source_train, cfg.data.batch_size, cfg.seed, "source", **kw)
     tgt = StepSampler(target_train, cfg.data.batch_size, cfg.seed, "target", **kw)
     depth = prefetch_depth(cfg)
@@ -371,7 +372,7 @@ def cache_spec(
     }
     if device.type == "cpu":
         # on CPU the thread count changes the order of float reductions (as for fingerprints)
-        compute["threads"] = torch.get_num_threads()
+        compute["threads"] = cfg.train.threads or torch.get_num_threads()
     bn = "source" if role == "source" and cfg.train.bn_stats == "domain" else "own"
     return tcache.CacheSpec(
         teacher_sha256=tcache.file_sha256(cfg.teacher),
@@ -382,6 +383,78 @@ def cache_spec(
         compute=compute,
         storage=tcache.Storage(cfg.teacher_cache.dtype, cfg.teacher_cache.topk),
     )
+
+
+def teacher_forward(cfg: ExperimentConfig, teacher, teacher_step, role: str, device, speed):
+    """The frozen teacher's raw outputs (its own stride) on images of ``role``'s domain, as a
+    DAKD step computes them: mixed precision and memory format of ``speed``, and the BatchNorm
+    statistics of the domain (``train.bn_stats``). What the cache stores."""
+    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
+    autocast = (
+        torch.autocast(device.type, dtype=speed.amp_dtype)
+        if speed.amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+
+    def forward(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        with torch.no_grad(), autocast, bn_domain(teacher, role, cfg.train.bn_stats):
+            return teacher_step(images)
+
+    return forward
+
+
+def _cache_setting(cfg: ExperimentConfig, role: str):
+    world = current_world()
+    device = resolve_device(cfg.train.device, world)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    speed, _ = speed_settings(cfg.train, device, world)
+    dataset = training_dataset(cfg, role)
+    return world, device, speed, dataset, cache_spec(cfg, dataset, role, device, speed)
+
+
+def _cache_summary(cached: tcache.TeacherCache, seconds: float, built: bool) -> dict[str, Any]:
+    files = [cached.folder / n for shard in cached.manifest["shards"] for n in shard["files"]]
+    return {
+        "key": cached.manifest["key"],
+        "folder": str(cached.folder),
+        "label": tcache.CacheSpec.label_of(cached.spec),
+        "entries": cached.entries,
+        "bytes": sum(f.stat().st_size for f in files),
+        "seconds": seconds,
+        "built": built,
+    }
+
+
+def find_teacher_cache(cfg: ExperimentConfig, role: str) -> dict[str, Any] | None:
+    """The summary of the complete, intact teacher-output cache for ``role`` in runs of
+    ``cfg``, or None when it has to be built."""
+    *_, spec = _cache_setting(cfg, role)
+    cached = tcache.open_cache(cfg.teacher_cache.dir, spec)
+    return None if cached is None else _cache_summary(cached, 0.0, False)
+
+
+def build_teacher_cache(
+    cfg: ExperimentConfig, role: str, progress: bool = True, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Build (or find) the teacher-output cache of ``role``'s training images for runs of
+    ``cfg`` (a DAKD config with its teacher checkpoint): what a sweep's cache stage runs.
+    Returns a summary (key, folder, entries, bytes, seconds, whether it was built)."""
+    world, device, speed, dataset, spec = _cache_setting(cfg, role)
+    root = Path(cfg.teacher_cache.dir)
+    tic = time.perf_counter()
+    cached = tcache.open_cache(root, spec)
+    built = cached is None
+    if built:
+        teacher = load_teacher(cfg, device)
+        if speed.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+        step = torch.compile(teacher) if speed.compile else teacher
+        forward = teacher_forward(cfg, teacher, step, role, device, speed)
+        batch = max(cfg.data.batch_size // world.size, 2)
+        cached = tcache.ensure(root, spec, dataset, forward, batch, progress=progress, log=log)
+    return _cache_summary(cached, time.perf_counter() - tic, built)
 
 
 class Trainer:
@@ -555,14 +628,14 @@ class Trainer:
         self.teacher_step = torch.compile(self.teacher) if self.speed.compile else self.teacher
 
     def _teacher_raw(self, role: str):
-        """The live teacher's raw outputs (its own stride) on images of ``role``'s domain, as a
-        step computes them: what the cache stores."""
+        """The live teacher's raw outputs on images of ``role``'s domain (loaded on first use)."""
 
         def forward(images: torch.Tensor) -> dict[str, torch.Tensor]:
             self._live_teacher()
-            bn = self._source_statistics if role == "source" else _no_switch
-            with torch.no_grad(), self.autocast(), bn(self.teacher):
-                return self.teacher_step(self._images({"image": images}))
+            raw = teacher_forward(
+                self.cfg, self.teacher, self.teacher_step, role, self.device, self.speed
+            )
+            return raw(images)
 
         return forward
 
@@ -942,5 +1015,9 @@ def train(
     if world.distributed:
         dist.barrier()  # no process moves on (e.g. to a stage that loads model.pt) before rank 0
     return TrainResult(
-        metrics=metrics, checkpoint=last, history=trainer.history, evaluation=evaluation
+        metrics=metrics,
+        checkpoint=last,
+        history=trainer.history,
+        evaluation=evaluation,
+        cached_domains=tuple(sorted(trainer.teacher_caches)),
     )

@@ -156,6 +156,35 @@ def test_every_spec_runs_in_smoke_mode(path, local_ray, place):
     assert "summary.md" in {a.path for a in client.list_artifacts(result.parent_run_id)}
 
 
+def test_teacher_outputs_are_cached_once_as_a_stage_and_read_by_every_trial(
+    local_ray, place, tmp_path
+):
+    """With the cache on (smoke trials read too few outputs for auto to build one), the driver
+    builds each domain's cache as a tracked stage after the teacher; the trials read it; the
+    next sweep with the same teacher plans to reuse it."""
+    overrides = [
+        *_overrides(place),
+        "experiment.teacher_cache.mode=on",
+        f"experiment.teacher_cache.dir={tmp_path / 'cache'}",
+        "experiment.data.train_size=8",
+        "tracking.experiment=cached",
+    ]
+    spec = smoke(ROOT / "sweeps" / "quickstart.yaml", overrides)
+    assert [c.done for c in plan(spec, ROOT).caches] == [False, False]
+    result = run_sweep(spec, root=ROOT, log=lambda _: None)
+    assert result.errors == 0 and len(result.rows) == 2
+    client = MlflowClient(place["uri"])
+    runs, children = _finished_children(client, "cached", result.parent_run_id)
+    builds = [r for r in children if r.data.tags["stage"] == "teacher_cache"]
+    assert sorted(r.data.tags["domain"] for r in builds) == ["source", "target"]
+    assert all(r.info.status == "FINISHED" and r.data.metrics["entries"] == 16 for r in builds)
+    trials = [r for r in children if "trial" in r.data.tags]
+    assert [r.data.tags["teacher_cache"] for r in trials] == ["source+target"] * 2
+    again = plan(spec, ROOT)
+    assert [c.done for c in again.caches] == [True, True]
+    assert "reuse teacher outputs on game train" in again.text()
+
+
 def test_reused_stage_rows_report_the_stage_itself(local_ray, place):
     """paradigms.yaml's teacher-DA and student-DA rows are the stages the DAKD rows use."""
     spec, result = _smoke_sweep("paradigms", place)

@@ -33,7 +33,7 @@ from dakd.sweep.spec import (
     trial_label,
     trial_overrides,
 )
-from dakd.sweep.trial import SweepContext, stages_of
+from dakd.sweep.trial import SweepContext, stages_of, trial_config
 
 DRIVER_CPU = 1.0
 """CPUs Tune reserves for a data-parallel trial: the Ray Train driver (Ray's default for a trial)."""
@@ -89,6 +89,31 @@ class StagePlan:
 
 
 @dataclass
+class CachePlan:
+    """A teacher-output cache the trials read (``dakd.teacher_cache``): built as a stage after
+    the teacher and before the trials when ``build``, else the trials run the teacher (or read
+    a cache an earlier sweep built)."""
+
+    config: ExperimentConfig  # a trial config with its teacher checkpoint and thread count
+    role: str  # source or target
+    reads: int  # teacher outputs the sweep's trials read from it at most
+    entries: int  # what it holds (images x flips)
+    build: bool
+    reason: str = ""
+    done: bool = False  # built by an earlier sweep (checked where the driver can: CPU trials)
+
+    def text(self) -> str:
+        domain = self.config.domains[0 if self.role == "source" else 1]
+        state = "reuse" if self.done else "cache" if self.build else "live"
+        why = f" ({self.reason})" if self.reason else ""
+        return (
+            f"  {state:5s} teacher outputs on {domain} train, seed={self.config.seed}: "
+            f"{self.entries} entries for up to {self.reads} reads{why} -> "
+            f"{self.config.teacher_cache.dir}"
+        )
+
+
+@dataclass
 class Plan:
     spec: SweepSpec
     trials: int
@@ -96,6 +121,7 @@ class Plan:
     tracking_uri: str
     storage: str
     inputs: list[str] = dataclasses.field(default_factory=list)  # real data splits checked
+    caches: list[CachePlan] = dataclasses.field(default_factory=list)
 
     def text(self) -> str:
         """The spec's search space and settings, then what will be trained or reused, where."""
@@ -114,6 +140,9 @@ class Plan:
                 f"{stage.config.data.scenario} {stage.config.train.steps} steps -> "
                 f"{stage.config.run_dir}"
             )
+        if self.caches:
+            lines.append("teacher outputs (dakd.teacher_cache; built once, read by every trial):")
+            lines += [cache.text() for cache in self.caches]
         if self.inputs:
             lines.append("data (checked):")
             lines += [f"  {line}" for line in self.inputs]
@@ -193,7 +222,71 @@ def plan(spec: SweepSpec, root: Path | None = None) -> Plan:
         tracking_uri=tracking_uri(spec, root),
         storage=storage_path(spec, root),
         inputs=list(inputs),
+        caches=plan_caches(spec, context),
     )
+
+
+#: Keys besides ``data.*``, ``models.teacher.*`` and ``teacher_cache.*`` that decide a cache.
+CACHE_KEYS = (
+    "teacher",
+    "train.device",
+    "train.threads",
+    "train.amp",
+    "train.bn_stats",
+    "train.channels_last",
+    "train.compile",
+)
+
+
+def plan_caches(spec: SweepSpec, context: SweepContext) -> list[CachePlan]:
+    """The teacher-output caches of the sweep's DAKD trials, one per teacher, domain and
+    setting, with the reads all trials sharing it may make (each trial's steps times its
+    batch, in the domains its paradigm distils on; both when the paradigm is searched).
+    ``teacher_cache.mode`` auto builds one where the reads reach the entries it holds."""
+    from dakd.config import from_dict
+    from dakd.train import cache_decision, distill_domains, distill_reads, training_dataset
+
+    variants = grid_variants(spec)
+    share = num_trials(spec) / max(len(variants), 1)  # trials each grid variant stands for
+    searched = spec.search.get("paradigm")
+    both = searched is not None and searched.kind != "grid"
+    threads = max(1, int(spec.resources.cpu))
+    plans: dict[str, CachePlan] = {}
+    datasets = {}
+    for sampled in variants:
+        cfg = resolve(spec, sampled)
+        if cfg.stage != "dakd" or cfg.teacher_cache.mode == "off":
+            continue
+        deps = stages_of(cfg, context)
+        paths = {
+            f: str(d.run_dir / "model.pt") for f, d in deps.items() if f in ("teacher", "init")
+        }
+        cfg = trial_config(cfg, context, paths, name="cache", out_dir=context.root, threads=threads)
+        reads = distill_reads(cfg)
+        for role in ("source", "target") if both else distill_domains(cfg):
+            n = round(share * (cfg.train.steps * cfg.data.batch_size if both else reads[role]))
+            setting = {
+                k: v
+                for k, v in cfg.flat().items()
+                if k.startswith(("data.", "models.teacher.", "teacher_cache.")) or k in CACHE_KEYS
+            }
+            key = json.dumps({"role": role, **setting}, sort_keys=True, default=str)
+            if key in plans:
+                plans[key].reads += n
+                continue
+            quick = from_dict(cfg.to_dict(), {"data.cache_dir": ""})  # nothing rendered here
+            datasets[key] = training_dataset(quick, role)
+            entries = len(datasets[key]) * (2 if cfg.data.hflip else 1)
+            plans[key] = CachePlan(cfg, role, n, entries, False)
+    for key, cache in plans.items():
+        decision = cache_decision(cache.config, datasets[key], cache.role, cache.reads)
+        cache.build = decision.use and decision.build
+        if not decision.use:
+            cache.reason = decision.notice or "teacher_cache.mode: off"
+        elif not cache.build:
+            cache.reason = "fewer reads than entries: the trials run the teacher"
+        cache.done = decision.use and _cache_done(cache.config, cache.role, spec)
+    return list(plans.values())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -308,6 +401,64 @@ def _train_stages(stages: list[StagePlan], context: SweepContext, log) -> None:
             f"{stage.config.stage} seed={stage.config.seed} {stage.config.data.scenario}: "
             f"target mIoU {summary['metrics'].get('miou', math.nan):.2f} -> {stage.checkpoint}"
         )
+
+
+def _cache_done(cfg: ExperimentConfig, role: str, spec: SweepSpec) -> bool:
+    """Whether the cache exists, judged here when the trials run on CPUs (the key holds the
+    device: on GPU nodes only the cache stage itself can tell)."""
+    import torch
+
+    from dakd.config import from_dict
+    from dakd.train import find_teacher_cache
+
+    if spec.resources.gpu or cfg.train.device not in ("auto", "cpu"):
+        return False
+    if not Path(cfg.teacher).is_file():
+        return False
+    threads = torch.get_num_threads()
+    try:
+        return (
+            find_teacher_cache(from_dict(cfg.to_dict(), {"train.device": "cpu"}), role) is not None
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_caches(caches: list[CachePlan], context: SweepContext, log) -> None:
+    """Build the teacher-output caches the trials read, as Ray tasks after the teacher stage
+    (side by side); a cache an earlier sweep built is found and reused."""
+    import ray
+
+    from dakd.sweep.trial import cache_stage
+
+    todo = [c for c in caches if c.build and not c.done]
+    if not todo:
+        return
+    spec = context.spec
+    log(f"teacher outputs: {len(todo)} cache(s) the trials read (built once, then reused)")
+    start = time.monotonic()
+    pending = {}
+    for cache in todo:
+        threads = max(1, cache.config.train.threads or int(spec.resources.cpu))
+        cpus = min(threads, max(1, int(ray.cluster_resources().get("CPU", 1))))
+        remote = ray.remote(num_cpus=cpus, num_gpus=spec.resources.gpu, max_retries=1)(cache_stage)
+        pending[remote.remote(cache.config, cache.role, context, threads)] = cache
+    done = 0
+    while pending:
+        (ready,), _ = ray.wait(list(pending), num_returns=1)
+        pending.pop(ready)
+        summary = ray.get(ready)
+        done += 1
+        after = f"  cache {done}/{len(todo)} after {time.monotonic() - start:.0f} s: "
+        if summary.get("live"):
+            log(after + f"{summary['error']}; the trials run the teacher")
+        elif summary.get("built"):
+            log(
+                after + f"{summary['label']}: {summary['entries']} entries, "
+                f"{summary['bytes'] / 1e6:.0f} MB in {summary['seconds']:.0f} s -> {summary['folder']}"
+            )
+        else:
+            log(after + f"reusing {summary['label']} {summary['folder']}")
 
 
 def _latest_experiment(storage: str, name: str) -> str | None:
@@ -432,6 +583,7 @@ def run_sweep(
                 "number of Train runs the cluster fits at once (e.g. GPUs // (workers * gpu))"
             )
         _train_stages(the_plan.stages, context, log)
+        _build_caches(the_plan.caches, context, log)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, context=context), trial_resources(spec)
         )

@@ -133,6 +133,7 @@ def trial_config(
             "train.threads": threads,
             "train.progress": False,
             "data.cache_dir": context.absolute(cfg.data.cache_dir),
+            "teacher_cache.dir": context.absolute(cfg.teacher_cache.dir),
             **input_paths(cfg, context),
         },
     )
@@ -206,6 +207,8 @@ def prediction_panel(cfg: ExperimentConfig, checkpoints: dict[str, str], count: 
 def log_final_artifacts(logger, cfg: ExperimentConfig, result, teacher: str | None) -> None:
     """Resolved config, final weights, confusion matrix, per-class table, prediction panel."""
     logger.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
+    if cfg.stage == "dakd":  # where the teacher's outputs came from
+        logger.set_tags({"teacher_cache": "+".join(result.cached_domains) or "live"})
     final = cfg.run_dir / "model.pt"
     if final.exists():
         logger.log_artifact(final, "weights")
@@ -246,6 +249,57 @@ def train_stage(stage_cfg: ExperimentConfig, context: SweepContext, threads: int
     except BaseException:
         logger.finish("FAILED")
         raise
+    logger.finish("FINISHED")
+    return summary
+
+
+def cache_stage(cfg: ExperimentConfig, role: str, context: SweepContext, threads: int) -> dict:
+    """Build the teacher-output cache of ``role``'s training images for the trials of ``cfg``
+    (a trial config with its teacher checkpoint), or find it built; a build is tracked in
+    MLflow as a run with the tag ``stage=teacher_cache``."""
+    from dakd.teacher_cache import CacheFullError
+    from dakd.train import build_teacher_cache, find_teacher_cache
+
+    torch.set_num_threads(max(1, threads))
+    found = find_teacher_cache(cfg, role)
+    if found is not None:
+        return found
+    domain = cfg.domains[0 if role == "source" else 1]
+    label = f"teacher_cache {domain} seed={cfg.seed} {cfg.data.scenario}"
+    tags = {**run_tags(cfg, context), "stage": "teacher_cache", "domain": role}
+    logger = _logger(context, run_name=label, tags=tags)
+    lines: list[str] = []
+    try:
+        summary = build_teacher_cache(cfg, role, progress=False, log=lines.append)
+        logger.log_params(
+            {
+                "teacher": cfg.teacher,
+                "domain": domain,
+                "teacher_cache.dtype": cfg.teacher_cache.dtype,
+                "teacher_cache.topk": cfg.teacher_cache.topk,
+                "key": summary["key"],
+                "folder": summary["folder"],
+            }
+        )
+        logger.log_metrics(
+            {
+                "entries": summary["entries"],
+                "bytes": summary["bytes"],
+                "seconds": summary["seconds"],
+            },
+            step=0,
+        )
+        logger.log_artifact(Path(summary["folder"]) / "manifest.json", "cache")
+    except CacheFullError as err:
+        logger.finish("FAILED")
+        if cfg.teacher_cache.if_full == "live":
+            return {"label": domain, "live": True, "error": str(err)}
+        raise
+    except BaseException:
+        logger.finish("FAILED")
+        raise
+    for line in lines:
+        print(line, flush=True)
     logger.finish("FINISHED")
     return summary
 
@@ -546,6 +600,7 @@ def _ensure_stage(dep: ExperimentConfig, context: SweepContext, threads: int) ->
 
 __all__ = [
     "RUN_ID_FILE",
+    "cache_stage",
     "SELF",
     "SweepContext",
     "run_trial",
