@@ -133,6 +133,14 @@ def step_bench(args) -> float:
             return (time.perf_counter() - tic) / n
 
         block(live), block(cached)  # warm-up
+        from torch.utils.flop_counter import FlopCounterMode
+
+        flops = {}
+        for name, trainer in (("live", live), ("cached", cached)):
+            trainer.step = 0
+            with FlopCounterMode(display=False) as counter:
+                trainer.train_step()
+            flops[name] = counter.get_total_flops()
         t_live, t_cached = [], []
         for _ in range(args.repeats):
             t_live.append(block(live))
@@ -167,6 +175,10 @@ def step_bench(args) -> float:
             f"{m['peak_mb']:.0f} MB while training{gpu} (teacher resident: "
             f"{m['teacher_resident']})"
         )
+    print(
+        f"FLOPs per step (torch.utils.flop_counter): live {flops['live'] / 1e9:.1f} G, cached "
+        f"{flops['cached'] / 1e9:.1f} G, ratio {flops['cached'] / flops['live']:.2f}"
+    )
     ratio = cached_s / live_s
     return ratio
 

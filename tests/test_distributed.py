@@ -143,6 +143,16 @@ def _worker(rank: int, root: Path, ports: tuple[int, int]) -> None:
         except ckpt.CheckpointError as err:
             (root / f"resume-error-rank{rank}.txt").write_text(str(err))
 
+        # the teacher-output cache, built by both processes at once (they take turns on its
+        # lock) and read by both, against the live teacher
+        small = {"data__train_size": 8, "teacher_cache__dir": str(root / "cache")}
+        train(config(root, "live-small", root / "teacher.pt", teacher_cache__mode="off", **small))
+        cached = config(
+            root, "cached-small", root / "teacher.pt", teacher_cache__mode="on", **small
+        )
+        result = train(cached)
+        (root / f"cached-rank{rank}.json").write_text(json.dumps(result.cached_domains))
+
         # resume in a shared folder: stop after 2 steps, continue to 3
         split = config(root, "bn-split", root / "teacher.pt")
         train(split, stop_after=2)
@@ -322,3 +332,14 @@ def test_global_batch_must_split_evenly():
     check_world(cfg, World(0, 2))
     with pytest.raises(ValueError, match=r"data\.batch_size: 4 .* 3 data-parallel processes"):
         check_world(cfg, World(1, 3))
+
+
+def test_processes_read_the_teacher_cache_they_built_together_as_the_live_teacher(runs):
+    root, _ = runs
+    for rank in range(WORLD):
+        assert json.loads((root / f"cached-rank{rank}.json").read_text()) == ["source", "target"]
+    assert len([p for p in (root / "cache").iterdir() if p.is_dir()]) == 2  # one per domain
+    live = ckpt.load(root / "live-small" / "last.pt")
+    cached = ckpt.load(root / "cached-small" / "last.pt")
+    for part in ("model", "discriminators"):
+        assert all(torch.equal(live[part][k], cached[part][k]) for k in live[part]), part
