@@ -153,10 +153,13 @@ def _worker(rank: int, root: Path, ports: tuple[int, int]) -> None:
         result = train(cached)
         (root / f"cached-rank{rank}.json").write_text(json.dumps(result.cached_domains))
 
-        # resume in a shared folder: stop after 2 steps, continue to 3
-        split = config(root, "bn-split", root / "teacher.pt")
+        # resume in a shared folder: stop after 2 steps, continue to 3 (evaluated at every
+        # step, so that the metrics file shows which steps each call ran)
+        split = config(root, "bn-split", root / "teacher.pt", train__eval_interval=1)
         train(split, stop_after=2)
-        train(split)
+        resumed = []
+        train(split, report=lambda m, p: resumed.append(m["step"]))
+        (root / f"resumed-steps-rank{rank}.json").write_text(json.dumps(resumed))
 
         # this process's share of the first global batch, through the trainer
         shared = trainer_module.Trainer(config(root, "x", root / "teacher.pt"))
@@ -251,12 +254,22 @@ def test_each_process_takes_a_disjoint_share_of_the_global_batch(runs):
 
 
 def test_resume_under_ddp_ends_with_the_weights_of_an_uninterrupted_run(runs):
+    """The resumed call runs the one remaining step (not a restart that happens to end alike):
+    every process reports step 3 alone, the metrics file holds each step once, and the whole
+    state (BatchNorm statistics and discriminators included) equals the uninterrupted run's."""
     root, _ = runs
     whole, split = root / "rank0" / "bn-ddp" / "last.pt", root / "bn-split" / "last.pt"
+    for rank in range(WORLD):
+        assert json.loads((root / f"resumed-steps-rank{rank}.json").read_text()) == [3]
+    lines = (root / "bn-split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     assert ckpt.load(split)["step"] == 3
-    a, b = weights(whole), weights(split)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["step"] for h in ckpt.load(split)["history"]] == [3]
+    assert [h["step"] for h in ckpt.load(split)["history"]] == [1, 2, 3]
+    a, b = ckpt.load(whole), ckpt.load(split)
+    for part in ("model", "discriminators"):
+        assert a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert any("running_mean" in k for k in a["model"])
 
 
 def test_processes_that_see_different_checkpoints_stop_with_one_message(runs):

@@ -1,6 +1,7 @@
 """The trainer: determinism, resume, stages and paradigms, the report callback, bad input,
 speed switches."""
 
+import json
 import math
 
 import pytest
@@ -29,13 +30,35 @@ def test_same_seed_same_metrics_and_weights(tiny):
     assert not same_weights(weights(first.checkpoint), weights(other.checkpoint))
 
 
-def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny):
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny, monkeypatch):
+    """Resume continues, it does not restart: the second call runs the one remaining step and
+    reports step 4 alone, the metrics file holds each evaluation once, and the weights, the
+    discriminators, the optimiser state and the metrics equal an uninterrupted run's."""
     whole = train(tiny(name="whole"))
     cfg = tiny(name="split")
     train(cfg, stop_after=3)  # stops between evaluations: step 3 of 4
     assert ckpt.load(cfg.run_dir / "last.pt")["step"] == 3
-    resumed = train(cfg)
-    assert same_weights(weights(whole.checkpoint), weights(resumed.checkpoint))
+    steps = []
+    original = Trainer.train_step
+
+    def counted(self):
+        steps.append(self.step)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", counted)
+    reports = []
+    resumed = train(cfg, report=lambda metrics, path: reports.append(metrics["step"]))
+    assert steps == [3] and reports == [4]
+    lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 4]
+    a, b = ckpt.load(whole.checkpoint), ckpt.load(resumed.checkpoint)
+    for part in ("model", "discriminators"):
+        assert same_weights(a[part], b[part]), part
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(
+            state["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"]
+        )
     assert resumed.metrics["miou"] == whole.metrics["miou"]
     assert [h["step"] for h in resumed.history] == [2, 4]
 
