@@ -202,7 +202,7 @@ def test_data_parallel_worker_reports_in_step_and_resumes(tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    ray = pytest.importorskip("ray")
+    import ray
     from ray.cluster_utils import Cluster
 
     assert not ray.is_initialized()

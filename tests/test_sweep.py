@@ -7,13 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+import ray  # noqa: E402  (a required dependency: a broken install fails here, not skips)
 import yaml
-
-import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
-
-ray = pytest.importorskip("ray")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
 from dakd.sweep.driver import plan, run_sweep, smoke  # noqa: E402
 from dakd.sweep.spec import SpecError, load_spec  # noqa: E402
 

@@ -30,7 +30,7 @@ class WorkerLost(RuntimeError):
 class FakeTune:
     """What a function trainable sees of Ray Tune: its folder, its checkpoint, ``report``."""
 
-    Checkpoint = pytest.importorskip("ray.tune").Checkpoint
+    from ray.tune import Checkpoint
 
     def __init__(
         self, trial_dir: Path, store: Path, checkpoint=None, crash_after: int = 0, stop_at: int = 0
