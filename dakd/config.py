@@ -641,6 +641,14 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg
 
 
+def not_text(err: UnicodeDecodeError) -> str:
+    """What a file that failed to decode is, in words (for one-line errors)."""
+    return (
+        f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+        "a config or spec is a YAML text file"
+    )
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``"loss.kl=0.5"`` -> ``("loss.kl", 0.5)``; the value is read as YAML (``[output]``, ``true``)."""
     if "=" not in item:
@@ -690,7 +698,9 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: {not_text(err)}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(data, dict):

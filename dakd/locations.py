@@ -17,6 +17,18 @@ def default_uri(root: str | Path = "runs") -> str:
     return f"sqlite:///{(Path(root).resolve() / 'mlflow.db').as_posix()}"
 
 
+UI_ADDRESS = "http://127.0.0.1:5000"
+
+
+def ui_link(experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs (``workflowType=machine_learning``: the runs
+    table, not the GenAI overview MLflow 3 opens by default), or of one run."""
+    base = f"{UI_ADDRESS}/#/experiments/{experiment_id}"
+    if run_id:
+        return f"{base}/runs/{run_id}?workflowType=machine_learning"
+    return f"{base}/runs?workflowType=machine_learning"
+
+
 def ui_command(uri: str) -> str:
     """The shell command that opens the MLflow UI on ``uri`` (http://127.0.0.1:5000)."""
     quoted = uri if re.fullmatch(r"[\w./:@%+=-]+", uri) else "'" + uri.replace("'", "'\\''") + "'"

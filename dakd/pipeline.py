@@ -117,6 +117,53 @@ def with_stages(cfg: ExperimentConfig, checkpoints: dict[str, str]) -> Experimen
     return out
 
 
+#: Written into a stage's run folder when its training failed: what the trials that build on
+#: it report instead of training it again (cleared when a sweep trains it anew).
+FAILURE_FILE = "FAILED.json"
+
+
+class StageFailedError(RuntimeError):
+    """A stage a run builds on failed; the message names the stage, how it differs from its
+    peers, and the cause."""
+
+
+def error_line(err: BaseException) -> str:
+    """An exception as one line: the innermost cause's type and the first line of its message
+    (a Ray task error wraps the exception raised in the task)."""
+    cause = err
+    while getattr(cause, "cause", None) is not None and cause.cause is not cause:
+        cause = cause.cause
+    text = str(cause).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(cause).__name__}: {first}" if first else type(cause).__name__
+
+
+def mark_failed(cfg: ExperimentConfig, cause: str, difference: str = "") -> str:
+    """Record that stage ``cfg`` failed; returns the one-line message the trials report."""
+    what = f"{cfg.stage} seed={cfg.seed} {cfg.data.scenario}" + (
+        f" ({difference})" if difference else ""
+    )
+    message = f"stage {what} failed: {cause}"
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / FAILURE_FILE).write_text(json.dumps({"message": message, "time": time.time()}))
+    return message
+
+
+def failure_of(cfg: ExperimentConfig) -> str | None:
+    """The recorded failure of stage ``cfg`` (None when it has none)."""
+    path = cfg.run_dir / FAILURE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return str(json.loads(path.read_text())["message"])
+    except (OSError, ValueError, KeyError):
+        return f"stage {cfg.stage} failed ({path} is unreadable)"
+
+
+def clear_failure(cfg: ExperimentConfig) -> None:
+    (cfg.run_dir / FAILURE_FILE).unlink(missing_ok=True)
+
+
 def run_stage(
     cfg: ExperimentConfig,
     log: Callable[[str], None] = print,

@@ -55,7 +55,7 @@ from mlflow.utils.validation import (
 )
 
 from dakd.config import flatten
-from dakd.locations import default_uri, git_commit, ui_command  # noqa: F401 (tracking API)
+from dakd.locations import default_uri, git_commit, ui_command, ui_link  # noqa: F401 (tracking API)
 
 if TYPE_CHECKING:
     from dakd.evaluate import SegMetrics
@@ -72,6 +72,7 @@ __all__ = [
     "retry_locked",
     "search_runs",
     "ui_command",
+    "ui_link",
 ]
 
 #: How long a store call keeps retrying a locked/busy database before giving up.
@@ -466,6 +467,11 @@ class RunLogger:
 
     def __repr__(self) -> str:
         return f"RunLogger(run_id={self.run_id!r}, experiment_id={self.experiment_id!r})"
+
+
+def get_run(uri: str, run_id: str) -> Run:
+    """The run ``run_id`` of the store at ``uri`` (raises when there is none)."""
+    return retry_locked(_client(uri).get_run, run_id)
 
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

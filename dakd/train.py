@@ -43,7 +43,7 @@ from dakd import losses
 from dakd import teacher_cache as tcache
 from dakd.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, from_dict
 from dakd.data.datasets import protocols, split_of
-from dakd.data.labels import NUM_CLASSES
+from dakd.data.labels import CLASS_NAMES, NUM_CLASSES
 from dakd.data.loader import Prefetcher, StepSampler, eval_batches
 from dakd.data.scenes import SceneDataset
 from dakd.distributed import World, current_world
@@ -218,6 +218,29 @@ def metrics_of(result: SegMetrics, cfg: ExperimentConfig) -> dict[str, float]:
     for name, classes in protocols(cfg).items():
         out[name] = 100.0 * result.miou_over(classes)
     return out
+
+
+#: The loss terms a step can report (``loss/<term>``), by stage and paradigm.
+LOSS_TERMS = (
+    "total",
+    "seg",
+    "seg_aux",
+    "adv_output",
+    "adv_feature",
+    "disc",
+    "distill",
+    *(f"{term}_{domain}" for domain in ("source", "target") for term in losses.DISTILL_TERMS),
+)
+
+
+def reported_metrics(cfg: ExperimentConfig) -> list[str]:
+    """Every metric name an evaluation of ``cfg`` may report (``report`` and Tune): mIoU,
+    pixel accuracy, the step, learning rate and seconds per step, per-class IoU, the source
+    dataset's protocols (SYNTHIA: ``miou16``, ``miou13``) and the loss terms."""
+    names = ["miou", "pixel_acc", "step", "lr", "sec_per_step"]
+    names += list(protocols(cfg))
+    names += [f"iou/{name.replace(' ', '_')}" for name in CLASS_NAMES]
+    return names + [f"loss/{term}" for term in LOSS_TERMS]
 
 
 def build_network(spec: dict[str, Any]) -> torch.nn.Module:
@@ -424,6 +447,12 @@ def _cache_summary(cached: tcache.TeacherCache, seconds: float, built: bool) -> 
         "seconds": seconds,
         "built": built,
     }
+
+
+def teacher_cache_folder(cfg: ExperimentConfig, role: str) -> Path:
+    """Where the teacher-output cache of ``role`` for runs of ``cfg`` lives (its key's folder)."""
+    *_, spec = _cache_setting(cfg, role)
+    return Path(cfg.teacher_cache.dir) / spec.key
 
 
 def find_teacher_cache(cfg: ExperimentConfig, role: str) -> dict[str, Any] | None:

@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         "new local Ray, never one left running on this machine)",
     )
     parser.add_argument(
+        "--autoscale",
+        action="store_true",
+        help="the Ray cluster adds nodes on demand: do not stop when it lacks the resources a "
+        "trial asks for (without it, a spec asking for more than the cluster has stops at once)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="validate the spec and print the trial plan without starting Ray",
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(plan(spec).text())
             return 0
-        result = run_sweep(spec, resume=args.resume, address=args.address)
+        result = run_sweep(spec, resume=args.resume, address=args.address, autoscale=args.autoscale)
     except (SpecError, ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

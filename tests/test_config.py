@@ -111,3 +111,29 @@ def test_speed_switches_enter_the_fingerprint_only_when_on():
     for switch in ({"amp": "bf16"}, {"channels_last": True}, {"sync_bn": True}):
         on = from_dict({"stage": "student_da", "train": switch})
         assert on.fingerprint() != base.fingerprint(), switch
+
+
+def test_a_config_that_is_not_text_is_named_in_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not UTF-8 text \(byte 0xff at offset 6\)"):
+        load_config(path)
+
+
+def test_teacher_cache_keys_are_checked_and_yaml_booleans_mean_on_off():
+    def config(section):
+        return from_dict({"stage": "student_da", "teacher_cache": section})
+
+    assert config({"mode": True}).teacher_cache.mode == "on"
+    assert config({"mode": False}).teacher_cache.mode == "off"
+    for key, value, message in (
+        ("mode", "sometimes", "teacher_cache.mode: 'sometimes' is not one of auto, on, off"),
+        ("dtype", "int8", "teacher_cache.dtype: 'int8' is not one of float32, float16"),
+        ("topk", 19, "teacher_cache.topk: must be 0"),
+        ("if_full", "wait", "teacher_cache.if_full: 'wait' is not one of stop, live"),
+        ("dir", "s3://bucket/cache", "teacher_cache.dir: 's3://bucket/cache': caches are"),
+    ):
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            config({key: value})
+    with pytest.raises(ConfigError, match="data.train_size: must be in 0..2000"):
+        from_dict({"stage": "student_da", "data": {"train_size": 2001}})

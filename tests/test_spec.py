@@ -540,6 +540,10 @@ def test_bad_overrides_name_file_and_key(write, override, message):
         ({"resources": {"gpus": 1}}, r"resources\.gpus: unknown key"),
         ({"tracking": {"uri": 3}}, r"tracking\.uri: expected a non-empty string"),
         ({"storage": ""}, r"storage: expected a non-empty string"),
+        ({"storage": "ftp://host/x"}, r"storage: 'ftp://host/x': Ray Tune's storage is a folder"),
+        ({"tracking": {"uri": "runs/mlflow.db"}}, r"tracking\.uri: 'runs/mlflow\.db' is not an"),
+        ({"tracking": {"uri": "sqlite:///x.db", "experiment": " "}}, r"tracking\.experiment"),
+        ({"tune": {"metric": "mIoU"}}, r"tune\.metric: 'mIoU' is not reported by the trials"),
         ({"stages": {"train": {"steps": 0}}}, r"stages: on the teacher_da stage: train\.steps"),
         ({"stages": {"stage": "dakd"}}, r"stages\.stage: the sweep picks the stage"),
     ],
@@ -557,6 +561,10 @@ def test_file_level_errors(write, tmp_path):
         load_spec(write("name: [unclosed\n"))
     with pytest.raises(SpecError, match=r"spec\.yaml: expected a mapping at the top level"):
         load_spec(write("- 1\n"))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(SpecError, match=r"binary\.yaml: not UTF-8 text \(byte 0xe9 at offset 9\)"):
+        load_spec(binary)
     assert issubclass(SpecError, ValueError)
 
 

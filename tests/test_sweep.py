@@ -95,6 +95,103 @@ def test_bad_spec_fails_before_ray_with_file_and_key(tmp_path, capsys):
     assert not ray.is_initialized()
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a checkpoint that does not exist: the plan would silently have no teacher stage
+        (
+            "experiment: {base: BASE, stage: dakd, teacher: nowhere/model.pt, init: auto}",
+            r"bad\.yaml: experiment: teacher: checkpoint .*nowhere/model\.pt does not exist",
+        ),
+        (
+            "experiment: {base: BASE, stage: dakd, teacher: auto, init: nowhere.pt}",
+            r"bad\.yaml: experiment: init: checkpoint .*nowhere\.pt does not exist",
+        ),
+        # a searched option is checked too, not only the first
+        (
+            "experiment: {base: BASE, stage: dakd, init: auto}\n"
+            "search: {teacher: {choice: [auto, gone.pt]}}",
+            r"teacher: checkpoint .*gone\.pt does not exist",
+        ),
+        (
+            "experiment: {base: BASE}\ntune: {metric: mIoU_typo}",
+            r"tune\.metric: 'mIoU_typo' is not reported by the trials; they report miou, pixel_acc",
+        ),
+        (
+            "experiment: {base: BASE}\ntune: {metric: loss/kl_typo}",
+            r"tune\.metric: 'loss/kl_typo' is not reported",
+        ),
+    ],
+)
+def test_bad_paths_and_metrics_stop_the_dry_run_in_one_line(tmp_path, capsys, text, expected):
+    import re
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\n" + text.replace("BASE", str(ROOT / "configs" / "embedded.yaml")))
+    assert _cli([str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(expected, err), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_spec_that_is_not_text_stops_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"name: x\n\xff\xfe\x00\x01 binary")
+    assert _cli([str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml: not UTF-8 text (byte 0xff at offset 8)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_resources_the_cluster_lacks_stop_before_any_trial(local_ray, place, tmp_path):
+    overrides = [*_overrides(place), "resources.gpu=4", "tracking.experiment=no_gpus"]
+    spec = smoke(ROOT / "sweeps" / "quickstart.yaml", overrides)
+    with pytest.raises(
+        SpecError, match=r"resources\.gpu: a trial process asks for 4 GPU, but no node"
+    ):
+        run_sweep(spec, root=ROOT, log=lambda _: None)
+    client = MlflowClient(place["uri"])
+    experiment = client.get_experiment_by_name("no_gpus")
+    assert client.search_runs([experiment.experiment_id]) == []  # no sweep ran: no record of one
+    assert ray.is_initialized()  # the module's Ray: not this sweep's to shut down
+
+
+def test_a_failed_stage_fails_its_trials_and_the_rest_go_on(local_ray, place):
+    """A learning rate of 1e12 makes both of its stages' losses NaN at once: the trials on
+    them fail with one line naming the stage and the difference; the other learning rate's
+    stages and trials run; no run is left RUNNING."""
+    overrides = [
+        *_overrides(place),
+        "search.optim.lr={grid: [0.05, 1.0e+12]}",
+        "tracking.experiment=failing",
+    ]
+    spec = smoke(ROOT / "sweeps" / "quickstart.yaml", overrides)
+    lines = []
+    result = run_sweep(spec, root=ROOT, log=lines.append)
+    assert len(result.rows) == 4 and result.errors == 2
+    assert [r["status"] for r in result.rows].count("done") == 2
+    assert 1 <= len(result.failed_stages) <= 2
+    for line in result.failed_stages:
+        assert "optim.lr=1000000000000.0" in line and "NonFiniteLossError" in line
+    failed = [r for r in result.rows if r["status"] == "error"]
+    for row in failed:
+        assert row["error"].startswith("StageFailedError: stage "), row["error"]
+        assert "(optim.lr=1000000000000.0) failed: NonFiniteLossError" in row["error"]
+    summary = "\n".join(lines)
+    assert "stages that failed" in summary and "why trials failed (2)" in summary
+    assert "Traceback" not in summary
+    client = MlflowClient(place["uri"])
+    experiment = client.get_experiment_by_name("failing")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    stage_runs = [r for r in runs if r.data.tags.get("error", "").startswith("NonFinite")]
+    assert stage_runs and all(r.info.status == "FAILED" for r in stage_runs)
+    trial_runs = [
+        r for r in runs if "trial" in r.data.tags or "StageFailed" in r.data.tags.get("error", "")
+    ]
+    assert sorted(r.info.status for r in trial_runs).count("FINISHED") == 2
+
+
 def _finished_children(client: MlflowClient, experiment: str, parent: str):
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)

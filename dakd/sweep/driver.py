@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import threading
@@ -21,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dakd.config import ExperimentConfig
+from dakd.config import ConfigError, ExperimentConfig
+from dakd.locations import ui_link
+from dakd.pipeline import clear_failure, error_line, mark_failed
 from dakd.sweep.spec import (
     SpecError,
     SweepSpec,
@@ -193,7 +196,24 @@ def check_inputs(cfg: ExperimentConfig) -> list[str]:
     if not cfg.init and model.pretrained and not Path(model.pretrained).is_file():
         role = "teacher" if model is cfg.models.teacher else "student"
         raise ConfigError(f"models.{role}.pretrained: {model.pretrained} does not exist")
+    for key in ("teacher", "init"):
+        path = getattr(cfg, key)
+        if path and path != "auto" and not Path(path).is_file():
+            raise ConfigError(
+                f"{key}: checkpoint {path} does not exist (give a model.pt, or auto for the "
+                "stage the sweep trains)"
+            )
     return lines
+
+
+def _input_variants(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The grid variants, and the first one with each option of every choice axis in turn:
+    every file a trial may read is checked, not only the first option's."""
+    variants = grid_variants(spec)
+    for axis, dist in spec.search.items():
+        if dist.kind == "choice":
+            variants += [{**variants[0], axis: label} for label in dist.labels()[1:]]
+    return variants
 
 
 def plan(spec: SweepSpec, root: Path | None = None) -> Plan:
@@ -206,11 +226,15 @@ def plan(spec: SweepSpec, root: Path | None = None) -> Plan:
     context = _context(spec, root)
     stages: dict[str, StagePlan] = {}
     inputs: dict[str, None] = {}
+    try:
+        for sampled in _input_variants(spec):
+            cfg = resolve(spec, sampled)
+            absolute = from_dict(cfg.to_dict(), input_paths(cfg, context))
+            inputs.update(dict.fromkeys(check_inputs(absolute)))
+    except ConfigError as err:
+        raise SpecError(f"{spec.path}: experiment: {err}") from None
     for sampled in grid_variants(spec):
         cfg = resolve(spec, sampled)
-        inputs.update(
-            dict.fromkeys(check_inputs(from_dict(cfg.to_dict(), input_paths(cfg, context))))
-        )
         for dep in stages_of(cfg, context).values():
             if dep.name not in stages:
                 inputs.update(dict.fromkeys(check_inputs(dep)))
@@ -372,35 +396,63 @@ def _status_callback(uri: str):
     return MlflowStatus()
 
 
-def _train_stages(stages: list[StagePlan], context: SweepContext, log) -> None:
-    """Train the missing stages as Ray tasks (independent stages run side by side)."""
+def _train_stages(stages: list[StagePlan], context: SweepContext, log) -> list[str]:
+    """Train the missing stages as Ray tasks (independent stages run side by side); returns
+    one line per stage that failed (its trials fail with it; the others go on)."""
     import ray
 
     from dakd.sweep.trial import train_stage
 
     todo = [s for s in stages if not s.done]
     if not todo:
-        return
+        return []
     spec = context.spec
     log(f"training {len(todo)} stage(s) the trials build on (once; later sweeps reuse them)")
     start = time.monotonic()
     pending = {}
     for stage in todo:
+        clear_failure(stage.config)  # a stage that failed before is tried again
         threads = max(1, stage.config.train.threads or int(spec.resources.cpu))
         # never ask for more CPUs than the cluster has: the task would wait forever
         cpus = min(threads, max(1, int(ray.cluster_resources().get("CPU", 1))))
         remote = ray.remote(num_cpus=cpus, num_gpus=spec.resources.gpu, max_retries=1)(train_stage)
         pending[remote.remote(stage.config, context, threads)] = stage
-    done = 0
+    done, failed = 0, []
     while pending:  # report each stage as it ends (a stage takes minutes on a laptop)
         (ready,), _ = ray.wait(list(pending), num_returns=1)
-        stage, summary = pending.pop(ready), ray.get(ready)
+        stage = pending.pop(ready)
         done += 1
+        after = f"  stage {done}/{len(todo)} after {time.monotonic() - start:.0f} s: "
+        try:
+            summary = ray.get(ready)
+        except Exception as err:  # noqa: BLE001 - a NaN, an exception, a dead worker: the same
+            # the stage's trials fail with this line; the other stages and their trials go on
+            message = mark_failed(stage.config, error_line(err), _difference(stage, stages))
+            failed.append(message)
+            log(after + message + "; the trials that build on it fail")
+            continue
         log(
-            f"  stage {done}/{len(todo)} after {time.monotonic() - start:.0f} s: "
-            f"{stage.config.stage} seed={stage.config.seed} {stage.config.data.scenario}: "
+            after + f"{stage.config.stage} seed={stage.config.seed} {stage.config.data.scenario}: "
             f"target mIoU {summary['metrics'].get('miou', math.nan):.2f} -> {stage.checkpoint}"
         )
+    return failed
+
+
+#: Keys that name a stage's folder, not its training: left out of a stage's difference.
+_NOT_TRAINING = ("name", "out_dir", "data.cache_dir", "teacher_cache.dir", "train.progress")
+
+
+def _difference(stage: StagePlan, stages: list[StagePlan]) -> str:
+    """How ``stage``'s config differs from another planned stage of the same kind, e.g.
+    ``optim.lr=1e+12`` (empty when it has no peer)."""
+    peers = [s for s in stages if s.config.stage == stage.config.stage and s is not stage]
+    if not peers:
+        return ""
+    mine, theirs = stage.config.flat(), peers[0].config.flat()
+    keys = [k for k in mine if k not in _NOT_TRAINING and mine[k] != theirs.get(k)]
+    return " ".join(
+        f"{k}={mine[k]!r}" if isinstance(mine[k], str) else f"{k}={mine[k]}" for k in keys
+    )
 
 
 def _cache_done(cfg: ExperimentConfig, role: str, spec: SweepSpec) -> bool:
@@ -431,7 +483,8 @@ def _build_caches(caches: list[CachePlan], context: SweepContext, log) -> None:
 
     from dakd.sweep.trial import cache_stage
 
-    todo = [c for c in caches if c.build and not c.done]
+    # a cache whose teacher stage failed has nothing to store: its trials fail with the stage
+    todo = [c for c in caches if c.build and not c.done and Path(c.config.teacher).is_file()]
     if not todo:
         return
     spec = context.spec
@@ -446,10 +499,17 @@ def _build_caches(caches: list[CachePlan], context: SweepContext, log) -> None:
     done = 0
     while pending:
         (ready,), _ = ray.wait(list(pending), num_returns=1)
-        pending.pop(ready)
-        summary = ray.get(ready)
+        cache = pending.pop(ready)
         done += 1
         after = f"  cache {done}/{len(todo)} after {time.monotonic() - start:.0f} s: "
+        try:
+            summary = ray.get(ready)
+        except Exception as err:  # noqa: BLE001 - the trials run the teacher instead
+            log(
+                after
+                + f"{cache.text().strip()}: failed ({error_line(err)}); the trials run the teacher"
+            )
+            continue
         if summary.get("live"):
             log(after + f"{summary['error']}; the trials run the teacher")
         elif summary.get("built"):
@@ -459,6 +519,30 @@ def _build_caches(caches: list[CachePlan], context: SweepContext, log) -> None:
             )
         else:
             log(after + f"reusing {summary['label']} {summary['folder']}")
+
+
+class _OneLine(logging.Filter):
+    """Tune logs a failed trial with the whole remote traceback; the user gets its cause in one
+    line (the traceback stays in the trial's ``error.txt`` and its MLflow run's tag)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {error_line(record.exc_info[1])}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+@contextlib.contextmanager
+def _one_line_trial_errors():
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    one_line = _OneLine()
+    logger.addFilter(one_line)
+    try:
+        yield
+    finally:
+        logger.removeFilter(one_line)
 
 
 def _latest_experiment(storage: str, name: str) -> str | None:
@@ -511,6 +595,7 @@ class SweepResult:
     rows: list[dict[str, Any]]
     baselines: dict[str, float]
     errors: int
+    failed_stages: list[str] = dataclasses.field(default_factory=list)
 
 
 def run_sweep(
@@ -519,8 +604,12 @@ def run_sweep(
     address: str | None = None,
     root: Path | None = None,
     log: Callable[[str], None] = print,
+    autoscale: bool = False,
 ) -> SweepResult:
-    """Run (or with ``resume`` continue) a sweep; return its summary rows (best first)."""
+    """Run (or with ``resume`` continue) a sweep; return its summary rows (best first).
+
+    ``autoscale``: the cluster adds nodes on demand, so trial resources it lacks now are not
+    an error (:func:`check_cluster_resources`)."""
     import ray
     from ray import tune
 
@@ -536,11 +625,13 @@ def run_sweep(
     previous = _latest_experiment(storage, spec.name) if resume else None
     state: dict[str, Any] = {}
     if resume:
-        if previous is None or not tune.Tuner.can_restore(previous):
+        # a sweep is resumable from the moment its parent run exists (the state file is
+        # written then): killed in its stages, it has no Tune experiment yet
+        state = _read_state(previous) if previous else {}
+        if previous is None or not (state or tune.Tuner.can_restore(previous)):
             raise SpecError(
                 f"{spec.path}: --resume: no interrupted sweep {spec.name!r} in {storage}"
             )
-        state = _read_state(previous)
     name = Path(previous).name if previous else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_tags = {"sweep": spec.name, "git_commit": git_commit(root) or "unknown"}
 
@@ -554,9 +645,18 @@ def run_sweep(
         )
         try:
             started_ray = _start_ray(address)
-        except BaseException:
+            check_cluster_resources(spec, autoscale)
+        except BaseException as err:
             with contextlib.suppress(Exception):  # the parent run must not stay RUNNING
-                opening.result()[1].finish("KILLED")
+                _, opened = opening.result()
+                if isinstance(err, SpecError) and not state.get("parent_run_id"):
+                    # bad input: no sweep ran, so no record of one is left behind
+                    opened.finish("KILLED")
+                    opened.client.delete_run(opened.run_id)
+                else:
+                    opened.finish("KILLED")
+            if started_ray and isinstance(err, SpecError):
+                ray.shutdown()
             raise
         try:
             experiment_id, parent = opening.result()
@@ -573,8 +673,16 @@ def run_sweep(
         tags=sweep_tags,
         storage=f"{storage.rstrip('/')}/{name}",
     )
+    experiment_path = f"{storage.rstrip('/')}/{name}"
     analysis = None
     try:
+        # runs a killed attempt left RUNNING: closed as KILLED (the runs this attempt continues,
+        # trials and stages, are reopened by their own ids and end FINISHED or FAILED)
+        closed = close_dead_runs(uri, spec, parent.run_id, log)
+        if closed:
+            log(f"closed {closed} run(s) of an interrupted attempt as KILLED")
+        if not state:
+            _write_state(experiment_path, {"parent_run_id": parent.run_id, "tracking_uri": uri})
         check_cluster_storage(spec, address or os.environ.get("RAY_ADDRESS"), _alive_nodes(), log)
         if spec.resources.workers > 1 and not spec.tune.max_concurrent:
             # a Train run starts once all its workers fit; trials beyond that only wait
@@ -582,23 +690,23 @@ def run_sweep(
                 "note: tune.max_concurrent is unset; with resources.workers > 1 set it to the "
                 "number of Train runs the cluster fits at once (e.g. GPUs // (workers * gpu))"
             )
-        _train_stages(the_plan.stages, context, log)
+        failed_stages = _train_stages(the_plan.stages, context, log)
         _build_caches(the_plan.caches, context, log)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, context=context), trial_resources(spec)
         )
-        if previous:
+        if previous and tune.Tuner.can_restore(previous):
             log(f"resuming {previous}")
             tuner = tune.Tuner.restore(previous, trainable=trainable, resume_errored=True)
-        else:
+        else:  # a new sweep, or one killed before its trials began
             tuner = _new_tuner(spec, trainable, storage, name, uri)
-            _write_state(
-                f"{storage.rstrip('/')}/{name}",
-                {"parent_run_id": parent.run_id, "tracking_uri": uri},
-            )
-        grid = tuner.fit()
+        with _one_line_trial_errors():
+            grid = tuner.fit()
         result = summarize(grid, spec, the_plan, parent.run_id, uri, f"{storage}/{name}")
-        text = format_summary(result, spec, ui_command(uri), spec.experiment_name)
+        result.failed_stages = failed_stages
+        text = format_summary(
+            result, spec, ui_command(uri), spec.experiment_name, experiment_id=experiment_id
+        )
         log(text)
         parent.log_text(text, "summary.md")
         parent.log_metrics(
@@ -646,16 +754,72 @@ def _start_ray(address: str | None) -> bool:
     return True
 
 
+def close_dead_runs(uri: str, spec: SweepSpec, parent_run_id: str, log=print) -> int:
+    """Close as KILLED the runs of this sweep that an earlier, killed attempt left RUNNING: its
+    stage, cache and trial runs under ``parent_run_id`` (a resumed sweep; its trials and stages
+    reopen their own runs when they continue), and whole earlier attempts of the sweep (a plain
+    rerun) whose driver process is gone. An attempt whose driver still runs on this machine,
+    or runs on another one, is left alone. Returns how many runs were closed."""
+    import socket
+
+    from dakd.tracking import find_runs, finish_run
+
+    here = socket.gethostname()
+    running = find_runs(
+        uri,
+        spec.experiment_name,
+        f"tags.sweep = '{spec.name}' and attributes.status = 'RUNNING'",
+    )
+    parents = {r.info.run_id: r for r in running if r.data.tags.get("stage") == "sweep"}
+    dead = set()
+    for run_id, run in parents.items():
+        if run_id == parent_run_id:
+            continue
+        host, pid = run.data.tags.get("driver_host"), run.data.tags.get("driver_pid", "")
+        if host == here and pid.isdigit() and not _alive(int(pid)):
+            dead.add(run_id)
+        elif host != here:
+            log(
+                f"note: sweep run {run_id} of {spec.name!r} is RUNNING with its driver on "
+                f"{host or 'an unknown host'}; left as it is"
+            )
+    closed = 0
+    for run in running:
+        parent = run.data.tags.get(MLFLOW_PARENT_RUN_ID, "")
+        if run.info.run_id == parent_run_id:
+            continue
+        if run.info.run_id in dead or parent == parent_run_id or parent in dead:
+            finish_run(uri, run.info.run_id, "KILLED")
+            closed += 1
+    return closed
+
+
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _open_parent(spec: SweepSpec, the_plan: Plan, uri: str, name: str, tags: dict, run_id):
     """The sweep's MLflow experiment id and parent run (reopened by ``run_id`` on resume)."""
     from dakd.tracking import RunLogger, prepare
 
     experiment_id = prepare(uri, spec.experiment_name)
+    import socket
+
+    driver = {"driver_host": socket.gethostname(), "driver_pid": str(os.getpid())}
     parent = RunLogger(
         uri,
         experiment_id,
         run_name=f"sweep {name}",
-        tags={**tags, "stage": "sweep", "tune_experiment": name},
+        tags={**tags, **driver, "stage": "sweep", "tune_experiment": name},
         run_id=run_id,
     )
     if run_id is None:
@@ -679,6 +843,40 @@ def ray_address(address: str | None) -> str:
     cluster started on this machine (``/tmp/ray/ray_current_cluster``): a sweep without
     ``--address`` would silently join a stale or foreign local cluster."""
     return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def check_cluster_resources(spec: SweepSpec, autoscale: bool = False) -> None:
+    """Stop with :class:`SpecError` when no node of the Ray cluster can host one trial process
+    (or one Ray Train worker), or the cluster cannot host one trial at all: its trials would wait
+    for resources forever. An autoscaling cluster adds nodes on demand: ``autoscale`` skips it."""
+    import ray
+
+    if autoscale:
+        return
+    r = spec.resources
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    per_process = {"CPU": r.cpu, "GPU": r.gpu}
+    whole = {
+        "CPU": r.cpu * r.workers + (DRIVER_CPU if r.workers > 1 else 0),
+        "GPU": r.gpu * r.workers,
+    }
+    have = f"{total.get('CPU', 0):g} CPU and {total.get('GPU', 0):g} GPU"
+    for kind, key in (("CPU", "resources.cpu"), ("GPU", "resources.gpu")):
+        largest = max((n.get(kind, 0.0) for n in nodes), default=0.0)
+        if per_process[kind] > largest:
+            raise SpecError(
+                f"{spec.path}: {key}: a trial process asks for {per_process[kind]:g} {kind}, but "
+                f"no node of the Ray cluster has that many (the cluster has {have} in all, the "
+                f"largest node {largest:g} {kind}); lower it, or pass --autoscale on a cluster "
+                "that adds nodes on demand"
+            )
+        if whole[kind] > total.get(kind, 0.0):
+            raise SpecError(
+                f"{spec.path}: resources: a trial of {r.workers} worker(s) asks for "
+                f"{whole[kind]:g} {kind} in all, but the Ray cluster has {have}; lower "
+                "resources.workers, or pass --autoscale on a cluster that adds nodes on demand"
+            )
 
 
 def trial_resources(spec: SweepSpec) -> dict[str, float]:
@@ -798,6 +996,7 @@ def summarize(grid, spec: SweepSpec, the_plan: Plan, parent_run_id: str, uri: st
                 "best": best,
                 "step": int(metrics.get("step", 0)),
                 "status": "error" if result.error is not None else "done",
+                "error": error_line(result.error) if result.error is not None else "",
                 "mlflow_run_id": metrics.get("mlflow_run_id", ""),
             }
         )
@@ -813,7 +1012,14 @@ def summarize(grid, spec: SweepSpec, the_plan: Plan, parent_run_id: str, uri: st
     return SweepResult(path, parent_run_id, uri, rows, baselines, errors)
 
 
-def format_summary(result: SweepResult, spec: SweepSpec, ui: str, experiment: str, top: int = 5):
+def format_summary(
+    result: SweepResult,
+    spec: SweepSpec,
+    ui: str,
+    experiment: str,
+    top: int = 5,
+    experiment_id: str = "",
+):
     metric = spec.tune.metric
     lines = [
         "",
@@ -828,6 +1034,13 @@ def format_summary(result: SweepResult, spec: SweepSpec, ui: str, experiment: st
             f"| {row['trial']} | {row['final']:.2f} | {row['best']:.2f} | {row['step']} "
             f"| {row['status']} |"
         )
+    if result.failed_stages:
+        lines += ["", f"stages that failed ({len(result.failed_stages)}; their trials failed):"]
+        lines += [f"  {line}" for line in result.failed_stages]
+    causes = sorted({row["error"] for row in result.rows if row.get("error")})
+    if causes:
+        lines += ["", f"why trials failed ({result.errors}):"]
+        lines += [f"  {cause}" for cause in causes]
     if result.baselines:
         lines += ["", "baselines the trials start from:"]
         lines += [f"  {name}: {value:.2f}" for name, value in result.baselines.items()]
@@ -836,8 +1049,15 @@ def format_summary(result: SweepResult, spec: SweepSpec, ui: str, experiment: st
         f"MLflow:   {result.tracking_uri}",
         f"          experiment {experiment!r}, parent run {result.parent_run_id}",
         f"          {ui}",
-        f"Ray Tune: {result.experiment_path} (continue with --resume)",
     ]
+    if experiment_id:
+        # MLflow 3's UI opens an experiment on its GenAI overview (traces); this link opens
+        # the runs table, where the sweep's parent run expands into its trials and stages
+        lines += [
+            f"          then open {ui_link(experiment_id)}",
+            f"          (the sweep: {ui_link(experiment_id, result.parent_run_id)})",
+        ]
+    lines += [f"Ray Tune: {result.experiment_path} (continue with --resume)"]
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ from dakd.config import (
     ExperimentConfig,
     flatten,
     from_dict,
+    not_text,
     parse_override,
     set_dotted,
 )
@@ -323,7 +324,9 @@ class _Checker:
 
 def _read_yaml(path: Path, check: _Checker, key: str) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        check.fail(key, f"{path}: {not_text(err)}")
     except yaml.YAMLError as err:
         check.fail(key, f"{path} is not valid YAML: {err}")
     except OSError as err:
@@ -603,6 +606,26 @@ def _tune(raw: Any, check: _Checker) -> TuneSettings:
     return t
 
 
+#: What Ray Tune adds to every result a trial reports.
+TUNE_METRICS = ("training_iteration", "time_total_s", "time_this_iter_s")
+
+
+def _check_metric(tune: TuneSettings, base: ExperimentConfig, check: _Checker) -> None:
+    """``tune.metric`` must be something a trial reports (a typo would leave every trial
+    unranked and ASHA without a signal)."""
+    from dakd.train import reported_metrics
+
+    known = [*reported_metrics(base), *TUNE_METRICS]
+    if tune.metric in known:
+        return
+    plain = [k for k in known if "/" not in k]
+    check.fail(
+        "tune.metric",
+        f"{tune.metric!r} is not reported by the trials; they report {', '.join(plain)}, "
+        "iou/<class> (e.g. iou/road) and loss/<term> (e.g. loss/total, loss/kl_target)",
+    )
+
+
 def _resources(raw: Any, check: _Checker) -> Resources:
     section = check.mapping(raw, "resources", ("cpu", "gpu", "workers"))
     r = Resources()
@@ -648,12 +671,47 @@ def _check_workers(
             )
 
 
+#: Tracking stores MLflow opens: a SQLite file, a server, a database, a folder.
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
+#: Storage URIs pyarrow opens for Ray Tune (a plain path is a folder).
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
+
+
+def _scheme(value: str) -> str | None:
+    match = re.match(r"([a-zA-Z][a-zA-Z0-9+.-]*):", value)
+    if match is None or len(match.group(1)) == 1:  # no scheme, or a Windows drive letter
+        return None
+    return match.group(1).lower().split("+", 1)[0]
+
+
 def _tracking(raw: Any, check: _Checker) -> Tracking:
     section = check.mapping(raw, "tracking", ("uri", "experiment"))
-    return Tracking(
-        uri=check.string(section.get("uri"), "tracking.uri", optional=True),
-        experiment=check.string(section.get("experiment"), "tracking.experiment", optional=True),
-    )
+    uri = check.string(section.get("uri"), "tracking.uri", optional=True)
+    if uri:
+        scheme = _scheme(uri)
+        if scheme not in TRACKING_SCHEMES:
+            check.fail(
+                "tracking.uri",
+                f"{uri!r} is not an MLflow tracking URI: use sqlite:///PATH, http(s)://HOST:PORT "
+                "(a tracking server), postgresql://... or mysql://... (a database)",
+            )
+    experiment = check.string(section.get("experiment"), "tracking.experiment", optional=True)
+    if experiment is not None and not experiment.strip():
+        check.fail("tracking.experiment", "must not be empty (leave it out: the spec's name)")
+    return Tracking(uri=uri, experiment=experiment)
+
+
+def _storage(raw: Any, check: _Checker) -> str:
+    storage = check.string(raw, "storage")
+    if not storage.strip():
+        check.fail("storage", "must not be empty (a folder, or a URI such as s3://bucket/path)")
+    scheme = _scheme(storage)
+    if "://" in storage and scheme not in STORAGE_SCHEMES:
+        check.fail(
+            "storage",
+            f"{storage!r}: Ray Tune's storage is a folder or a URI of {', '.join(STORAGE_SCHEMES)}",
+        )
+    return storage
 
 
 def _stages(raw: Any, extra: dict[str, Any], base: ExperimentConfig, check: _Checker) -> dict:
@@ -683,7 +741,11 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
     if not path.is_file():
         check.fail("", "no such spec file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        check.fail("", not_text(err))
+    except OSError as err:
+        check.fail("", f"cannot read it: {err}")
     except yaml.YAMLError as err:
         check.fail("", f"not valid YAML: {err}")
     if not isinstance(raw, dict):
@@ -730,6 +792,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
                     f"search.{axis}",
                     "grid needs tune.search grid or random (not optuna); use choice",
                 )
+    _check_metric(tune, base, check)
     storage = raw.get("storage", "runs/ray")
     resources = _resources(raw.get("resources"), check)
     _check_workers(resources, base, axes, check)
@@ -744,7 +807,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
         tune=tune,
         resources=resources,
         tracking=_tracking(raw.get("tracking"), check),
-        storage=check.string(storage, "storage"),
+        storage=_storage(storage, check),
         base_file=base_file,
         implicit_auto=implicit,
     )

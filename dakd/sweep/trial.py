@@ -34,7 +34,18 @@ from ray import tune
 
 from dakd.config import ExperimentConfig, from_dict
 from dakd.losses import upsample
-from dakd.pipeline import AUTO_STAGES, dependency_config, requirements, run_stage, with_stages
+from dakd.pipeline import (
+    AUTO,
+    AUTO_STAGES,
+    StageFailedError,
+    dependency_config,
+    error_line,
+    failure_of,
+    mark_failed,
+    requirements,
+    run_stage,
+    with_stages,
+)
 from dakd.sweep.spec import SweepSpec, resolve, trial_label, trial_overrides
 from dakd.train import (
     TrainResult,
@@ -96,16 +107,22 @@ INPUT_PATHS = (
 
 def input_paths(cfg: ExperimentConfig, context: SweepContext, overrides=None) -> dict[str, str]:
     """The dataset folders and weight files of ``cfg`` (or of ``overrides`` where it sets them)
-    as absolute paths."""
+    as absolute paths, and its ``teacher``/``init`` checkpoints unless they are ``auto``."""
     flat = cfg.flat()
-    return {k: context.absolute((overrides or {}).get(k, flat[k])) for k in INPUT_PATHS}
+    out = {k: context.absolute((overrides or {}).get(k, flat[k])) for k in INPUT_PATHS}
+    for key in ("teacher", "init"):
+        value = (overrides or {}).get(key, flat[key])
+        if value and value != AUTO:
+            out[key] = context.absolute(value)
+    return out
 
 
 def stages_of(cfg: ExperimentConfig, context: SweepContext) -> dict[str, ExperimentConfig]:
     """The stage configs behind the ``auto`` fields of a trial config (and the trial itself when
     it is one of the reused stages)."""
     overrides = stage_overrides(context)
-    overrides.update(input_paths(cfg, context, overrides))
+    paths = input_paths(cfg, context, overrides)
+    overrides.update({k: v for k, v in paths.items() if k in INPUT_PATHS})  # not teacher/init
     deps = requirements(cfg, overrides)
     if cfg.stage in AUTO_STAGES.values() and not cfg.init:
         deps[SELF] = dependency_config(cfg, cfg.stage, overrides)
@@ -224,6 +241,22 @@ def log_final_artifacts(logger, cfg: ExperimentConfig, result, teacher: str | No
 # ------------------------------------------------------------------------------------------------
 
 
+def _own_run(context: SweepContext, id_file: Path) -> str | None:
+    """The run id in ``id_file`` when that run is a child of this sweep's parent run."""
+    from dakd.tracking import get_run
+
+    if not id_file.is_file():
+        return None
+    run_id = id_file.read_text().strip()
+    try:
+        run = get_run(context.tracking_uri, run_id)
+    except Exception:  # noqa: BLE001 - deleted, or another store: a new run
+        return None
+    if run.data.tags.get("mlflow.parentRunId") != context.parent_run_id:
+        return None
+    return run_id
+
+
 def train_stage(stage_cfg: ExperimentConfig, context: SweepContext, threads: int) -> dict:
     """Train one reused stage (or find it done) and track it in MLflow with its ``stage`` tag."""
     torch.set_num_threads(max(1, threads))
@@ -231,8 +264,15 @@ def train_stage(stage_cfg: ExperimentConfig, context: SweepContext, threads: int
     if final.exists():
         return run_stage(stage_cfg, log=lambda _: None)
     label = f"{stage_cfg.stage} seed={stage_cfg.seed} {stage_cfg.data.scenario}"
-    logger = _logger(context, run_name=label, tags={**run_tags(stage_cfg, context)})
-    logger.log_params(stage_cfg.flat())
+    # a stage this sweep began before it was interrupted continues in its own run (and from its
+    # own last.pt); one begun by another sweep gets a new run under this one
+    id_file = stage_cfg.run_dir / RUN_ID_FILE
+    run_id = _own_run(context, id_file)
+    logger = _logger(context, run_name=label, tags={**run_tags(stage_cfg, context)}, run_id=run_id)
+    if run_id is None:
+        logger.log_params(stage_cfg.flat())
+    stage_cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    id_file.write_text(logger.run_id)
 
     def report(metrics: dict[str, float], _checkpoint: Path) -> None:
         logger.log_metrics(metrics, step=int(metrics["step"]))
@@ -246,7 +286,9 @@ def train_stage(stage_cfg: ExperimentConfig, context: SweepContext, threads: int
         summary = run_stage(stage_cfg, log=lambda line: print(line, flush=True), report=report)
         logger.log_text(yaml.safe_dump(stage_cfg.to_dict(), sort_keys=False), "config.yaml")
         logger.log_artifact(final, "weights")
-    except BaseException:
+    except BaseException as err:
+        if not isinstance(err, KeyboardInterrupt | SystemExit):
+            logger.set_tags({"error": error_line(err)})
         logger.finish("FAILED")
         raise
     logger.finish("FINISHED")
@@ -258,7 +300,7 @@ def cache_stage(cfg: ExperimentConfig, role: str, context: SweepContext, threads
     (a trial config with its teacher checkpoint), or find it built; a build is tracked in
     MLflow as a run with the tag ``stage=teacher_cache``."""
     from dakd.teacher_cache import CacheFullError
-    from dakd.train import build_teacher_cache, find_teacher_cache
+    from dakd.train import build_teacher_cache, find_teacher_cache, teacher_cache_folder
 
     torch.set_num_threads(max(1, threads))
     found = find_teacher_cache(cfg, role)
@@ -267,7 +309,13 @@ def cache_stage(cfg: ExperimentConfig, role: str, context: SweepContext, threads
     domain = cfg.domains[0 if role == "source" else 1]
     label = f"teacher_cache {domain} seed={cfg.seed} {cfg.data.scenario}"
     tags = {**run_tags(cfg, context), "stage": "teacher_cache", "domain": role}
-    logger = _logger(context, run_name=label, tags=tags)
+    # a build this sweep began before it was interrupted continues (shards and run alike)
+    folder = teacher_cache_folder(cfg, role)
+    id_file = folder.parent / f"{folder.name}.{RUN_ID_FILE}"
+    run_id = _own_run(context, id_file)
+    logger = _logger(context, run_name=label, tags=tags, run_id=run_id)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    id_file.write_text(logger.run_id)
     lines: list[str] = []
     try:
         summary = build_teacher_cache(cfg, role, progress=False, log=lines.append)
@@ -362,10 +410,17 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     cfg = resolve(spec, config)
     deps = stages_of(cfg, context)
     checkpoints = {}
-    for field, dep in deps.items():
-        # normally trained by the driver before the trials; a sampled value that changes a stage
-        # (e.g. a searched teacher width) trains it here, once, under a lock
-        checkpoints[field] = _ensure_stage(dep, context, threads)
+    try:
+        for field, dep in deps.items():
+            # normally trained by the driver before the trials; a sampled value that changes a
+            # stage (e.g. a searched teacher width) trains it here, once, under a lock
+            checkpoints[field] = _ensure_stage(dep, context, threads)
+    except StageFailedError as err:
+        # the trial cannot run: its MLflow run records why (one line), and Tune the error
+        logger = _open_trial_run(context, cfg, config, _trial_run_id(context, _trial_id()))
+        logger.set_tags({"error": str(err)})
+        logger.finish("FAILED")
+        raise
     if SELF in deps:
         _replay_stage(deps[SELF], checkpoints.pop(SELF), config, context)
         return
@@ -374,7 +429,10 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         _run_data_parallel(cfg, config, context, trial_dir, checkpoints.get("teacher"))
         return
     run_dir = cfg.run_dir
-    run_id = _restore(run_dir, trial_dir)
+    # an earlier attempt's MLflow run continues: named by Tune's checkpoint, or found by the
+    # trial id (an attempt killed before its first checkpoint, or a resumed sweep whose trial
+    # folder is new)
+    run_id = _restore(run_dir, trial_dir) or _trial_run_id(context, _trial_id())
     logger = _open_trial_run(context, cfg, config, run_id)
     (trial_dir / RUN_ID_FILE).write_text(logger.run_id)
 
@@ -435,6 +493,10 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
 def train_run_name(trial_id: str) -> str:
     """The Ray Train run of a trial: the same on every retry, so Ray Train resumes it."""
     return f"train-trial_id={trial_id}"
+
+
+def _trial_id() -> str:
+    return tune.get_context().get_trial_id()
 
 
 def _trial_run_id(context: SweepContext, trial_id: str) -> str | None:
@@ -567,7 +629,9 @@ def train_worker(loop: dict[str, Any]) -> None:
 
 def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: SweepContext):
     """Report a reused stage's recorded evaluations as this trial's, without training it again."""
-    logger = _open_trial_run(context, stage, config, reused="true")
+    logger = _open_trial_run(
+        context, stage, config, _trial_run_id(context, _trial_id()), reused="true"
+    )
     history = [
         json.loads(line)
         for line in (stage.run_dir / "metrics.jsonl").read_text().splitlines()
@@ -586,15 +650,26 @@ def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: Sw
 
 
 def _ensure_stage(dep: ExperimentConfig, context: SweepContext, threads: int) -> str:
+    """The finished weights of stage ``dep``: found, or trained here once under a lock; a stage
+    whose training failed (the driver's or another trial's attempt) is reported, not retried."""
     final = dep.run_dir / "model.pt"
     if final.exists():
         return str(final)
+    failed = failure_of(dep)
+    if failed:
+        raise StageFailedError(failed)
     from filelock import FileLock
 
     dep.run_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dep.run_dir) + ".lock"):
+        failed = failure_of(dep)
+        if failed:
+            raise StageFailedError(failed)
         if not final.exists():
-            train_stage(dep, context, threads)
+            try:
+                train_stage(dep, context, threads)
+            except Exception as err:
+                raise StageFailedError(mark_failed(dep, error_line(err))) from None
     return str(final)
 
 
