@@ -40,10 +40,10 @@ def _command(place: Path, *extra: str) -> list[str]:
     ]
 
 
-def _kill_when(place: Path, marker: str, delay: float = 0.0) -> str:
+def _kill_when(place: Path, marker: str, delay: float = 0.0, *extra: str) -> str:
     """Start the sweep, kill its process group ``delay`` s after a line holding ``marker``."""
     process = subprocess.Popen(
-        _command(place),
+        _command(place, *extra),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -100,20 +100,14 @@ def _check_complete(place: Path, sweeps: int = 1) -> dict[str, collections.Count
     return {"status": status, "names": names}
 
 
-@pytest.mark.parametrize(
-    ("phase", "marker", "delay"),
-    [
-        ("stages", "training 2 stage(s)", 1.0),  # Ray tasks started, stages training
-        ("trials", "Trial status", 2.0),  # Tune running the trials
-        ("tables", "best trials of", 0.0),  # the result tables being built
-    ],
-)
-def test_a_sweep_killed_in_any_phase_resumes_into_exactly_its_planned_runs(
-    tmp_path, phase, marker, delay
-):
-    _kill_when(tmp_path, marker, delay)
-    if phase != "tables":
-        assert any(r.info.status == "RUNNING" for r in _runs(tmp_path))  # what a kill leaves
+def test_a_sweep_killed_in_each_phase_resumes_into_exactly_its_planned_runs(tmp_path):
+    """Killed while its stages train, resumed and killed while its trials run, resumed and
+    killed while its result tables are built, resumed: one run per stage and trial, all
+    FINISHED, the parent FINISHED, nothing RUNNING; Tune holds the two planned trials."""
+    _kill_when(tmp_path, "training 2 stage(s)", 1.0)  # Ray tasks started, stages training
+    assert any(r.info.status == "RUNNING" for r in _runs(tmp_path))  # what a kill leaves
+    _kill_when(tmp_path, "Trial status", 2.0, "--resume")  # Tune running the trials
+    _kill_when(tmp_path, "best trials of", 0.0, "--resume")  # the result tables being built
     done = _run(tmp_path, "--resume")
     found = _check_complete(tmp_path)
     # continued, not duplicated: every run of the sweep is there once
@@ -126,14 +120,59 @@ def test_a_sweep_killed_in_any_phase_resumes_into_exactly_its_planned_runs(
     assert len(ExperimentAnalysis(str(experiments[0])).trials) == len(TRIALS)
 
 
-def test_a_plain_rerun_after_a_kill_closes_the_dead_attempt(tmp_path):
-    _kill_when(tmp_path, "Trial status", 2.0)
-    _run(tmp_path)  # no --resume: a new sweep; the stages are reused
-    runs = _runs(tmp_path)
-    assert not any(r.info.status == "RUNNING" for r in runs)
-    parents = sorted(
-        (r.data.tags["tune_experiment"], r.info.status)
-        for r in runs
-        if r.data.tags.get("stage") == "sweep"
+def test_a_new_attempt_closes_the_runs_of_dead_ones_and_leaves_live_ones(tmp_path):
+    """What a sweep does when it starts (resumed or not): the runs an attempt whose driver died
+    on this machine left RUNNING become KILLED, and so do RUNNING children of the resumed
+    parent; an attempt whose driver still runs, or runs on another machine, is left alone."""
+    import socket
+
+    from dakd.sweep.driver import close_dead_runs, smoke
+    from dakd.tracking import RunLogger, prepare
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = smoke(ROOT / "sweeps" / "quickstart.yaml", [f"tracking.uri={uri}"])
+    experiment = prepare(uri, spec.experiment_name)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    assert [status for _, status in parents] == ["KILLED", "FINISHED"]
+    here = socket.gethostname()
+
+    def attempt(name, host, pid):
+        tags = {"sweep": "quickstart", "stage": "sweep", "driver_host": host, "driver_pid": pid}
+        parent = RunLogger(uri, experiment, run_name=name, tags=tags)
+        child = RunLogger(
+            uri,
+            experiment,
+            run_name=f"{name} trial",
+            parent_run_id=parent.run_id,
+            tags={"sweep": "quickstart", "stage": "dakd"},
+        )
+        return parent.run_id, child.run_id
+
+    attempt("dead", here, gone.stdout.strip())
+    attempt("live", here, str(os.getpid()))
+    attempt("elsewhere", "another-host", "1")
+    resumed = attempt("resumed", here, str(os.getpid()))
+    notes = []
+    assert close_dead_runs(uri, spec, resumed[0], notes.append) == 3  # dead x2, resumed child
+    status = {r.info.run_name: r.info.status for r in _runs_of(uri)}
+    assert status == {
+        "dead": "KILLED",
+        "dead trial": "KILLED",
+        "live": "RUNNING",
+        "live trial": "RUNNING",
+        "elsewhere": "RUNNING",
+        "elsewhere trial": "RUNNING",
+        "resumed": "RUNNING",
+        "resumed trial": "KILLED",
+    }
+    assert len(notes) == 1 and "another-host" in notes[0] and "left as it is" in notes[0]
+
+
+def _runs_of(uri: str):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("quickstart")
+    return client.search_runs([experiment.experiment_id], max_results=1000)

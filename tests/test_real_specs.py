@@ -69,7 +69,8 @@ def test_dry_run_without_data_or_with_broken_data_fails_with_one_error(place, mo
     monkeypatch.delenv("DAKD_DATA")
     assert _cli([spec, "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: data.source_root: ") and "DAKD_DATA" in err
+    assert err.startswith(f"error: {spec}: experiment: data.source_root: ") and "DAKD_DATA" in err
+    assert len(err.strip().splitlines()) == 1
     monkeypatch.setenv("DAKD_DATA", str(place))
     label = sorted((place / "cityscapes" / "gtFine" / "val").glob("*/*.png"))[0]
     label.unlink()
@@ -82,5 +83,5 @@ def test_dry_run_without_data_or_with_broken_data_fails_with_one_error(place, mo
     (Path("weights") / "drn_d_38-eebb45f0.pth").unlink()
     assert _cli([spec, "--dry-run", "--set", f"experiment.data.target_root={fresh}"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: models.teacher.pretrained: ")
+    assert err.startswith(f"error: {spec}: experiment: models.teacher.pretrained: ")
     assert "drn_d_38-eebb45f0.pth does not exist" in err

@@ -33,16 +33,24 @@ class FakeTune:
     from ray.tune import Checkpoint
 
     def __init__(
-        self, trial_dir: Path, store: Path, checkpoint=None, crash_after: int = 0, stop_at: int = 0
+        self,
+        trial_dir: Path,
+        store: Path,
+        checkpoint=None,
+        crash_after: int = 0,
+        stop_at: int = 0,
+        trial_id: str = "",
     ):
         self.trial_dir, self.store = trial_dir, store
+        # Tune's trial id: the same for every attempt of a trial, unique among trials
+        self.trial_id = trial_id or f"trial_{trial_dir.name}"
         self.checkpoint, self.crash_after, self.stop_at = checkpoint, crash_after, stop_at
         self.reports: list[dict] = []
         self.saved: list = []
 
     def get_context(self):
         return SimpleNamespace(
-            get_trial_dir=lambda: str(self.trial_dir), get_trial_id=lambda: "trial_0"
+            get_trial_dir=lambda: str(self.trial_dir), get_trial_id=lambda: self.trial_id
         )
 
     def get_checkpoint(self):
@@ -93,7 +101,9 @@ def test_retried_trial_continues_from_its_checkpoint(sweep, tmp_path, monkeypatc
     first = FakeTune(tmp_path / "first", tmp_path / "store", crash_after=1)
     with pytest.raises(WorkerLost):
         _run(monkeypatch, first, config, context)
-    retry = FakeTune(tmp_path / "retry", tmp_path / "store", checkpoint=first.saved[-1])
+    retry = FakeTune(
+        tmp_path / "retry", tmp_path / "store", checkpoint=first.saved[-1], trial_id=first.trial_id
+    )
     _run(monkeypatch, retry, config, context)
 
     assert [r["step"] for r in retry.reports] == [4]  # nothing evaluated twice

@@ -52,8 +52,10 @@ SMOKE = {
     "experiment.data.val_batch_size": 4,
     "experiment.data.val_size": 4,
     "experiment.data.cache_dir": "",
+    "experiment.train.precise_bn": 8,
 }
-"""What ``--smoke`` changes: a few steps on tiny crops rendered on the fly (the stages too)."""
+"""What ``--smoke`` changes: a few steps on tiny crops rendered on the fly (the stages too), and
+BatchNorm statistics re-estimated from 8 images instead of hundreds (each one rendered)."""
 
 
 def smoke(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
@@ -237,7 +239,10 @@ def plan(spec: SweepSpec, root: Path | None = None) -> Plan:
         cfg = resolve(spec, sampled)
         for dep in stages_of(cfg, context).values():
             if dep.name not in stages:
-                inputs.update(dict.fromkeys(check_inputs(dep)))
+                try:
+                    inputs.update(dict.fromkeys(check_inputs(dep)))
+                except ConfigError as err:
+                    raise SpecError(f"{spec.path}: experiment: {err}") from None
                 stages[dep.name] = StagePlan(dep, (dep.run_dir / "model.pt").exists())
     return Plan(
         spec=spec,
@@ -632,6 +637,11 @@ def run_sweep(
             raise SpecError(
                 f"{spec.path}: --resume: no interrupted sweep {spec.name!r} in {storage}"
             )
+        if state.get("tracking_uri", uri) != uri:
+            raise SpecError(
+                f"{spec.path}: --resume: the latest sweep {Path(previous).name} was tracked in "
+                f"{state['tracking_uri']}, not {uri}; resume with its tracking.uri"
+            )
     name = Path(previous).name if previous else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_tags = {"sweep": spec.name, "git_commit": git_commit(root) or "unknown"}
 
@@ -809,12 +819,20 @@ def _alive(pid: int) -> bool:
 
 def _open_parent(spec: SweepSpec, the_plan: Plan, uri: str, name: str, tags: dict, run_id):
     """The sweep's MLflow experiment id and parent run (reopened by ``run_id`` on resume)."""
-    from dakd.tracking import RunLogger, prepare
+    from dakd.tracking import RunLogger, get_run, prepare
 
     experiment_id = prepare(uri, spec.experiment_name)
     import socket
 
     driver = {"driver_host": socket.gethostname(), "driver_pid": str(os.getpid())}
+    if run_id is not None:
+        found = get_run(uri, run_id)
+        if found.info.experiment_id != experiment_id:
+            raise SpecError(
+                f"{spec.path}: --resume: the latest sweep {name} belongs to another MLflow "
+                f"experiment (id {found.info.experiment_id}) than {spec.experiment_name!r}; "
+                "resume with the same tracking.experiment"
+            )
     parent = RunLogger(
         uri,
         experiment_id,
