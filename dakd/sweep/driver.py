@@ -417,16 +417,11 @@ def _train_stages(stages: list[StagePlan], context: SweepContext, log) -> list[s
     pending = {}
     for stage in todo:
         clear_failure(stage.config)  # a stage that failed before is tried again
-        threads = max(1, stage.config.train.threads or int(spec.resources.cpu))
-        # never ask for more CPUs than the cluster has: the task would wait forever
-        cpus = min(threads, max(1, int(ray.cluster_resources().get("CPU", 1))))
-        remote = ray.remote(num_cpus=cpus, num_gpus=spec.resources.gpu, max_retries=1)(train_stage)
+        remote, threads = _stage_task(train_stage, stage.config, spec)
         pending[remote.remote(stage.config, context, threads)] = stage
-    done, failed = 0, []
-    while pending:  # report each stage as it ends (a stage takes minutes on a laptop)
-        (ready,), _ = ray.wait(list(pending), num_returns=1)
-        stage = pending.pop(ready)
-        done += 1
+    failed = []
+    # report each stage as it ends (a stage takes minutes on a laptop)
+    for done, stage, ready in _as_completed(pending):
         after = f"  stage {done}/{len(todo)} after {time.monotonic() - start:.0f} s: "
         try:
             summary = ray.get(ready)
@@ -441,6 +436,27 @@ def _train_stages(stages: list[StagePlan], context: SweepContext, log) -> list[s
             f"target mIoU {summary['metrics'].get('miou', math.nan):.2f} -> {stage.checkpoint}"
         )
     return failed
+
+
+def _stage_task(fn, cfg: ExperimentConfig, spec: SweepSpec):
+    """``fn`` as a Ray task with a stage's resources: the config's threads (else the trial's
+    CPUs), never more CPUs than the cluster has (the task would wait forever); and the threads."""
+    import ray
+
+    threads = max(1, cfg.train.threads or int(spec.resources.cpu))
+    cpus = min(threads, max(1, int(ray.cluster_resources().get("CPU", 1))))
+    return ray.remote(num_cpus=cpus, num_gpus=spec.resources.gpu, max_retries=1)(fn), threads
+
+
+def _as_completed(pending: dict):
+    """``(count, item, ref)`` for each Ray task of ``{ref: item}`` as it ends."""
+    import ray
+
+    done = 0
+    while pending:
+        (ready,), _ = ray.wait(list(pending), num_returns=1)
+        done += 1
+        yield done, pending.pop(ready), ready
 
 
 #: Keys that name a stage's folder, not its training: left out of a stage's difference.
@@ -497,15 +513,9 @@ def _build_caches(caches: list[CachePlan], context: SweepContext, log) -> None:
     start = time.monotonic()
     pending = {}
     for cache in todo:
-        threads = max(1, cache.config.train.threads or int(spec.resources.cpu))
-        cpus = min(threads, max(1, int(ray.cluster_resources().get("CPU", 1))))
-        remote = ray.remote(num_cpus=cpus, num_gpus=spec.resources.gpu, max_retries=1)(cache_stage)
+        remote, threads = _stage_task(cache_stage, cache.config, spec)
         pending[remote.remote(cache.config, cache.role, context, threads)] = cache
-    done = 0
-    while pending:
-        (ready,), _ = ray.wait(list(pending), num_returns=1)
-        cache = pending.pop(ready)
-        done += 1
+    for done, cache, ready in _as_completed(pending):
         after = f"  cache {done}/{len(todo)} after {time.monotonic() - start:.0f} s: "
         try:
             summary = ray.get(ready)
