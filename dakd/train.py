@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dakd import checkpoint as ckpt
@@ -237,7 +238,7 @@ def reported_metrics(cfg: ExperimentConfig) -> list[str]:
     """Every metric name an evaluation of ``cfg`` may report (``report`` and Tune): mIoU,
     pixel accuracy, the step, learning rate and seconds per step, per-class IoU, the source
     dataset's protocols (SYNTHIA: ``miou16``, ``miou13``) and the loss terms."""
-    names = ["miou", "pixel_acc", "step", "lr", "sec_per_step"]
+    names = ["miou", "pixel_acc", "step", "lr", "sec_per_step", "raw/miou", "raw/pixel_acc"]
     names += list(protocols(cfg))
     names += [f"iou/{name.replace(' ', '_')}" for name in CLASS_NAMES]
     return names + [f"loss/{term}" for term in LOSS_TERMS]
@@ -264,7 +265,11 @@ def network_from_checkpoint(path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 
 def load_teacher(cfg: ExperimentConfig, device: torch.device) -> torch.nn.Module:
-    """The frozen teacher: weights from ``cfg.teacher``, eval mode, no gradients."""
+    """The frozen teacher: weights from ``cfg.teacher``, eval mode, no gradients. A shipped
+    teacher is checked against its manifest first (``dakd.da_teacher.check_teacher``)."""
+    from dakd.da_teacher import check_teacher
+
+    check_teacher(cfg)
     spec = spec_of(cfg.models.teacher)
     state = ckpt.load(cfg.teacher)
     teacher = build_network(spec)
@@ -275,6 +280,21 @@ def load_teacher(cfg: ExperimentConfig, device: torch.device) -> torch.nn.Module
 
 def _no_switch(model):
     return contextlib.nullcontext()
+
+
+def mean_teacher_average(decay: float):
+    """An ``AveragedModel`` update whose decay ramps up as the mean teacher's does: with t
+    weights averaged so far, the next enters with weight 1 - min(decay, 1 - 1/(t + 1)), so the
+    average is the plain mean of every weight so far until the decay takes over."""
+
+    @torch.no_grad()
+    def update(averaged, current, num_averaged) -> None:
+        t = int(num_averaged)
+        weight = 1.0 - min(decay, 1.0 - 1.0 / (t + 1.0))
+        for mine, theirs in zip(averaged, current, strict=True):
+            mine.lerp_(theirs, weight)
+
+    return update
 
 
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
@@ -538,6 +558,16 @@ class Trainer:
         if self.speed.sync_bn:
             self.model = sync_batchnorm(self.model)
         self.model.to(self.device, memory_format=self.memory_format)
+        # train.ema: an exponential moving average of the weights (torch's AveragedModel; its
+        # BatchNorm statistics come from the raw network at each evaluation, see evaluate)
+        self.ema: AveragedModel | None = None
+        if cfg.train.ema:
+            average = (
+                mean_teacher_average(cfg.train.ema)
+                if cfg.train.ema_warmup
+                else get_ema_multi_avg_fn(cfg.train.ema)
+            )
+            self.ema = AveragedModel(self.model, multi_avg_fn=average, use_buffers=False)
         # the teacher's outputs come from the cache where a domain has one; the live teacher
         # is loaded only for a domain without one (or to build one), and not kept when every
         # domain is cached: such a run holds the student alone
@@ -838,6 +868,8 @@ class Trainer:
             self.scaler.step(self.d_optimizer)
             terms["disc"] = d_loss
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.step += 1
         return {k: v.detach() for k, v in terms.items()}
 
@@ -853,7 +885,7 @@ class Trainer:
         sampler = stream.sampler if isinstance(stream, Prefetcher) else stream
         return sampler.dataset
 
-    def precise_bn(self) -> None:
+    def precise_bn(self, model: torch.nn.Module | None = None) -> None:
         """Re-estimate the BatchNorm statistics with the current weights (``train.precise_bn``
         training images per pair, the first ones of each split, the same on every process):
         the pair a network is evaluated with from its evaluation domain (the target in stages
@@ -861,7 +893,8 @@ class Trainer:
         mode) from source images, and in ``blended`` mode the one pair from both halves.
         Running averages lag the weights; this is the statistics of the network as it is (the
         PreciseBN of pycls and Detectron2). Training itself never reads running statistics, so
-        the trajectory is unchanged; evaluations and stored weights use these."""
+        the trajectory is unchanged; evaluations and stored weights use these. ``model``: the
+        network to re-estimate (default: the trained one; the weight average is another)."""
         n = self.cfg.train.precise_bn
         if not n:
             return
@@ -872,7 +905,7 @@ class Trainer:
             for batch in eval_batches(dataset, size, count):
                 yield self._images(batch)
 
-        model = self.model
+        model = self.model if model is None else model
         if not self.two_domains:
             own = self.source if self.stage.supervised_on == "source" else self.target
             reestimate(model, images(own, n))
@@ -885,10 +918,29 @@ class Trainer:
                 with bn_domain(model, "source", "domain"):
                     reestimate(model, images(self.source, n))
 
-    def evaluate(self):
+    def evaluate_raw(self) -> SegMetrics:
+        """Evaluate the trained network's own weights (precise BN first when asked)."""
         self.precise_bn()
         self.sync_buffers()
         return evaluate_on(self.model, self.val, self.cfg, self.device, self.world)
+
+    def evaluate(self) -> SegMetrics:
+        """Evaluate the network this run reports and stores: the weight average when
+        ``train.ema`` is on (call :meth:`evaluate_raw` first: the average takes the raw
+        network's BatchNorm statistics, then re-estimates them for its own weights when
+        ``train.precise_bn`` is on), else the trained network itself."""
+        if self.ema is None:
+            return self.evaluate_raw()
+        averaged = self.ema.module
+        with torch.no_grad():
+            for mine, raw in zip(averaged.buffers(), self.model.buffers(), strict=True):
+                mine.copy_(raw)
+        self.precise_bn(averaged)
+        return evaluate_on(averaged, self.val, self.cfg, self.device, self.world)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The weights later stages load: the average when ``train.ema`` is on."""
+        return (self.model if self.ema is None else self.ema.module).state_dict()
 
     def state(self) -> dict[str, Any]:
         state = {
@@ -906,6 +958,8 @@ class Trainer:
             state["d_optimizer"] = self.d_optimizer.state_dict()
         if self.scaler.is_enabled():
             state["grad_scaler"] = self.scaler.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         return state
 
     def load_state(self, state: dict[str, Any], path) -> None:
@@ -920,6 +974,12 @@ class Trainer:
             self.d_optimizer.load_state_dict(state["d_optimizer"])
         if self.scaler.is_enabled() and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ckpt.CheckpointError(
+                    f"checkpoint {path} has no weight average, but train.ema is on"
+                )
+            self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
@@ -1018,6 +1078,7 @@ def train(
                     loss=f"{terms['total'].item():.3f}", miou=metrics.get("miou", float("nan"))
                 )
             if trainer.step % t.eval_interval == 0 or trainer.step == t.steps:
+                raw = trainer.evaluate_raw() if trainer.ema is not None else None
                 result = evaluation = trainer.evaluate()
                 metrics = {
                     "step": trainer.step,
@@ -1026,6 +1087,9 @@ def train(
                     **metrics_of(result, cfg),
                     **_mean_terms(sums, count, world),
                 }
+                if raw is not None:
+                    metrics["raw/miou"] = 100.0 * raw.miou
+                    metrics["raw/pixel_acc"] = 100.0 * raw.pixel_accuracy
                 trainer.history.append(metrics)
                 sums, count, step_time = {}, 0, 0.0
                 if main:
@@ -1044,6 +1108,7 @@ def train(
         # the final weights alone: what later stages load (no optimiser or discriminator state)
         keep = ("network", "config", "stage", "step", "model")
         final = {k: v for k, v in trainer.state().items() if k in keep}
+        final["model"] = trainer.weights()
         final["metrics"] = {k: float(v) for k, v in metrics.items()}
         final["parameters"] = count_parameters(trainer.model)
         ckpt.save(final, run_dir / "model.pt")
