@@ -107,9 +107,38 @@ def cmd_calibrate(args) -> int:
         overrides=args.overrides,
         distill_steps=args.distill_steps,
         teacher_steps=args.teacher_steps,
+        teacher=args.teacher,
         out=Path(args.out),
     )
     print(f"written: {args.out}/calibration.md")
+    return 0
+
+
+def _pretrain_teachers(args, command: str) -> int:
+    """``pretrain --teacher-da SCENARIO ...``: the shipped domain-adapted teachers."""
+    from dakd.da_teacher import make_teacher, teacher_file
+
+    overrides = [f"train.threads={args.threads}", f"seed={args.seed}"]
+    if args.steps:
+        overrides.append(f"train.steps={args.steps}")
+    if args.eval_interval:
+        overrides.append(f"train.eval_interval={args.eval_interval}")
+    for scenario in args.teacher_da:
+        entry = make_teacher(
+            scenario,
+            args.config,
+            overrides + list(args.overrides or []),
+            out_dir=args.out,
+            work_dir=args.work_dir,
+            command=command,
+        )
+        if entry is not None:
+            miou = entry["target_miou"]
+            print(
+                f"teacher-DA {scenario}: {args.out}/{teacher_file(scenario)} (target mIoU "
+                f"{miou['stored']:.2f} stored, {miou['float32']:.2f} in float32; "
+                f"{entry['wall_seconds']:.0f} s)"
+            )
     return 0
 
 
@@ -117,12 +146,14 @@ def cmd_pretrain(args) -> int:
     from dakd.config import load_config
     from dakd.pretrain import PretrainConfig, command_line, pretrain
 
+    if args.teacher_da:
+        return _pretrain_teachers(args, command_line())
     cfg = load_config(args.config, args.overrides)
     recipe = PretrainConfig(
-        steps=args.steps,
+        steps=args.steps or 3000,
         batch_size=args.batch_size,
         lr=args.lr,
-        eval_interval=args.eval_interval,
+        eval_interval=args.eval_interval or 500,
         threads=args.threads,
         seed=args.seed,
         size=tuple(cfg.data.crop_size),
@@ -195,7 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps of DAKD and the fair baseline (default: train.steps)",
     )
     p.add_argument(
-        "--teacher-steps", type=int, default=0, help="steps of the teacher (default: train.steps)"
+        "--teacher",
+        choices=["shipped", "stage"],
+        default="shipped",
+        help="what DAKD (a)-(d) distil from: the scenario's shipped teacher (default; "
+        "weights/embedded/teacher_da-SCENARIO.pt) or each seed's teacher-DA stage",
+    )
+    p.add_argument(
+        "--teacher-steps",
+        type=int,
+        default=0,
+        help="steps of the teacher-DA stage (default: train.steps)",
     )
     p.add_argument("--out", default="runs/calibration")
     add_overrides(p)
@@ -212,10 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--networks", nargs="+", choices=["teacher", "student"], default=["student", "teacher"]
     )
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument(
+        "--teacher-da",
+        nargs="+",
+        metavar="SCENARIO",
+        choices=["synth_to_real", "real_to_real"],
+        help="instead of the backbones, make the shipped domain-adapted teacher of each "
+        "scenario (dakd.da_teacher: its recipe, the teacher-DA stage with a weight average)",
+    )
+    p.add_argument("--steps", type=int, default=0, help="default: 3000 (teacher-DA: its recipe)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--eval-interval", type=int, default=500)
+    p.add_argument("--eval-interval", type=int, default=0, help="default: 500 (teacher-DA: 100)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (results depend on it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="weights/embedded")
