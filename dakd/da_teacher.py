@@ -71,7 +71,11 @@ def recipe_config(
 
 
 def _recipe_of(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's config less what does not decide its weights (where it writes, its progress)."""
+    """A run's config less what does not decide its weights (where it writes, its progress);
+    keys added since it was written read as their defaults."""
+    from dakd.config import from_dict
+
+    config = from_dict(config).to_dict()
     out = {k: v for k, v in config.items() if k not in ("name", "out_dir")}
     out["train"] = {k: v for k, v in config.get("train", {}).items() if k != "progress"}
     return out
