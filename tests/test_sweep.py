@@ -113,6 +113,18 @@ def test_bad_spec_fails_before_ray_with_file_and_key(tmp_path, capsys):
             "search: {teacher: {choice: [auto, gone.pt]}}",
             r"teacher: checkpoint .*gone\.pt does not exist",
         ),
+        # a shipped teacher adapted to the other scenario: named with both scenarios
+        (
+            "experiment: {base: BASE, stage: dakd, init: auto, teacher: SHIPPED, "
+            "data: {scenario: real_to_real}}",
+            r"bad\.yaml: experiment: teacher: .*teacher_da-synth_to_real\.pt is adapted to "
+            r"synth_to_real .*but data\.scenario is real_to_real",
+        ),
+        (
+            "experiment: {base: BASE, stage: dakd, init: auto, teacher: SHIPPED}\n"
+            "search: {data.scenario: {choice: [synth_to_real, real_to_real]}}",
+            r"adapted to synth_to_real .*but data\.scenario is real_to_real",
+        ),
         (
             "experiment: {base: BASE}\ntune: {metric: mIoU_typo}",
             r"tune\.metric: 'mIoU_typo' is not reported by the trials; they report miou, pixel_acc",
@@ -127,11 +139,56 @@ def test_bad_paths_and_metrics_stop_the_dry_run_in_one_line(tmp_path, capsys, te
     import re
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\n" + text.replace("BASE", str(ROOT / "configs" / "embedded.yaml")))
+    shipped = ROOT / "weights" / "embedded" / "teacher_da-synth_to_real.pt"
+    text = text.replace("BASE", str(ROOT / "configs" / "embedded.yaml"))
+    bad.write_text("name: bad\n" + text.replace("SHIPPED", str(shipped)))
     assert _cli([str(bad), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert re.search(expected, err), err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_the_plan_trains_the_fair_baseline_after_the_student_da_stage():
+    """A sweep over DAKD trials that start from student-DA trains their fair baseline (student-DA
+    trained on for the trials' steps) as a stage, after the student-DA stage it starts from."""
+    spec = load_spec(ROOT / "sweeps" / "loss_weights.yaml")
+    the_plan = plan(spec, ROOT)
+    assert [s.kind for s in the_plan.stages] == ["student_da", "fair baseline"]
+    student, fair = the_plan.stages
+    assert fair.needs == {"init": student.config.name} and not student.needs
+    assert fair.config.init == "auto" and fair.config.train.steps == spec.base.train.steps
+    assert student.config.train.steps == spec.stages["train.steps"]
+    assert "fair baseline" in the_plan.text()
+
+
+def test_the_summary_sets_the_best_trial_against_both_baselines():
+    from dakd.sweep.driver import SweepResult, format_summary, headline_metrics
+
+    spec = load_spec(ROOT / "sweeps" / "loss_weights.yaml")
+    row = {"best": 0.0, "step": 300, "status": "done", "error": "", "values": {}}
+    result = SweepResult(
+        "storage/loss_weights",
+        "parent",
+        "sqlite:///x.db",
+        rows=[
+            {**row, "trial": "a", "where": ("synth_to_real", 0), "final": 16.0},
+            {**row, "trial": "b", "where": ("synth_to_real", 0), "final": 14.0},
+        ],
+        baselines={("synth_to_real", 0): {"student-DA": 12.0, "fair baseline": 13.5}},
+        errors=0,
+    )
+    text = format_summary(result, spec, "mlflow ui", "loss_weights")
+    assert (
+        "synth_to_real seed=0: best trial 16.00, +2.50 over the fair baseline 13.50 (student-DA "
+        "trained on for the trials' steps), +4.00 over student-DA 12.00" in text
+    )
+    assert headline_metrics(result, spec) == {
+        "best_miou": 16.0,
+        "student_da_miou": 12.0,
+        "fair_baseline_miou": 13.5,
+        "gain_over_student_da": 4.0,
+        "gain_over_fair_baseline": 2.5,
+    }
 
 
 def test_a_spec_that_is_not_text_stops_in_one_line(tmp_path, capsys):
@@ -351,15 +408,18 @@ def test_second_sweep_reuses_the_stages(local_ray, place):
     spec, _ = _smoke_sweep("levels", place)
     again = plan(spec, ROOT)
     assert again.stages and all(s.done for s in again.stages)  # nothing left to train
-    teacher = next(s for s in again.stages if s.config.stage == "teacher_da")
-    stamp = teacher.checkpoint.stat().st_mtime_ns
+    # levels.yaml distils from the shipped teacher: its stages are student-DA and the fair
+    # baseline that starts from it
+    assert sorted(s.kind for s in again.stages) == ["fair baseline", "student_da"]
+    stamps = {s.kind: s.checkpoint.stat().st_mtime_ns for s in again.stages}
     client = MlflowClient(place["uri"])
     exp = client.get_experiment_by_name(spec.experiment_name)
-    before = client.search_runs([exp.experiment_id], "tags.stage = 'teacher_da'")
+    before = client.search_runs([exp.experiment_id], "tags.stage = 'student_da'")
     run_sweep(spec, root=ROOT, log=lambda _: None)
-    after = client.search_runs([exp.experiment_id], "tags.stage = 'teacher_da'")
-    assert teacher.checkpoint.stat().st_mtime_ns == stamp  # the teacher was not trained again
-    assert len(after) == len(before)  # and no new teacher run was tracked
+    after = client.search_runs([exp.experiment_id], "tags.stage = 'student_da'")
+    # neither was trained again, and no new stage run was tracked
+    assert {s.kind: s.checkpoint.stat().st_mtime_ns for s in again.stages} == stamps
+    assert len(after) == len(before)
 
 
 def test_resume_continues_the_latest_sweep_in_the_same_parent_run(local_ray, place):

@@ -24,7 +24,16 @@ from typing import Any
 
 from dakd.config import ConfigError, ExperimentConfig
 from dakd.locations import ui_link
-from dakd.pipeline import clear_failure, error_line, mark_failed
+from dakd.pipeline import (
+    AUTO,
+    AUTO_STAGES,
+    clear_failure,
+    error_line,
+    failure_of,
+    is_fair_baseline,
+    mark_failed,
+    with_stages,
+)
 from dakd.sweep.spec import (
     SpecError,
     SweepSpec,
@@ -87,10 +96,18 @@ def smoke(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Swee
 class StagePlan:
     config: ExperimentConfig
     done: bool  # its final weights exist: reused, not trained
+    #: ``auto`` fields of the config -> the name of the stage that provides them (the fair
+    #: baseline starts from the student-DA stage, so it is trained after it)
+    needs: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def checkpoint(self) -> Path:
         return self.config.run_dir / "model.pt"
+
+    @property
+    def kind(self) -> str:
+        """``teacher_da``, ``student_da`` or ``fair baseline``."""
+        return "fair baseline" if is_fair_baseline(self.config) else self.config.stage
 
 
 @dataclass
@@ -135,13 +152,13 @@ class Plan:
             describe(spec),
             f"trials: {self.trials}, {spec.base.train.steps} steps each, evaluated every "
             f"{spec.base.train.eval_interval}",
-            f"stages the trials build on: {len(self.stages)}"
+            f"stages the trials build on or are measured against: {len(self.stages)}"
             + (" (each trained once, then reused)" if self.stages else ""),
         ]
         for stage in self.stages:
             state = "reuse" if stage.done else "train"
             lines.append(
-                f"  {state:5s} {stage.config.stage:10s} seed={stage.config.seed} "
+                f"  {state:5s} {stage.kind:13s} seed={stage.config.seed} "
                 f"{stage.config.data.scenario} {stage.config.train.steps} steps -> "
                 f"{stage.config.run_dir}"
             )
@@ -205,6 +222,14 @@ def check_inputs(cfg: ExperimentConfig) -> list[str]:
                 f"{key}: checkpoint {path} does not exist (give a model.pt, or auto for the "
                 "stage the sweep trains)"
             )
+    if cfg.stage == "dakd" and cfg.teacher and cfg.teacher != "auto":
+        from dakd.checkpoint import CheckpointError
+        from dakd.da_teacher import check_teacher
+
+        try:
+            check_teacher(cfg)  # a shipped teacher: its manifest, network and scenario
+        except CheckpointError as err:
+            raise ConfigError(str(err)) from None
     return lines
 
 
@@ -237,13 +262,15 @@ def plan(spec: SweepSpec, root: Path | None = None) -> Plan:
         raise SpecError(f"{spec.path}: experiment: {err}") from None
     for sampled in grid_variants(spec):
         cfg = resolve(spec, sampled)
-        for dep in stages_of(cfg, context).values():
+        deps = stages_of(cfg, context, baseline=True)
+        for dep in deps.values():
             if dep.name not in stages:
                 try:
                     inputs.update(dict.fromkeys(check_inputs(dep)))
                 except ConfigError as err:
                     raise SpecError(f"{spec.path}: experiment: {err}") from None
-                stages[dep.name] = StagePlan(dep, (dep.run_dir / "model.pt").exists())
+                needs = {f: deps[f].name for f in AUTO_STAGES if getattr(dep, f) == AUTO}
+                stages[dep.name] = StagePlan(dep, (dep.run_dir / "model.pt").exists(), needs)
     return Plan(
         spec=spec,
         trials=num_trials(spec),
@@ -402,40 +429,67 @@ def _status_callback(uri: str):
 
 
 def _train_stages(stages: list[StagePlan], context: SweepContext, log) -> list[str]:
-    """Train the missing stages as Ray tasks (independent stages run side by side); returns
-    one line per stage that failed (its trials fail with it; the others go on)."""
+    """Train the missing stages as Ray tasks (independent stages run side by side; a fair
+    baseline after the student-DA stage it starts from); returns one line per stage that
+    failed (its trials fail with it; the others go on)."""
+    todo = [s for s in stages if not s.done]
+    if not todo:
+        return []
+    log(f"training {len(todo)} stage(s) the trials build on (once; later sweeps reuse them)")
+    start = time.monotonic()
+    by_name = {s.config.name: s for s in stages}
+    first = [s for s in todo if not s.needs]
+    failed, broken = _stage_wave(first, stages, context, log, start, (0, len(todo)))
+    later = []
+    for stage in (s for s in todo if s.needs):
+        missing = [n for n in stage.needs.values() if n in broken or n not in by_name]
+        if missing:
+            start_of = by_name.get(missing[0])
+            cause = (failure_of(start_of.config) if start_of else None) or missing[0]
+            message = mark_failed(
+                stage.config,
+                f"the stage it starts from failed ({cause.split(' failed: ', 1)[-1]})",
+                _difference(stage, stages),
+            )
+            failed.append(message)
+            log(f"  {message}")
+            continue
+        paths = {f: str(by_name[n].checkpoint) for f, n in stage.needs.items()}
+        later.append(StagePlan(with_stages(stage.config, paths), False))
+    more, _ = _stage_wave(later, stages, context, log, start, (len(first), len(todo)))
+    return failed + more
+
+
+def _stage_wave(wave, stages, context: SweepContext, log, start: float, count: tuple[int, int]):
+    """Train ``wave``'s stages side by side as Ray tasks, logging each as it ends; returns the
+    failure lines and the names of the stages that failed."""
     import ray
 
     from dakd.sweep.trial import train_stage
 
-    todo = [s for s in stages if not s.done]
-    if not todo:
-        return []
-    spec = context.spec
-    log(f"training {len(todo)} stage(s) the trials build on (once; later sweeps reuse them)")
-    start = time.monotonic()
     pending = {}
-    for stage in todo:
+    for stage in wave:
         clear_failure(stage.config)  # a stage that failed before is tried again
-        remote, threads = _stage_task(train_stage, stage.config, spec)
+        remote, threads = _stage_task(train_stage, stage.config, context.spec)
         pending[remote.remote(stage.config, context, threads)] = stage
-    failed = []
+    failed, broken = [], set()
     # report each stage as it ends (a stage takes minutes on a laptop)
     for done, stage, ready in _as_completed(pending):
-        after = f"  stage {done}/{len(todo)} after {time.monotonic() - start:.0f} s: "
+        after = f"  stage {count[0] + done}/{count[1]} after {time.monotonic() - start:.0f} s: "
         try:
             summary = ray.get(ready)
         except Exception as err:  # noqa: BLE001 - a NaN, an exception, a dead worker: the same
             # the stage's trials fail with this line; the other stages and their trials go on
             message = mark_failed(stage.config, error_line(err), _difference(stage, stages))
             failed.append(message)
+            broken.add(stage.config.name)
             log(after + message + "; the trials that build on it fail")
             continue
         log(
-            after + f"{stage.config.stage} seed={stage.config.seed} {stage.config.data.scenario}: "
+            after + f"{stage.kind} seed={stage.config.seed} {stage.config.data.scenario}: "
             f"target mIoU {summary['metrics'].get('miou', math.nan):.2f} -> {stage.checkpoint}"
         )
-    return failed
+    return failed, broken
 
 
 def _stage_task(fn, cfg: ExperimentConfig, spec: SweepSpec):
@@ -466,7 +520,7 @@ _NOT_TRAINING = ("name", "out_dir", "data.cache_dir", "teacher_cache.dir", "trai
 def _difference(stage: StagePlan, stages: list[StagePlan]) -> str:
     """How ``stage``'s config differs from another planned stage of the same kind, e.g.
     ``optim.lr=1e+12`` (empty when it has no peer)."""
-    peers = [s for s in stages if s.config.stage == stage.config.stage and s is not stage]
+    peers = [s for s in stages if s.kind == stage.kind and s is not stage]
     if not peers:
         return ""
     mine, theirs = stage.config.flat(), peers[0].config.flat()
@@ -608,7 +662,8 @@ class SweepResult:
     parent_run_id: str
     tracking_uri: str
     rows: list[dict[str, Any]]
-    baselines: dict[str, float]
+    #: per (scenario, seed): ``student-DA`` and ``fair baseline`` final values
+    baselines: dict[tuple[str, int], dict[str, float]]
     errors: int
     failed_stages: list[str] = dataclasses.field(default_factory=list)
 
@@ -729,9 +784,7 @@ def run_sweep(
         )
         log(text)
         parent.log_text(text, "summary.md")
-        parent.log_metrics(
-            {f"best_{spec.tune.metric}": result.rows[0]["final"]} if result.rows else {}, step=0
-        )
+        parent.log_metrics(headline_metrics(result, spec), step=0)
         # the result tables need MLflow only: build them while Ray shuts down
         analysis = threading.Thread(
             target=_log_analysis,
@@ -1016,9 +1069,15 @@ def summarize(grid, spec: SweepSpec, the_plan: Plan, parent_run_id: str, uri: st
         )
         if result.error is not None:
             errors += 1
+        try:
+            trial_cfg = resolve(spec, config)
+            where = (trial_cfg.data.scenario, trial_cfg.seed)
+        except (ConfigError, SpecError):
+            where = None
         rows.append(
             {
                 "trial": trial_label(spec, config),
+                "where": where,
                 "values": trial_overrides(spec, config),
                 "final": float(metrics.get(metric, math.nan)),
                 "best": best,
@@ -1030,14 +1089,61 @@ def summarize(grid, spec: SweepSpec, the_plan: Plan, parent_run_id: str, uri: st
         )
     sign = -1.0 if spec.tune.mode == "max" else 1.0
     rows.sort(key=lambda r: math.inf if math.isnan(r["final"]) else sign * r["final"])
-    baselines = {}
-    for stage in the_plan.stages:
-        if stage.checkpoint.exists() and stage.config.stage == "student_da":
-            from dakd import checkpoint as ckpt
+    return SweepResult(path, parent_run_id, uri, rows, baselines_of(the_plan, metric), errors)
 
-            miou = ckpt.load(stage.checkpoint)["metrics"].get("miou", math.nan)
-            baselines[f"student-DA seed={stage.config.seed} {stage.config.data.scenario}"] = miou
-    return SweepResult(path, parent_run_id, uri, rows, baselines, errors)
+
+def headline_metrics(result: SweepResult, spec: SweepSpec) -> dict[str, float]:
+    """The parent run's metrics: the best trial's final value and, for a sweep of one scenario
+    and seed, the baselines and the gains over them (the runs table shows them unexpanded)."""
+    metric = spec.tune.metric
+    out = {f"best_{metric}": result.rows[0]["final"]} if result.rows else {}
+    heads = headline(result, spec.tune.mode)
+    if len(heads) == 1:
+        (row,) = heads.values()
+        names = {"student-DA": "student_da", "fair baseline": "fair_baseline"}
+        for key, value in row.items():
+            if key != "best":
+                out[f"{names.get(key, key)}_{metric}" if key in names else key] = value
+    return {k: v for k, v in out.items() if not math.isnan(v)}
+
+
+def baselines_of(the_plan: Plan, metric: str = "miou") -> dict[tuple[str, int], dict[str, float]]:
+    """Per (scenario, seed), the final ``metric`` of the student-DA stage the trials start from
+    and of their fair baseline (student-DA trained on for their steps), where trained."""
+    from dakd import checkpoint as ckpt
+
+    out: dict[tuple[str, int], dict[str, float]] = {}
+    for stage in the_plan.stages:
+        kind = {"student_da": "student-DA", "fair baseline": "fair baseline"}.get(stage.kind)
+        if kind is None or not stage.checkpoint.exists():
+            continue
+        value = ckpt.load(stage.checkpoint)["metrics"].get(metric, math.nan)
+        where = (stage.config.data.scenario, stage.config.seed)
+        out.setdefault(where, {})[kind] = float(value)
+    return out
+
+
+def headline(result: SweepResult, mode: str = "max") -> dict[tuple[str, int], dict[str, float]]:
+    """Per (scenario, seed) with a fair baseline: the best trial's final value, the baselines
+    and the gains over each (``gain_over_student_da``, ``gain_over_fair_baseline``)."""
+    sign = 1.0 if mode == "max" else -1.0
+    out = {}
+    for where, values in result.baselines.items():
+        finals = [
+            r["final"]
+            for r in result.rows
+            if r.get("where") == where and not math.isnan(r["final"])
+        ]
+        if not finals:
+            continue
+        best = max(finals) if mode == "max" else min(finals)
+        row = {"best": best, **values}
+        if "student-DA" in values:
+            row["gain_over_student_da"] = sign * (best - values["student-DA"])
+        if "fair baseline" in values:
+            row["gain_over_fair_baseline"] = sign * (best - values["fair baseline"])
+        out[where] = row
+    return out
 
 
 def format_summary(
@@ -1069,9 +1175,21 @@ def format_summary(
     if causes:
         lines += ["", f"why trials failed ({result.errors}):"]
         lines += [f"  {cause}" for cause in causes]
-    if result.baselines:
-        lines += ["", "baselines the trials start from:"]
-        lines += [f"  {name}: {value:.2f}" for name, value in result.baselines.items()]
+    heads = headline(result, spec.tune.mode)
+    if heads:
+        lines += ["", f"the best trial against the baselines ({metric}):"]
+        for (scenario, seed), row in heads.items():
+            parts = [f"best trial {row['best']:.2f}"]
+            if "fair baseline" in row:
+                parts.append(
+                    f"{row['gain_over_fair_baseline']:+.2f} over the fair baseline "
+                    f"{row['fair baseline']:.2f} (student-DA trained on for the trials' steps)"
+                )
+            if "student-DA" in row:
+                parts.append(
+                    f"{row['gain_over_student_da']:+.2f} over student-DA {row['student-DA']:.2f}"
+                )
+            lines.append(f"  {scenario} seed={seed}: " + ", ".join(parts))
     lines += [
         "",
         f"MLflow:   {result.tracking_uri}",

@@ -41,9 +41,11 @@ from dakd.pipeline import (
     dependency_config,
     error_line,
     failure_of,
+    fair_baseline_config,
     mark_failed,
     requirements,
     run_stage,
+    stage_label,
     with_stages,
 )
 from dakd.sweep.spec import SweepSpec, resolve, trial_label, trial_overrides
@@ -117,15 +119,28 @@ def input_paths(cfg: ExperimentConfig, context: SweepContext, overrides=None) ->
     return out
 
 
-def stages_of(cfg: ExperimentConfig, context: SweepContext) -> dict[str, ExperimentConfig]:
-    """The stage configs behind the ``auto`` fields of a trial config (and the trial itself when
-    it is one of the reused stages)."""
+BASELINE = "baseline"
+"""Key of :func:`stages_of` (with ``baseline=True``) for the fair baseline of a DAKD trial."""
+
+
+def stages_of(
+    cfg: ExperimentConfig, context: SweepContext, baseline: bool = False
+) -> dict[str, ExperimentConfig]:
+    """The stage configs behind the ``auto`` fields of a trial config, in the order they are
+    trained (and the trial itself when it is one of the reused stages: a teacher-DA or
+    student-DA stage, or the fair baseline, ``student_da`` with ``init: auto``). With
+    ``baseline``, also the fair baseline of a DAKD trial that starts from the student-DA stage
+    (the driver trains it as a stage; the trial itself does not need it)."""
     overrides = stage_overrides(context)
     paths = input_paths(cfg, context, overrides)
     overrides.update({k: v for k, v in paths.items() if k in INPUT_PATHS})  # not teacher/init
     deps = requirements(cfg, overrides)
     if cfg.stage in AUTO_STAGES.values() and not cfg.init:
         deps[SELF] = dependency_config(cfg, cfg.stage, overrides)
+    elif cfg.stage == "student_da" and cfg.init == AUTO:
+        deps[SELF] = fair_baseline_config(cfg, overrides)
+    if baseline and cfg.stage == "dakd" and cfg.init == AUTO:
+        deps[BASELINE] = fair_baseline_config(cfg, overrides)
     return deps
 
 
@@ -263,7 +278,7 @@ def train_stage(stage_cfg: ExperimentConfig, context: SweepContext, threads: int
     final = stage_cfg.run_dir / "model.pt"
     if final.exists():
         return run_stage(stage_cfg, log=lambda _: None)
-    label = f"{stage_cfg.stage} seed={stage_cfg.seed} {stage_cfg.data.scenario}"
+    label = stage_label(stage_cfg)
     # a stage this sweep began before it was interrupted continues in its own run (and from its
     # own last.pt); one begun by another sweep gets a new run under this one
     id_file = stage_cfg.run_dir / RUN_ID_FILE
@@ -413,8 +428,9 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     try:
         for field, dep in deps.items():
             # normally trained by the driver before the trials; a sampled value that changes a
-            # stage (e.g. a searched teacher width) trains it here, once, under a lock
-            checkpoints[field] = _ensure_stage(dep, context, threads)
+            # stage (e.g. a searched teacher width) trains it here, once, under a lock (a fair
+            # baseline after the student-DA stage it starts from)
+            checkpoints[field] = _ensure_stage(with_stages(dep, checkpoints), context, threads)
     except StageFailedError as err:
         # the trial cannot run: its MLflow run records why (one line), and Tune the error
         logger = _open_trial_run(context, cfg, config, _trial_run_id(context, _trial_id()))
@@ -677,6 +693,7 @@ __all__ = [
     "RUN_ID_FILE",
     "cache_stage",
     "SELF",
+    "BASELINE",
     "SweepContext",
     "run_trial",
     "stages_of",
