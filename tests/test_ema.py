@@ -14,10 +14,8 @@ def _float_params(model):
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
-def test_averaged_weights_equal_an_ema_computed_by_hand(tiny, monkeypatch):
-    """W_1 = raw weights after step 1; W_t = d W_(t-1) + (1 - d) raw_t (torch's AveragedModel
-    with get_ema_multi_avg_fn); the final model.pt holds them, last.pt the raw weights."""
-    decay = 0.75
+def _record_raw_weights(monkeypatch) -> list[dict[str, torch.Tensor]]:
+    """The raw weights after every training step, appended as the run goes."""
     raw_after_step = []
     original = Trainer.train_step
 
@@ -27,6 +25,14 @@ def test_averaged_weights_equal_an_ema_computed_by_hand(tiny, monkeypatch):
         return terms
 
     monkeypatch.setattr(Trainer, "train_step", recorded)
+    return raw_after_step
+
+
+def test_averaged_weights_equal_an_ema_computed_by_hand(tiny, monkeypatch):
+    """W_1 = raw weights after step 1; W_t = d W_(t-1) + (1 - d) raw_t (torch's AveragedModel
+    with get_ema_multi_avg_fn); the final model.pt holds them, last.pt the raw weights."""
+    decay = 0.75
+    raw_after_step = _record_raw_weights(monkeypatch)
     cfg = tiny("teacher_da", train__ema=decay, train__precise_bn=4)
     result = train(cfg)
     by_hand = {k: v.double() for k, v in raw_after_step[0].items()}
@@ -83,15 +89,7 @@ def test_mean_teacher_warmup_is_the_plain_mean_until_the_decay_takes_over(tiny, 
     """With ``ema_warmup`` and a decay of 0.6, the t-th new weight enters with max(0.4, 1/(t+1)):
     1/2 (the mean of the first two), then 0.4 (the decay has taken over); computed by hand."""
     decay = 0.6
-    raw_after_step = []
-    original = Trainer.train_step
-
-    def recorded(self):
-        terms = original(self)
-        raw_after_step.append(_float_params(self.model))
-        return terms
-
-    monkeypatch.setattr(Trainer, "train_step", recorded)
+    raw_after_step = _record_raw_weights(monkeypatch)
     cfg = tiny("source_only", train__ema=decay, train__ema_warmup=True)
     train(cfg)
     by_hand = {k: v.double() for k, v in raw_after_step[0].items()}
