@@ -99,6 +99,7 @@ def cmd_data_check(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from dakd.pipeline import calibrate
+    from dakd.pretrain import command_line
 
     calibrate(
         args.config,
@@ -109,6 +110,7 @@ def cmd_calibrate(args) -> int:
         teacher_steps=args.teacher_steps,
         teacher=args.teacher,
         out=Path(args.out),
+        command=command_line(),
     )
     print(f"written: {args.out}/calibration.md")
     return 0

@@ -311,8 +311,10 @@ def calibrate(
     out: Path | None = None,
     log: Callable[[str], None] = print,
     teacher: str = "shipped",
+    command: str = "",
 ) -> dict[str, Any]:
-    """Run every calibration row for each scenario and seed; write and return the table."""
+    """Run every calibration row for each scenario and seed; write and return the table (with
+    the ``command`` that made it and the machine it ran on)."""
     results: dict[str, dict[str, list[float]]] = {}
     seconds: dict[str, list[float]] = {}
     bounds: dict[str, float] = {}
@@ -353,6 +355,8 @@ def calibrate(
         "targets": calibration_targets(results),
         "logit_grid_bound": bounds,
         "bn_check": bn_check,
+        "command": command,
+        "machine": machine(),
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -360,6 +364,29 @@ def calibrate(
         (out / "calibration.json").write_text(json.dumps(summary, indent=2))
         plot_calibration(results, out / "calibration.png")
     return summary
+
+
+def machine() -> dict[str, Any]:
+    """What a number measured here depends on: CPU, core count, torch, its CPU kernels."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        if names:
+            cpu = names[0].split(":", 1)[1].strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "system": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 def plot_calibration(results: dict[str, dict[str, list[float]]], path: Path) -> Path:

@@ -32,6 +32,7 @@ def test_calibration_runs_every_row_and_reuses_finished_stages(tmp_path):
     for name in ("calibration.md", "calibration.json", "calibration.png"):
         assert (tmp_path / "cal" / name).stat().st_size > 0
     assert "| DAKD (c) |" in (tmp_path / "cal" / "calibration.md").read_text()
+    assert summary["machine"]["cores"] >= 1 and summary["machine"]["torch"]
 
     logs.clear()
     again = calibrate(
