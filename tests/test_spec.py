@@ -576,3 +576,61 @@ def test_auto_stage_fields_pass_validation(write):
     spec = load_spec(write(minimal(experiment={"stage": "dakd", "teacher": "ckpt/t.pt"})))
     assert (spec.base.teacher, spec.base.init) == ("ckpt/t.pt", "auto")
     assert spec.implicit_auto == ("init",)
+
+
+def _searched(**tune_section):
+    return minimal(
+        search={
+            "paradigm": {"choice": ["a", "d"]},
+            "loss.kl": {"loguniform": [0.01, 1.0]},
+            "loss.temperature": {"quniform": [1.0, 4.0, 0.5]},
+            "data.batch_size": {"randint": [4, 9]},
+        },
+        tune={"search": "optuna", "num_samples": 3, **tune_section},
+    )
+
+
+def test_points_to_evaluate_are_what_optuna_suggests_first(write):
+    """A point gives every axis a config value; Tune sees labels, and the first trial is it."""
+    from dakd.sweep.driver import build_tuner_parts
+
+    point = {"paradigm": "d", "loss.kl": 0.1, "loss.temperature": 1.5, "data.batch_size": 4}
+    spec = load_spec(write(_searched(points_to_evaluate=[point])))
+    assert spec.tune.points_to_evaluate == [point]
+    assert "tried first: paradigm=d loss.kl=0.1 loss.temperature=1.5" in describe(spec)
+    searcher, _ = build_tuner_parts(spec)
+    searcher.set_search_properties("miou", "max", param_space(spec))
+    first = searcher.suggest("t1")
+    assert {k: first[k] for k in point} == point
+    assert trial_overrides(spec, first)["paradigm"] == "d"
+    second = searcher.suggest("t2")  # then TPE samples
+    assert {k: second[k] for k in point} != point
+
+
+@pytest.mark.parametrize(
+    "point, message",
+    [
+        ({"paradigm": "b"}, r"\[0\]\.paradigm: 'b' is not one of its options"),
+        ({"loss.kl": 2.0}, r"\[0\]\.loss\.kl: 2\.0 is outside its range"),
+        ({"loss.temperature": 1.2}, r"\[0\]\.loss\.temperature: 1\.2 is not a multiple of its"),
+        ({"data.batch_size": 9}, r"\[0\]\.data\.batch_size: expected an integer in \[4, 9\)"),
+        ({"loss.kl": "high"}, r"\[0\]\.loss\.kl: expected a number"),
+        ({"loss.mse": 0.1}, r"\[0\]\.loss\.mse: not a search axis"),
+        ({"paradigm": None}, r"\[0\]: gives no value for search axis paradigm"),
+    ],
+)
+def test_bad_points_to_evaluate_name_the_point_and_axis(write, point, message):
+    good = {"paradigm": "a", "loss.kl": 0.1, "loss.temperature": 1.0, "data.batch_size": 5}
+    merged = {k: v for k, v in {**good, **point}.items() if v is not None}
+    with pytest.raises(SpecError, match=r"sweeps/spec\.yaml: tune\.points_to_evaluate" + message):
+        load_spec(write(_searched(points_to_evaluate=[merged])))
+
+
+def test_points_to_evaluate_need_optuna_and_a_list(write):
+    point = {"paradigm": "a", "loss.kl": 0.1, "loss.temperature": 1.0, "data.batch_size": 5}
+    spec = _searched(points_to_evaluate=[point])
+    spec["tune"]["search"] = "random"
+    with pytest.raises(SpecError, match=r"tune\.points_to_evaluate: needs tune\.search optuna"):
+        load_spec(write(spec))
+    with pytest.raises(SpecError, match=r"tune\.points_to_evaluate: expected a non-empty list"):
+        load_spec(write(_searched(points_to_evaluate={"paradigm": "a"})))

@@ -365,7 +365,9 @@ def build_tuner_parts(spec: SweepSpec):
         import optuna
 
         sampler = optuna.samplers.TPESampler(seed=t.search_seed)
-        searcher = OptunaSearch(sampler=sampler)
+        # copies: the searcher consumes its list
+        points = [dict(p) for p in t.points_to_evaluate] or None
+        searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points)
         search_alg = Repeater(searcher, repeat=len(t.seeds)) if len(t.seeds) > 1 else searcher
     else:
         # a SearchGenerator ignores TuneConfig.max_concurrent_trials: it takes its own limit

@@ -118,6 +118,9 @@ class TuneSettings:
     # off by default: with Ray 2.60, reusing a function-trainable actor after ASHA stopped its
     # trial failed the next trial ("Could not re-use actor ... reset_config") and once hung
     reuse_actors: bool = True
+    #: Optuna only: configurations TPE tries first (e.g. the paper's weights), each giving
+    #: every search axis a value; stored as Tune sees them (labels of choice options)
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -603,7 +606,57 @@ def _tune(raw: Any, check: _Checker) -> TuneSettings:
         t.max_failures = check.integer(section["max_failures"], "tune.max_failures", -1)
     if "reuse_actors" in section:
         t.reuse_actors = check.boolean(section["reuse_actors"], "tune.reuse_actors")
+    if section.get("points_to_evaluate") is not None:
+        points = section["points_to_evaluate"]
+        if not isinstance(points, list) or not points:
+            check.fail(
+                "tune.points_to_evaluate",
+                f"expected a non-empty list of {{axis: value}} mappings, got {points!r}",
+            )
+        t.points_to_evaluate = [
+            check.mapping(point, f"tune.points_to_evaluate[{i}]") for i, point in enumerate(points)
+        ]
     return t
+
+
+def _points(tune: TuneSettings, axes: dict[str, Distribution], check: _Checker) -> None:
+    """Check ``tune.points_to_evaluate`` against the search space and turn each value into what
+    Tune samples (the label of a choice option, a number within its range)."""
+    if not tune.points_to_evaluate:
+        return
+    if tune.search != "optuna":
+        check.fail("tune.points_to_evaluate", f"needs tune.search optuna, not {tune.search}")
+    for i, point in enumerate(tune.points_to_evaluate):
+        key = f"tune.points_to_evaluate[{i}]"
+        unknown = sorted(set(point) - set(axes))
+        if unknown:
+            check.fail(f"{key}.{unknown[0]}", f"not a search axis ({', '.join(axes)})")
+        missing = [axis for axis in axes if axis not in point]
+        if missing:
+            check.fail(key, f"gives no value for search axis {', '.join(missing)}")
+        for axis, dist in axes.items():
+            point[axis] = _point_value(point[axis], dist, f"{key}.{axis}", check)
+
+
+def _point_value(value: Any, dist: Distribution, key: str, check: _Checker) -> Any:
+    if dist.categorical:
+        for label, option in dist.options:
+            if value == option or (isinstance(value, str) and value == label):
+                return label
+        check.fail(key, f"{value!r} is not one of its options ({', '.join(dist.labels())})")
+    number = check.number(value, key)
+    low, high = dist.args[0], dist.args[1]
+    if dist.kind == "randint":
+        if number != int(number) or not low <= number < high:
+            check.fail(key, f"expected an integer in [{low}, {high}), got {value!r}")
+        return int(number)
+    if not low <= number <= high:
+        check.fail(key, f"{value!r} is outside its range [{_label(low)}, {_label(high)}]")
+    if dist.kind == "quniform" and not math.isclose(
+        number / dist.args[2], round(number / dist.args[2])
+    ):
+        check.fail(key, f"{value!r} is not a multiple of its step {_label(dist.args[2])}")
+    return number
 
 
 #: What Ray Tune adds to every result a trial reports.
@@ -792,6 +845,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
                     f"search.{axis}",
                     "grid needs tune.search grid or random (not optuna); use choice",
                 )
+    _points(tune, axes, check)
     _check_metric(tune, base, check)
     storage = raw.get("storage", "runs/ray")
     resources = _resources(raw.get("resources"), check)
@@ -981,6 +1035,10 @@ def describe(spec: SweepSpec) -> str:
         f"seeds: {t.seeds}",
         f"tune: {t.search} search, {t.num_samples} sample(s), {scheduler}; "
         f"{t.mode} {t.metric}; {num_trials(spec)} trial(s)",
+        *(
+            f"  tried first: {' '.join(f'{k}={_label(v)}' for k, v in point.items())}"
+            for point in t.points_to_evaluate
+        ),
         f"resources per trial: cpu {spec.resources.cpu:g}, gpu {spec.resources.gpu:g}, "
         f"workers {spec.resources.workers}",
         f"tracking: {spec.tracking.uri or 'default sqlite store'}, "
