@@ -34,6 +34,7 @@ import torch
 from dakd import checkpoint as ckpt
 from dakd.config import SCENARIOS, ConfigError, ExperimentConfig, load_config
 from dakd.models.pretrained import MANIFEST, check_manifest, manifest_entry, network_of, sha256
+from dakd.pretrain import machine
 
 #: The recipe of the shipped teachers (dotted overrides of ``configs/embedded.yaml``).
 RECIPE: dict[str, Any] = {
@@ -215,6 +216,8 @@ def write_teacher(
         "threads": cfg.train.threads,
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # the same torch and kernels on another machine gave other last bits (measured)
+        "cpu": machine()["cpu"],
         "first_steps": {"steps": CHECK_STEPS, "sha256": first_steps_digest(cfg)},
         "history": history,
         "target_miou": {

@@ -315,6 +315,8 @@ def calibrate(
 ) -> dict[str, Any]:
     """Run every calibration row for each scenario and seed; write and return the table (with
     the ``command`` that made it and the machine it ran on)."""
+    from dakd.pretrain import machine
+
     results: dict[str, dict[str, list[float]]] = {}
     seconds: dict[str, list[float]] = {}
     bounds: dict[str, float] = {}
@@ -356,7 +358,7 @@ def calibrate(
         "logit_grid_bound": bounds,
         "bn_check": bn_check,
         "command": command,
-        "machine": machine(),
+        "machine": machine(),  # dakd.pretrain
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -364,29 +366,6 @@ def calibrate(
         (out / "calibration.json").write_text(json.dumps(summary, indent=2))
         plot_calibration(results, out / "calibration.png")
     return summary
-
-
-def machine() -> dict[str, Any]:
-    """What a number measured here depends on: CPU, core count, torch, its CPU kernels."""
-    import os
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        if names:
-            cpu = names[0].split(":", 1)[1].strip()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "system": f"{platform.system()} {platform.machine()}",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
 
 
 def plot_calibration(results: dict[str, dict[str, list[float]]], path: Path) -> Path:

@@ -226,5 +226,28 @@ def write_weights(model, model_cfg, out_dir, cfg, history, seconds, command) -> 
     return entry
 
 
+def machine() -> dict[str, Any]:
+    """What a number measured here depends on: CPU, core count, torch, its CPU kernels."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        if names:
+            cpu = names[0].split(":", 1)[1].strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "system": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
 def command_line() -> str:
     return "python -m dakd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
