@@ -1104,8 +1104,10 @@ def headline_metrics(result: SweepResult, spec: SweepSpec) -> dict[str, float]:
         (row,) = heads.values()
         names = {"student-DA": "student_da", "fair baseline": "fair_baseline"}
         for key, value in row.items():
-            if key != "best":
-                out[f"{names.get(key, key)}_{metric}" if key in names else key] = value
+            if key in names:
+                out[f"{names[key]}_{metric}"] = value  # the baselines' values
+            elif key != "best":
+                out[key] = value  # the gains over them
     return {k: v for k, v in out.items() if not math.isnan(v)}
 
 
