@@ -40,8 +40,9 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dakd import checkpoint as ckpt  # noqa: E402
+from dakd.builders import build_network, spec_of  # noqa: E402
 from dakd.config import load_config  # noqa: E402
-from dakd.train import Trainer, build_network, spec_of  # noqa: E402
+from dakd.trainer import Trainer  # noqa: E402
 
 PAPER = [
     "models.teacher.name=drn_d_38",

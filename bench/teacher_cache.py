@@ -41,8 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from dakd import checkpoint as ckpt  # noqa: E402
 from dakd import teacher_cache as tcache  # noqa: E402
+from dakd.builders import build_network, spec_of  # noqa: E402
 from dakd.config import from_dict, load_config  # noqa: E402
-from dakd.train import Trainer, build_network, spec_of, train  # noqa: E402
+from dakd.train import train  # noqa: E402
+from dakd.trainer import Trainer  # noqa: E402
 
 #: Real datasets at the paper's recipe (AdaptSegNet's, the real-data specs): training images,
 #: the size the cache stores each image at (the resized image), flips off.
@@ -80,7 +82,7 @@ def _peak_memory(cfg_path: Path, steps: int) -> dict[str, float]:
 import json, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 from dakd.config import from_dict
-from dakd.train import Trainer
+from dakd.trainer import Trainer
 cfg = from_dict(json.loads(open({str(cfg_path)!r}).read()))
 def status(key):
     for line in open("/proc/self/status"):

@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dakd import checkpoint as ckpt  # noqa: E402
 from dakd import losses  # noqa: E402
+from dakd.builders import build_network, spec_of  # noqa: E402
 from dakd.config import load_config  # noqa: E402
 from dakd.data.scenes import render_scene  # noqa: E402
-from dakd.train import Trainer, build_network, spec_of  # noqa: E402
+from dakd.trainer import Trainer  # noqa: E402
 
 
 def hand_loop(trainer: Trainer, batches, steps: int) -> float:

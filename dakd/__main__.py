@@ -62,7 +62,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from dakd.config import parse_override
-    from dakd.train import evaluate_checkpoint
+    from dakd.validation import evaluate_checkpoint
 
     overrides = dict(parse_override(item) for item in args.overrides)
     cfg, network, metrics = evaluate_checkpoint(args.checkpoint, overrides)
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from dakd.checkpoint import CheckpointError
     from dakd.config import ConfigError
-    from dakd.train import NonFiniteLossError
+    from dakd.trainer import NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     try:

@@ -159,7 +159,8 @@ def first_steps_digest(cfg: ExperimentConfig, steps: int = CHECK_STEPS) -> str:
 
 def _stored_miou(cfg: ExperimentConfig, weights: dict[str, torch.Tensor]) -> float:
     """Target val mIoU (%) of the network with ``weights`` (the float16 file's, in float32)."""
-    from dakd.train import build_network, evaluate_on, spec_of, val_dataset
+    from dakd.builders import build_network, spec_of, val_dataset
+    from dakd.validation import evaluate_on
 
     spec = spec_of(cfg.models.teacher)
     model = build_network(spec)
@@ -174,8 +175,8 @@ def write_teacher(
     """Store a finished teacher-DA run's final (averaged) weights in float16 and record them."""
     from filelock import FileLock
 
+    from dakd.builders import spec_of
     from dakd.data.scenes import renderer_version
-    from dakd.train import spec_of
 
     final = ckpt.load(cfg.run_dir / "model.pt")
     half = {k: v.half() if v.is_floating_point() else v for k, v in final["model"].items()}

@@ -10,6 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The two levels a segmenter predicts at, each with its adversarial and distillation terms: the
+#: auxiliary ``feature`` head and the ``output`` head (PAPER.md). Their order is the order the
+#: trainer builds their discriminators in, so it fixes a run's random stream.
+LEVELS = ("feature", "output")
+
+#: The value of ``teacher`` / ``init`` that names a reused stage, resolved before training
+#: (``dakd.pipeline.with_stages``).
+AUTO = "auto"
+
 
 @dataclass(frozen=True)
 class Stage:

@@ -17,6 +17,7 @@ from typing import Any
 
 from dakd import checkpoint as ckpt
 from dakd.config import ExperimentConfig, from_dict, load_config
+from dakd.hooks import Hook
 from dakd.train import train
 
 #: Rows of the calibration table, in order: (row name, key of its builder).
@@ -196,8 +197,10 @@ def run_stage(
     cfg: ExperimentConfig,
     log: Callable[[str], None] = print,
     report: Callable[[dict[str, float], Path], None] | None = None,
+    hooks: Sequence[Hook] = (),
 ) -> dict[str, Any]:
-    """Train ``cfg`` unless its finished weights (``model.pt``) already exist; return its summary."""
+    """Train ``cfg`` unless its finished weights (``model.pt``) already exist; return its summary.
+    ``report`` and ``hooks`` are :func:`dakd.train.train`'s."""
     final = cfg.run_dir / "model.pt"
     if final.exists():
         state = ckpt.load(final)
@@ -212,7 +215,7 @@ def run_stage(
         }
     log(f"training {cfg.stage} -> {cfg.run_dir}")
     tic = time.perf_counter()
-    result = train(cfg, report=report)
+    result = train(cfg, report=report, hooks=hooks)
     seconds = time.perf_counter() - tic
     log(f"  {cfg.stage}: target mIoU {result.metrics['miou']:.2f} in {seconds:.0f} s")
     return {
@@ -293,7 +296,7 @@ def shipped_teacher(base: ExperimentConfig) -> dict[str, Any]:
     """The calibration row of the scenario's shipped teacher: evaluated, not trained (it is
     the same for every seed)."""
     from dakd.da_teacher import SHIPPED_DIR, check_teacher, teacher_file
-    from dakd.train import evaluate_checkpoint
+    from dakd.validation import evaluate_checkpoint
 
     path = str(Path(SHIPPED_DIR) / teacher_file(base.data.scenario))
     check_teacher(from_dict(base.to_dict(), {"teacher": path}))
@@ -614,8 +617,8 @@ def logit_grid_bound(cfg: ExperimentConfig) -> float:
     target val split of ``cfg`` (:func:`dakd.evaluate.grid_bound`)."""
     import numpy as np
 
+    from dakd.builders import val_dataset
     from dakd.evaluate import grid_bound
-    from dakd.train import val_dataset
 
     val = val_dataset(cfg)
     labels = np.stack([np.asarray(val.raw(i)[1]) for i in range(len(val))])
@@ -632,9 +635,10 @@ def bn_reestimation_check(checkpoint: str) -> tuple[float, float]:
     does not read): equal up to noise when the stored statistics are the target's."""
     import torch
 
+    from dakd.builders import build_data, network_from_checkpoint
     from dakd.data.loader import eval_batches
     from dakd.models.domain_bn import reestimate
-    from dakd.train import build_data, evaluate_on, network_from_checkpoint
+    from dakd.validation import evaluate_on
 
     model, state = network_from_checkpoint(checkpoint)
     cfg = from_dict({**state["config"], "stage": "source_only", "init": "", "teacher": ""})

@@ -153,8 +153,8 @@ def test_data_parallel_worker_reports_in_step_and_resumes(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from dakd.config import from_dict
+    from dakd.sweep.context import SweepContext
     from dakd.sweep.spec import grid_variants, resolve
-    from dakd.sweep.trial import SweepContext
     from dakd.tracking import RunLogger, prepare
 
     spec = smoke(_spec_file(tmp_path, "dp", "resources: {workers: 2}\n"))

@@ -259,7 +259,7 @@ def test_training_on_real_trees_and_the_synthia_protocols(tiny, trees, monkeypat
     cfg = _real(tiny, "student_da", train__steps=2)
     result = train(cfg)
     assert 0 <= result.metrics["miou"] <= 100 and "miou16" not in result.metrics
-    from dakd.sweep.trial import prediction_panel
+    from dakd.sweep.hooks import prediction_panel
     from dakd.visualize import SEPARATOR
 
     # a sweep's prediction panel shows full-resolution labels at the images' size (16x32)
@@ -285,7 +285,8 @@ def test_prefetching_real_batches_changes_no_result(tiny, trees, monkeypatch):
     """Real datasets build their batches ahead in threads by default (data.prefetch -1 = auto:
     4); the run is the same, weights included, as one that builds them in the loop."""
     from dakd.data.loader import Prefetcher
-    from dakd.train import Trainer, train
+    from dakd.train import train
+    from dakd.trainer import Trainer
 
     monkeypatch.setenv("DAKD_DATA", str(trees))
     auto = _real(tiny, "student_da", train__steps=3, name="auto")

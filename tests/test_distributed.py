@@ -32,11 +32,15 @@ import torch.multiprocessing as mp
 import yaml
 from torch import nn
 
-import dakd.train as trainer_module
+import dakd.builders
+import dakd.teacher_outputs
+import dakd.trainer
+import dakd.validation
 from dakd import checkpoint as ckpt
 from dakd.config import from_dict
 from dakd.distributed import World
-from dakd.train import check_world, train
+from dakd.runtime import check_world
+from dakd.train import train
 from tests.conftest import TINY
 
 WORLD = 2
@@ -61,7 +65,13 @@ def config(root: Path, name: str, teacher: Path, **dotted):
 
 
 # -- networks for the comparisons -------------------------------------------------------------
-build_network = trainer_module.build_network
+build_network = dakd.builders.build_network
+
+
+def _use_network(build) -> None:
+    """Every builder of a run's networks (student, teacher) builds with ``build``."""
+    for module in (dakd.builders, dakd.trainer, dakd.teacher_outputs):
+        module.build_network = build
 
 
 def group_norm_network(spec):
@@ -129,9 +139,9 @@ def _worker(rank: int, root: Path, ports: tuple[int, int]) -> None:
     )
     try:
         # exact comparison: no batch statistics
-        trainer_module.build_network = group_norm_network
+        _use_network(group_norm_network)
         train(config(root, "gn-ddp", root / "teacher-gn.pt"))
-        trainer_module.build_network = build_network
+        _use_network(build_network)
 
         # BatchNorm; each rank writes to its own folder: only rank 0 may write anything
         reports = []
@@ -162,23 +172,23 @@ def _worker(rank: int, root: Path, ports: tuple[int, int]) -> None:
         (root / f"resumed-steps-rank{rank}.json").write_text(json.dumps(resumed))
 
         # this process's share of the first global batch, through the trainer
-        shared = trainer_module.Trainer(config(root, "x", root / "teacher.pt"))
+        shared = dakd.trainer.Trainer(config(root, "x", root / "teacher.pt"))
         torch.save(shared.source.batch(0), root / f"batch-rank{rank}.pt")
 
         # distributed evaluation of a finished network
-        model, _ = trainer_module.network_from_checkpoint(root / "bn-single" / "model.pt")
+        model, _ = dakd.builders.network_from_checkpoint(root / "bn-single" / "model.pt")
         cfg = config(root, "eval", root / "teacher.pt")
-        _, _, val = trainer_module.build_data(cfg)
-        metrics = trainer_module.evaluate_on(model, val, cfg, torch.device("cpu"))
+        _, _, val = dakd.builders.build_data(cfg)
+        metrics = dakd.validation.evaluate_on(model, val, cfg, torch.device("cpu"))
         if rank == 0:
             np.save(root / "eval-ddp.npy", metrics.matrix)
 
         # a NaN loss on one process stops both at the same step (none waits for the other)
         if rank == 1:
-            trainer_module.losses.seg_ce = lambda logits, labels: logits.sum() * torch.nan
+            dakd.trainer.losses.seg_ce = lambda logits, labels: logits.sum() * torch.nan
         try:
             train(config(root, "nan", root / "teacher.pt"))
-        except trainer_module.NonFiniteLossError as err:
+        except dakd.trainer.NonFiniteLossError as err:
             (root / f"nan-rank{rank}.txt").write_text(str(err))
     finally:
         dist.destroy_process_group()
@@ -194,12 +204,12 @@ def runs(tmp_path_factory):
         save_teacher(root / "teacher.pt", build_network)
         save_teacher(root / "teacher-gn.pt", group_norm_network)
         refs = {"bn-single": train(config(root, "bn-single", root / "teacher.pt"))}
-        trainer_module.build_network = group_norm_network
+        _use_network(group_norm_network)
         refs["gn-single"] = train(config(root, "gn-single", root / "teacher-gn.pt"))
-        trainer_module.build_network = per_share_network
+        _use_network(per_share_network)
         refs["bn-per-share"] = train(config(root, "bn-per-share", root / "teacher.pt"))
     finally:
-        trainer_module.build_network = build_network
+        _use_network(build_network)
         torch.set_num_threads(threads)
     cli = {**BASE, "out_dir": str(root), "teacher": str(root / "teacher.pt"), "name": "cli"}
     (root / "cli.yaml").write_text(yaml.safe_dump(cli))
@@ -248,7 +258,7 @@ def test_each_process_takes_a_disjoint_share_of_the_global_batch(runs):
     root, _ = runs
     shares = [torch.load(root / f"batch-rank{r}.pt") for r in range(WORLD)]
     assert all(s["image"].shape[0] == BATCH // WORLD for s in shares)
-    single = trainer_module.build_data(config(root, "x", root / "teacher.pt"))[0].batch(0)
+    single = dakd.builders.build_data(config(root, "x", root / "teacher.pt"))[0].batch(0)
     for key in ("image", "label"):
         assert torch.equal(torch.cat([s[key] for s in shares]), single[key])
 
@@ -291,7 +301,7 @@ def test_distributed_evaluation_equals_single_process_evaluation(runs):
     root, refs = runs
     matrix = np.load(root / "eval-ddp.npy")
     reference = refs["bn-single"].evaluation.matrix
-    val = trainer_module.build_data(config(root, "x", root / "teacher.pt"))[2]
+    val = dakd.builders.build_data(config(root, "x", root / "teacher.pt"))[2]
     labelled = sum(int((val[i]["label"] != 255).sum()) for i in range(5))
     assert matrix.sum() == labelled  # every image of both shares (3 + 2), counted once
     assert np.array_equal(matrix, reference)
@@ -300,9 +310,9 @@ def test_distributed_evaluation_equals_single_process_evaluation(runs):
 def test_a_run_reports_the_evaluation_of_the_weights_it_saves(runs):
     root, _ = runs
     run = root / "rank0" / "bn-ddp"
-    model, _ = trainer_module.network_from_checkpoint(run / "model.pt")
+    model, _ = dakd.builders.network_from_checkpoint(run / "model.pt")
     cfg = config(root, "x", root / "teacher.pt")
-    single = trainer_module.evaluate_on(model, trainer_module.build_data(cfg)[2], cfg, "cpu")
+    single = dakd.validation.evaluate_on(model, dakd.builders.build_data(cfg)[2], cfg, "cpu")
     reported = ckpt.load(run / "last.pt")["history"][-1]
     assert reported["miou"] == 100.0 * single.miou
     assert reported["pixel_acc"] == 100.0 * single.pixel_accuracy

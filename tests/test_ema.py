@@ -7,7 +7,8 @@ import torch
 
 from dakd import checkpoint as ckpt
 from dakd.config import ConfigError
-from dakd.train import Trainer, train
+from dakd.train import train
+from dakd.trainer import Trainer
 
 
 def _float_params(model):

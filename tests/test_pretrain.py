@@ -176,7 +176,7 @@ def test_bad_weights_files_are_refused(tmp_path):
 
 def test_a_training_run_refuses_weights_of_another_width(tiny, tmp_path):
     """Through the trainer: never a silently random initialisation."""
-    from dakd.train import Trainer
+    from dakd.trainer import Trainer
 
     _, model = _shipped()[1]
     cfg = tiny(

@@ -88,7 +88,7 @@ def test_errors_name_the_key(imagenet, tmp_path):
 
 
 def test_trainer_starts_from_the_pretrained_file(imagenet, tiny, capsys):
-    from dakd.train import Trainer
+    from dakd.trainer import Trainer
 
     backbone, path = imagenet
     trainer = Trainer(

@@ -12,7 +12,9 @@ import torch
 from dakd import checkpoint as ckpt
 from dakd import teacher_cache as tcache
 from dakd.data.loader import StepSampler
-from dakd.train import Trainer, cache_decision, distill_reads, train
+from dakd.teacher_outputs import cache_decision, distill_reads
+from dakd.train import train
+from dakd.trainer import Trainer
 from tests import realdata
 
 
@@ -64,7 +66,7 @@ def test_entries_hold_the_teacher_on_each_image_and_its_mirror(stages):
     trainer = Trainer(cfg)
     cache = trainer.teacher_caches["target"]
     live = Trainer(stages("live", teacher_cache__mode="off"))
-    dataset = trainer._dataset_of("target")
+    dataset = trainer.dataset_of("target")
     images = torch.stack([dataset[i]["image"] for i in (3, 3, 7, 7)])
     images[1::2] = images[1::2].flip(-1)
     with torch.no_grad():

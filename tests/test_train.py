@@ -10,7 +10,8 @@ import torch
 from dakd import checkpoint as ckpt
 from dakd import losses
 from dakd.paradigms import paradigm_phases, phase_at
-from dakd.train import NonFiniteLossError, Trainer, train
+from dakd.train import train
+from dakd.trainer import NonFiniteLossError, Trainer
 
 
 def weights(path):

@@ -16,6 +16,7 @@ import torch
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
 from dakd import checkpoint as ckpt
 from dakd.sweep import trial as trial_module
+from dakd.sweep.context import SweepContext
 from dakd.sweep.driver import smoke
 from dakd.sweep.spec import grid_variants
 from dakd.tracking import find_runs, prepare
@@ -72,7 +73,7 @@ class FakeTune:
 def sweep(tmp_path):
     spec = smoke(ROOT / "sweeps" / "quickstart.yaml", [f"experiment.out_dir={tmp_path}/stages"])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    context = trial_module.SweepContext(
+    context = SweepContext(
         spec=spec,
         root=str(ROOT),
         tracking_uri=uri,
@@ -192,15 +193,38 @@ def test_a_trial_stopped_early_is_closed_by_the_driver(sweep, tmp_path, monkeypa
     assert run.info.status == "FINISHED" and run.data.tags["early_stopped"] == "true"
 
 
-def test_clock_adds_up_the_time_of_each_activity(monkeypatch):
-    """The trial's time split: repeated activities add up, the total covers them all."""
-    from dakd.sweep import trial
+def test_the_trial_time_split_adds_up_from_the_loop_hook_times(monkeypatch):
+    """``time/*_s``: setup until the loop starts, the Tune and MLflow hooks' own time as
+    ``report`` and ``logging``, the trainer alone as the rest of ``train``, the artifacts, and a
+    total that covers them all; then the run is FINISHED."""
+    from dakd.sweep import hooks
 
-    now = iter([0.0, 1.0, 3.0, 4.0, 4.5, 10.0])
-    monkeypatch.setattr(trial.time, "perf_counter", lambda: next(now))
-    clock = trial.Clock()  # starts at 0
-    with clock("report"):  # 1 -> 3
-        pass
-    with clock("report"):  # 4 -> 4.5
-        pass
-    assert clock.metrics() == {"time/report_s": 2.5, "time/total_s": 10.0}
+    logged = []
+    logger = SimpleNamespace(
+        log_metrics=lambda metrics, step: logged.append((metrics, step)),
+        finish=lambda status: logged.append(status),
+    )
+    now = iter([1.0, 20.0, 21.0, 22.0])
+    monkeypatch.setattr(hooks.time, "perf_counter", lambda: next(now))
+    monkeypatch.setattr(hooks, "log_final_artifacts", lambda *args: None)
+    tracking = hooks.TrialTracking(logger, None, started=0.0)
+    loop = SimpleNamespace(
+        cfg=SimpleNamespace(train=SimpleNamespace(steps=4)),
+        seconds={"TuneReport": 2.5, "TrialTracking": 1.0, "Checkpointer": 0.5},
+    )
+    tracking.before_train(loop)  # at 1.0
+    tracking.after_train(loop, SimpleNamespace(seconds={"train": 10.0}))
+    assert logged == [
+        (
+            {
+                "time/setup_s": 1.0,
+                "time/report_s": 2.5,
+                "time/logging_s": 1.0,
+                "time/train_s": 6.5,
+                "time/artifacts_s": 1.0,
+                "time/total_s": 22.0,
+            },
+            4,
+        ),
+        "FINISHED",
+    ]

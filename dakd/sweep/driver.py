@@ -45,7 +45,7 @@ from dakd.sweep.spec import (
     trial_label,
     trial_overrides,
 )
-from dakd.sweep.trial import SweepContext, stages_of, trial_config
+from dakd.sweep.context import SweepContext, stages_of, trial_config
 
 DRIVER_CPU = 1.0
 """CPUs Tune reserves for a data-parallel trial: the Ray Train driver (Ray's default for a trial)."""
@@ -247,7 +247,7 @@ def plan(spec: SweepSpec, root: Path | None = None) -> Plan:
     """Trials and stages of a sweep, without starting Ray (``--dry-run``); the data and weight
     files every trial and stage reads are checked (:func:`check_inputs`)."""
     from dakd.config import from_dict
-    from dakd.sweep.trial import input_paths
+    from dakd.sweep.context import input_paths
 
     root = (root or Path.cwd()).resolve()
     context = _context(spec, root)
@@ -299,8 +299,9 @@ def plan_caches(spec: SweepSpec, context: SweepContext) -> list[CachePlan]:
     setting, with the reads all trials sharing it may make (each trial's steps times its
     batch, in the domains its paradigm distils on; both when the paradigm is searched).
     ``teacher_cache.mode`` auto builds one where the reads reach the entries it holds."""
+    from dakd.builders import training_dataset
     from dakd.config import from_dict
-    from dakd.train import cache_decision, distill_domains, distill_reads, training_dataset
+    from dakd.teacher_outputs import cache_decision, distill_domains, distill_reads
 
     variants = grid_variants(spec)
     share = num_trials(spec) / max(len(variants), 1)  # trials each grid variant stands for
@@ -467,7 +468,7 @@ def _stage_wave(wave, stages, context: SweepContext, log, start: float, count: t
     failure lines and the names of the stages that failed."""
     import ray
 
-    from dakd.sweep.trial import train_stage
+    from dakd.sweep.stage_tasks import train_stage
 
     pending = {}
     for stage in wave:
@@ -538,7 +539,7 @@ def _cache_done(cfg: ExperimentConfig, role: str, spec: SweepSpec) -> bool:
     import torch
 
     from dakd.config import from_dict
-    from dakd.train import find_teacher_cache
+    from dakd.teacher_outputs import find_teacher_cache
 
     if spec.resources.gpu or cfg.train.device not in ("auto", "cpu"):
         return False
@@ -558,7 +559,7 @@ def _build_caches(caches: list[CachePlan], context: SweepContext, log) -> None:
     (side by side); a cache an earlier sweep built is found and reused."""
     import ray
 
-    from dakd.sweep.trial import cache_stage
+    from dakd.sweep.stage_tasks import cache_stage
 
     # a cache whose teacher stage failed has nothing to store: its trials fail with the stage
     todo = [c for c in caches if c.build and not c.done and Path(c.config.teacher).is_file()]

@@ -666,7 +666,7 @@ TUNE_METRICS = ("training_iteration", "time_total_s", "time_this_iter_s")
 def _check_metric(tune: TuneSettings, base: ExperimentConfig, check: _Checker) -> None:
     """``tune.metric`` must be something a trial reports (a typo would leave every trial
     unranked and ASHA without a signal)."""
-    from dakd.train import reported_metrics
+    from dakd.validation import reported_metrics
 
     known = [*reported_metrics(base), *TUNE_METRICS]
     if tune.metric in known:

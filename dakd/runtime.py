@@ -1,0 +1,110 @@
+"""Where and how a run computes: the device, the thread count, seeding and determinism, and the
+speed switches of ``train`` (mixed precision, memory format, compilation, cuDNN autotuning,
+synchronised BatchNorm) as the hardware can honour them.
+
+Every builder of a run (the trainer, the teacher-output cache) asks here, so a run and the cache
+it reads agree on what computed the numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from dakd.config import ConfigError, ExperimentConfig, TrainConfig
+from dakd.distributed import World, current_world
+
+
+def resolve_device(name: str, world: World | None = None) -> torch.device:
+    """``train.device`` as a torch device; data-parallel CUDA ranks use their current GPU."""
+    world = world or current_world()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but torch sees no CUDA device")
+    if world.distributed and name.startswith("cuda"):
+        if name != "cuda":
+            raise ConfigError(
+                f"train.device: {name!r} pins one GPU, but each of the {world.size} processes "
+                "needs its own; use auto or cuda (each process uses cuda:LOCAL_RANK)"
+            )
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: CUDA has no deterministic bilinear-upsampling backward (every CPU op used
+        # here has one, so CPU runs stay bit-reproducible)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        # ... without filling every new tensor with NaN first (torch does so under deterministic
+        # algorithms in case an op reads memory it did not write; none here does, and the fills
+        # cost 6% of a CPU step: 1600 per step on the embedded default)
+        torch.utils.deterministic.fill_uninitialized_memory = False
+        torch.backends.cudnn.benchmark = False
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The speed switches of ``train`` as they apply on this device (see ``TrainConfig``)."""
+
+    amp_dtype: torch.dtype | None = None
+    grad_scaling: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = False
+    sync_bn: bool = False
+
+
+def speed_settings(t: TrainConfig, device: torch.device, world: World) -> tuple[Speed, list[str]]:
+    """What ``t``'s speed switches do on ``device``, and a one-line notice per switch that the
+    hardware cannot honour (it stays off)."""
+    cuda = device.type == "cuda"
+    notices = []
+    amp_dtype = None
+    if t.amp == "bf16":
+        if cuda and not torch.cuda.is_bf16_supported():
+            name = torch.cuda.get_device_name(device)
+            notices.append(f"train.amp=bf16: {name} lacks bfloat16; training in float32")
+        else:
+            amp_dtype = torch.bfloat16
+    elif t.amp == "fp16":
+        if cuda:
+            amp_dtype = torch.float16
+        else:
+            notices.append(f"train.amp=fp16 needs CUDA; training in float32 on {device.type}")
+    if t.cudnn_benchmark and not cuda:
+        notices.append(f"train.cudnn_benchmark needs CUDA (cuDNN); off on {device.type}")
+    if t.sync_bn and world.distributed and not cuda:
+        notices.append(
+            f"train.sync_bn needs CUDA (torch's SyncBatchNorm); on {device.type} each process "
+            "normalises over its own share of the batch"
+        )
+    speed = Speed(
+        amp_dtype=amp_dtype,
+        grad_scaling=amp_dtype == torch.float16,
+        channels_last=t.channels_last,
+        compile=t.compile,
+        cudnn_benchmark=t.cudnn_benchmark and cuda,
+        sync_bn=t.sync_bn and world.distributed and cuda,
+    )
+    return speed, notices
+
+
+def check_world(cfg: ExperimentConfig, world: World) -> None:
+    """The global batch must split evenly between the data-parallel processes."""
+    if cfg.data.batch_size % world.size:
+        raise ConfigError(
+            f"data.batch_size: {cfg.data.batch_size} (the global batch) does not split evenly "
+            f"between {world.size} data-parallel processes"
+        )
+
+
+def set_threads(threads: int) -> None:
+    """``train.threads``: torch's intra-op threads (0 leaves torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
