@@ -5,7 +5,7 @@ Runs a spec (default: the quickstart) twice, side by side in one invocation:
 1. through ``run_sweep``, exactly as ``python sweeps/run.py`` does (Ray Tune trials, MLflow
    parent and child runs, checkpoints, the result tables at the end); each trial logs where its
    time went (``time/setup_s``, ``time/train_s``, ``time/report_s``, ``time/logging_s``,
-   ``time/artifacts_s``; see ``dakd.sweep.trial.Clock``);
+   ``time/artifacts_s``; see ``dakd.sweep.hooks.TrialTracking``);
 2. the very same trial configs (read back from the Tune results) in a plain Python loop:
    ``dakd.train.train`` one after another, no Ray, no MLflow, the same torch threads.
 

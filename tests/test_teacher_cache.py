@@ -315,3 +315,36 @@ def test_real_data_crops_cut_the_stored_map_where_the_sample_was_cut(tmp_path):
     )
     box, _ = scaled.crop_box(0, (0.0, 0.999, 0.999))  # 64x128 scaled, bottom-right crop
     assert box == (48.0, 24.0, 64.0, 32.0)
+
+
+def test_the_sweep_plans_caches_by_the_config_keys_the_cache_key_reads(stages):
+    """``cache_setting`` (what the sweep groups trials by) decides the cache key: configs that
+    agree on it share a key whatever else differs; each compute key it lists changes the key."""
+    from dakd.builders import training_dataset
+    from dakd.config import from_dict
+    from dakd.distributed import current_world
+    from dakd.runtime import resolve_device, speed_settings
+    from dakd.teacher_outputs import cache_setting, cache_spec
+
+    base = stages("keyed", teacher_cache__mode="on")
+
+    def key(cfg, role="source"):
+        device = resolve_device(cfg.train.device)
+        speed, _ = speed_settings(cfg.train, device, current_world())
+        return cache_spec(cfg, training_dataset(cfg, role), role, device, speed).key
+
+    same = {"loss.kl": 3.0, "paradigm": "b", "seed": 7, "train.steps": 9, "name": "other"}
+    other = from_dict(base.to_dict(), same)
+    assert cache_setting(other) == cache_setting(base)
+    assert key(other) == key(base) and key(other, "target") == key(base, "target")
+    for dotted, value in {
+        "train.threads": 2,
+        "train.amp": "bf16",
+        "train.channels_last": True,
+        "train.bn_stats": "target",
+        "teacher_cache.dtype": "float16",
+        "data.hflip": not base.data.hflip,
+    }.items():
+        changed = from_dict(base.to_dict(), {dotted: value})
+        assert cache_setting(changed) != cache_setting(base), dotted
+        assert key(changed) != key(base), dotted
