@@ -53,7 +53,7 @@ def trial_times(uri: str, parent_run_id: str) -> list[dict[str, float]]:
     """The ``time/*_s`` metrics of every child run of the sweep."""
     from mlflow.tracking import MlflowClient
 
-    from dakd.tracking import search_runs
+    from dakd.tracking.store import search_runs
 
     client = MlflowClient(uri)
     experiment = client.get_run(parent_run_id).info.experiment_id

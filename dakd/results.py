@@ -54,7 +54,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from dakd.data.labels import CLASS_NAMES
-from dakd.tracking import finite_float, retry_locked, search_runs
+from dakd.tracking.runs import finite_float
+from dakd.tracking.store import retry_locked, search_runs
 
 __all__ = [
     "FORMATS",

@@ -27,7 +27,9 @@ from mlflow import MlflowClient
 
 from dakd import results
 from dakd.config import ExperimentConfig
-from dakd.tracking import RunLogger, default_uri, prepare
+from dakd.tracking.locations import default_uri
+from dakd.tracking.runs import RunLogger
+from dakd.tracking.store import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ExperimentConfig().flat()

@@ -18,7 +18,7 @@ from dakd import checkpoint as ckpt
 from dakd.sweep import trial as trial_module
 from dakd.sweep.driver import smoke
 from dakd.sweep.spec import grid_variants
-from dakd.tracking import find_runs, prepare
+from dakd.tracking.store import find_runs, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 

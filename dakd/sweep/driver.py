@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from dakd.config import ConfigError, ExperimentConfig
-from dakd.locations import ui_link
 from dakd.pipeline import (
     AUTO,
     AUTO_STAGES,
@@ -46,6 +45,7 @@ from dakd.sweep.spec import (
     trial_overrides,
 )
 from dakd.sweep.trial import SweepContext, stages_of, trial_config
+from dakd.tracking.locations import ui_link
 
 DRIVER_CPU = 1.0
 """CPUs Tune reserves for a data-parallel trial: the Ray Train driver (Ray's default for a trial)."""
@@ -187,7 +187,7 @@ def _context(spec: SweepSpec, root: Path, uri: str = "", exp_id: str = "", paren
 
 
 def tracking_uri(spec: SweepSpec, root: Path) -> str:
-    from dakd.locations import default_uri
+    from dakd.tracking.locations import default_uri
 
     return spec.tracking.uri or default_uri(root / "runs")
 
@@ -399,7 +399,7 @@ class _Closer:
             self.last[trial_id] = result
 
     def complete(self, trial_id: str, failed: bool = False) -> None:
-        from dakd.tracking import finish_run, set_run_tags
+        from dakd.tracking.runs import finish_run, set_run_tags
 
         last = self.last.get(trial_id)
         if last is None:
@@ -685,8 +685,8 @@ def run_sweep(
     import ray
     from ray import tune
 
-    from dakd.locations import git_commit, ui_command
     from dakd.sweep.trial import run_trial
+    from dakd.tracking.locations import git_commit, ui_command
 
     root = (root or Path.cwd()).resolve()
     the_plan = plan(spec, root)
@@ -837,7 +837,8 @@ def close_dead_runs(uri: str, spec: SweepSpec, parent_run_id: str, log=print) ->
     or runs on another one, is left alone. Returns how many runs were closed."""
     import socket
 
-    from dakd.tracking import find_runs, finish_run
+    from dakd.tracking.runs import finish_run
+    from dakd.tracking.store import find_runs
 
     here = socket.gethostname()
     running = find_runs(
@@ -884,7 +885,8 @@ def _alive(pid: int) -> bool:
 
 def _open_parent(spec: SweepSpec, the_plan: Plan, uri: str, name: str, tags: dict, run_id):
     """The sweep's MLflow experiment id and parent run (reopened by ``run_id`` on resume)."""
-    from dakd.tracking import RunLogger, get_run, prepare
+    from dakd.tracking.runs import RunLogger
+    from dakd.tracking.store import get_run, prepare
 
     experiment_id = prepare(uri, spec.experiment_name)
     import socket

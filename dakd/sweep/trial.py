@@ -206,7 +206,7 @@ class Clock:
 
 
 def _logger(context: SweepContext, **kwargs):
-    from dakd.tracking import RunLogger
+    from dakd.tracking.runs import RunLogger
 
     return RunLogger(
         context.tracking_uri,
@@ -258,7 +258,7 @@ def log_final_artifacts(logger, cfg: ExperimentConfig, result, teacher: str | No
 
 def _own_run(context: SweepContext, id_file: Path) -> str | None:
     """The run id in ``id_file`` when that run is a child of this sweep's parent run."""
-    from dakd.tracking import get_run
+    from dakd.tracking.store import get_run
 
     if not id_file.is_file():
         return None
@@ -518,7 +518,7 @@ def _trial_id() -> str:
 def _trial_run_id(context: SweepContext, trial_id: str) -> str | None:
     """The MLflow run an earlier attempt of this trial opened (looked up by its ``ray.trial_id``
     tag in the tracking store, which every node shares), or None on the first attempt."""
-    from dakd.tracking import find_runs
+    from dakd.tracking.store import find_runs
 
     runs = find_runs(
         context.tracking_uri,
