@@ -49,8 +49,9 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, write: Callable) -> int:
     """Select the runs, call ``write(selection, out)`` (-> files), log them to the sweep's
     parent run; one line on stderr and exit status 2 for a selection that cannot be analysed."""
-    from dakd.results import AnalysisError, log_files, select
+    from dakd.tracking.load import AnalysisError, select
     from dakd.tracking.locations import default_uri
+    from dakd.tracking.report import log_files
 
     uri = args.tracking_uri or default_uri()
     try:

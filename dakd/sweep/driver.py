@@ -1014,10 +1014,10 @@ def check_cluster_storage(spec: SweepSpec, address: str | None, nodes: int, log)
 
 
 def _log_analysis(uri: str, experiment: str, parent_run_id: str, log) -> None:
-    """The sweep's result tables and plots (``dakd.results``), logged under ``analysis/`` of its
+    """The sweep's result tables and plots (``dakd.tracking.report``) under ``analysis/`` of its
     parent run. The sweep is done by then: a failure here is a warning, never a failed sweep."""
     try:
-        from dakd.results import log_sweep_analysis
+        from dakd.tracking.report import log_sweep_analysis
 
         log_sweep_analysis(uri, experiment, parent_run_id, log=log)
     except Exception as exc:

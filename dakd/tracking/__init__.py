@@ -1,4 +1,4 @@
-"""Tracking: MLflow runs and where they are stored.
+"""Tracking: MLflow runs, where they are stored, and the result tables built from them.
 
 The layer beside the sweep (DESIGN.md): it reads and writes MLflow and Arrow, the core never
 imports it. This file imports nothing, so that the modules that need neither MLflow nor Arrow
@@ -8,4 +8,8 @@ imports it. This file imports nothing, so that the modules that need neither MLf
   reading runs (``find_runs``, ``search_runs``, ``get_run``).
 - :mod:`~dakd.tracking.runs`: logging a run (``RunLogger``, ``finish_run``).
 - :mod:`~dakd.tracking.locations`: the default store, the MLflow UI command and link.
+- :mod:`~dakd.tracking.load` (runs -> Arrow table), :mod:`~dakd.tracking.groups` (seeds
+  averaged), :mod:`~dakd.tracking.tables` (Markdown, LaTeX, CSV, Parquet),
+  :mod:`~dakd.tracking.plots` (PNG), :mod:`~dakd.tracking.report` (all of it for a study, or
+  into a sweep's parent run).
 """
