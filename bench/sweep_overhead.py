@@ -54,10 +54,11 @@ def trial_times(uri: str, parent_run_id: str) -> list[dict[str, float]]:
     from mlflow.tracking import MlflowClient
 
     from dakd.tracking.store import search_runs
+    from dakd.tracking.tags import MLFLOW_PARENT_RUN_ID, tag_filter
 
     client = MlflowClient(uri)
     experiment = client.get_run(parent_run_id).info.experiment_id
-    runs = search_runs(client, [experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    runs = search_runs(client, [experiment], tag_filter(MLFLOW_PARENT_RUN_ID, parent_run_id))
     out = []
     for run in runs:
         m = run.data.metrics

@@ -22,7 +22,7 @@ import sqlalchemy.exc
 import yaml
 from mlflow.exceptions import MlflowException
 
-from dakd.tracking import locations
+from dakd.tracking import locations, tags
 from dakd.tracking import store as tracking_store
 from dakd.tracking.locations import default_uri
 from dakd.tracking.runs import RunLogger, finish_run
@@ -74,6 +74,16 @@ def test_default_uri_and_ui_command(tmp_path):
         f"uv run mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
     )
     assert "'sqlite:///a b/mlflow.db'" in locations.ui_command("sqlite:///a b/mlflow.db")
+
+
+def test_the_tag_vocabulary_is_mlflows_where_mlflow_names_it():
+    """The parent-run tag is MLflow's own (the UI nests runs by it); the tags module spells it
+    without importing MLflow, so the two must agree."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    assert tags.MLFLOW_PARENT_RUN_ID == MLFLOW_PARENT_RUN_ID
+    assert tags.tag_filter(tags.STAGE, tags.SWEEP_STAGE) == "tags.stage = 'sweep'"
+    assert tags.tag_filter(tags.MLFLOW_PARENT_RUN_ID, "abc") == "tags.`mlflow.parentRunId` = 'abc'"
 
 
 def test_git_commit(tmp_path):

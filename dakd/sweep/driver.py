@@ -46,6 +46,18 @@ from dakd.sweep.spec import (
 )
 from dakd.sweep.trial import SweepContext, stages_of, trial_config
 from dakd.tracking.locations import ui_link
+from dakd.tracking.tags import (
+    DRIVER_HOST,
+    DRIVER_PID,
+    EARLY_STOPPED,
+    GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+    STAGE,
+    SWEEP,
+    SWEEP_STAGE,
+    TUNE_EXPERIMENT,
+    tag_filter,
+)
 
 DRIVER_CPU = 1.0
 """CPUs Tune reserves for a data-parallel trial: the Ray Train driver (Ray's default for a trial)."""
@@ -406,7 +418,7 @@ class _Closer:
             return
         run_id = last["mlflow_run_id"]
         if not failed and last.get("step", 0) < last.get("steps", 0):
-            set_run_tags(self.uri, run_id, {"early_stopped": "true"})
+            set_run_tags(self.uri, run_id, {EARLY_STOPPED: "true"})
         finish_run(self.uri, run_id, "FAILED" if failed else "FINISHED")
 
 
@@ -710,7 +722,7 @@ def run_sweep(
                 f"{state['tracking_uri']}, not {uri}; resume with its tracking.uri"
             )
     name = Path(previous).name if previous else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    sweep_tags = {"sweep": spec.name, "git_commit": git_commit(root) or "unknown"}
+    sweep_tags = {SWEEP: spec.name, GIT_COMMIT: git_commit(root) or "unknown"}
 
     # Starting Ray (seconds, mostly spent in the processes it spawns: GCS, raylet, agents) and
     # opening the sweep's MLflow experiment and parent run (seconds: importing MLflow, the
@@ -844,14 +856,14 @@ def close_dead_runs(uri: str, spec: SweepSpec, parent_run_id: str, log=print) ->
     running = find_runs(
         uri,
         spec.experiment_name,
-        f"tags.sweep = '{spec.name}' and attributes.status = 'RUNNING'",
+        f"{tag_filter(SWEEP, spec.name)} and attributes.status = 'RUNNING'",
     )
-    parents = {r.info.run_id: r for r in running if r.data.tags.get("stage") == "sweep"}
+    parents = {r.info.run_id: r for r in running if r.data.tags.get(STAGE) == SWEEP_STAGE}
     dead = set()
     for run_id, run in parents.items():
         if run_id == parent_run_id:
             continue
-        host, pid = run.data.tags.get("driver_host"), run.data.tags.get("driver_pid", "")
+        host, pid = run.data.tags.get(DRIVER_HOST), run.data.tags.get(DRIVER_PID, "")
         if host == here and pid.isdigit() and not _alive(int(pid)):
             dead.add(run_id)
         elif host != here:
@@ -868,9 +880,6 @@ def close_dead_runs(uri: str, spec: SweepSpec, parent_run_id: str, log=print) ->
             finish_run(uri, run.info.run_id, "KILLED")
             closed += 1
     return closed
-
-
-MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
 
 
 def _alive(pid: int) -> bool:
@@ -891,7 +900,7 @@ def _open_parent(spec: SweepSpec, the_plan: Plan, uri: str, name: str, tags: dic
     experiment_id = prepare(uri, spec.experiment_name)
     import socket
 
-    driver = {"driver_host": socket.gethostname(), "driver_pid": str(os.getpid())}
+    driver = {DRIVER_HOST: socket.gethostname(), DRIVER_PID: str(os.getpid())}
     if run_id is not None:
         found = get_run(uri, run_id)
         if found.info.experiment_id != experiment_id:
@@ -904,7 +913,7 @@ def _open_parent(spec: SweepSpec, the_plan: Plan, uri: str, name: str, tags: dic
         uri,
         experiment_id,
         run_name=f"sweep {name}",
-        tags={**tags, **driver, "stage": "sweep", "tune_experiment": name},
+        tags={**tags, **driver, STAGE: SWEEP_STAGE, TUNE_EXPERIMENT: name},
         run_id=run_id,
     )
     if run_id is None:

@@ -49,6 +49,25 @@ from dakd.pipeline import (
     with_stages,
 )
 from dakd.sweep.spec import SweepSpec, resolve, trial_label, trial_overrides
+from dakd.tracking.tags import (
+    DOMAIN,
+    ERROR,
+    LEVELS,
+    MLFLOW_PARENT_RUN_ID,
+    NOT_SET,
+    PARADIGM,
+    RAY_NODE_ID,
+    RAY_TRIAL_ID,
+    REUSED,
+    SCENARIO,
+    SEED,
+    STAGE,
+    TEACHER_CACHE,
+    TEACHER_CACHE_STAGE,
+    TRIAL,
+    WORKERS,
+    tag_filter,
+)
 from dakd.train import (
     TrainResult,
     evaluate_checkpoint,
@@ -175,11 +194,11 @@ def run_tags(cfg: ExperimentConfig, context: SweepContext) -> dict[str, str]:
     """MLflow tags of a run: scenario, paradigm, levels, seed, stage, plus the sweep's tags."""
     return {
         **context.tags,
-        "scenario": cfg.data.scenario,
-        "paradigm": cfg.paradigm if cfg.stage == "dakd" else "-",
-        "levels": "+".join(cfg.distill.levels) if cfg.stage == "dakd" else "-",
-        "seed": str(cfg.seed),
-        "stage": cfg.stage,
+        SCENARIO: cfg.data.scenario,
+        PARADIGM: cfg.paradigm if cfg.stage == "dakd" else NOT_SET,
+        LEVELS: "+".join(cfg.distill.levels) if cfg.stage == "dakd" else NOT_SET,
+        SEED: str(cfg.seed),
+        STAGE: cfg.stage,
     }
 
 
@@ -240,7 +259,7 @@ def log_final_artifacts(logger, cfg: ExperimentConfig, result, teacher: str | No
     """Resolved config, final weights, confusion matrix, per-class table, prediction panel."""
     logger.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
     if cfg.stage == "dakd":  # where the teacher's outputs came from
-        logger.set_tags({"teacher_cache": "+".join(result.cached_domains) or "live"})
+        logger.set_tags({TEACHER_CACHE: "+".join(result.cached_domains) or "live"})
     final = cfg.run_dir / "model.pt"
     if final.exists():
         logger.log_artifact(final, "weights")
@@ -267,7 +286,7 @@ def _own_run(context: SweepContext, id_file: Path) -> str | None:
         run = get_run(context.tracking_uri, run_id)
     except Exception:  # noqa: BLE001 - deleted, or another store: a new run
         return None
-    if run.data.tags.get("mlflow.parentRunId") != context.parent_run_id:
+    if run.data.tags.get(MLFLOW_PARENT_RUN_ID) != context.parent_run_id:
         return None
     return run_id
 
@@ -303,7 +322,7 @@ def train_stage(stage_cfg: ExperimentConfig, context: SweepContext, threads: int
         logger.log_artifact(final, "weights")
     except BaseException as err:
         if not isinstance(err, KeyboardInterrupt | SystemExit):
-            logger.set_tags({"error": error_line(err)})
+            logger.set_tags({ERROR: error_line(err)})
         logger.finish("FAILED")
         raise
     logger.finish("FINISHED")
@@ -323,7 +342,7 @@ def cache_stage(cfg: ExperimentConfig, role: str, context: SweepContext, threads
         return found
     domain = cfg.domains[0 if role == "source" else 1]
     label = f"teacher_cache {domain} seed={cfg.seed} {cfg.data.scenario}"
-    tags = {**run_tags(cfg, context), "stage": "teacher_cache", "domain": role}
+    tags = {**run_tags(cfg, context), STAGE: TEACHER_CACHE_STAGE, DOMAIN: role}
     # a build this sweep began before it was interrupted continues (shards and run alike)
     folder = teacher_cache_folder(cfg, role)
     id_file = folder.parent / f"{folder.name}.{RUN_ID_FILE}"
@@ -384,9 +403,9 @@ def _open_trial_run(context, cfg: ExperimentConfig, config: dict, run_id=None, *
         params = cfg.flat()
         params.update({f"sweep.{k}": v for k, v in trial_overrides(spec, config).items()})
         logger.log_params(params)
-        logger.set_tags({"trial": label, "ray.trial_id": tune.get_context().get_trial_id()})
+        logger.set_tags({TRIAL: label, RAY_TRIAL_ID: tune.get_context().get_trial_id()})
     if ray.is_initialized():  # where this attempt runs: trial placement on a cluster
-        logger.set_tags({"ray.node_id": ray.get_runtime_context().get_node_id()})
+        logger.set_tags({RAY_NODE_ID: ray.get_runtime_context().get_node_id()})
     return logger
 
 
@@ -434,7 +453,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     except StageFailedError as err:
         # the trial cannot run: its MLflow run records why (one line), and Tune the error
         logger = _open_trial_run(context, cfg, config, _trial_run_id(context, _trial_id()))
-        logger.set_tags({"error": str(err)})
+        logger.set_tags({ERROR: str(err)})
         logger.finish("FAILED")
         raise
     if SELF in deps:
@@ -523,7 +542,7 @@ def _trial_run_id(context: SweepContext, trial_id: str) -> str | None:
     runs = find_runs(
         context.tracking_uri,
         context.spec.experiment_name,
-        f"tags.`ray.trial_id` = '{trial_id}'",
+        tag_filter(RAY_TRIAL_ID, trial_id),
     )
     return runs[-1].info.run_id if runs else None
 
@@ -543,7 +562,7 @@ def _run_data_parallel(
     resources = context.spec.resources
     trial_id = tune.get_context().get_trial_id()
     logger = _open_trial_run(
-        context, cfg, config, _trial_run_id(context, trial_id), workers=str(resources.workers)
+        context, cfg, config, _trial_run_id(context, trial_id), **{WORKERS: str(resources.workers)}
     )
     per_worker = {"CPU": resources.cpu}
     if resources.gpu:
@@ -646,7 +665,7 @@ def train_worker(loop: dict[str, Any]) -> None:
 def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: SweepContext):
     """Report a reused stage's recorded evaluations as this trial's, without training it again."""
     logger = _open_trial_run(
-        context, stage, config, _trial_run_id(context, _trial_id()), reused="true"
+        context, stage, config, _trial_run_id(context, _trial_id()), **{REUSED: "true"}
     )
     history = [
         json.loads(line)

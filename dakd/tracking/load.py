@@ -43,9 +43,20 @@ import pyarrow.parquet as pq
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from dakd.tracking.store import retry_locked, search_runs
+from dakd.tracking.tags import (
+    LEVELS,
+    MLFLOW_PARENT_RUN_ID,
+    NOT_SET,
+    PARADIGM,
+    SCENARIO,
+    SEED,
+    STAGE,
+    SWEEP_STAGE,
+    TEACHER_CACHE_STAGE,
+    tag_filter,
+)
 
 __all__ = [
     "BOOKKEEPING_PARAMS",
@@ -101,15 +112,15 @@ def existing_client(uri: str) -> MlflowClient:
 
 
 def _is_parent(run: Run) -> bool:
-    return run.data.tags.get("stage") == "sweep"
+    return run.data.tags.get(STAGE) == SWEEP_STAGE
 
 
 #: Run ``stage`` tags that are not table rows: sweep parent runs and teacher-output cache builds.
-NOT_DATA = ("sweep", "teacher_cache")
+NOT_DATA = (SWEEP_STAGE, TEACHER_CACHE_STAGE)
 
 
 def _is_data(run: Run) -> bool:
-    return run.data.tags.get("stage") not in NOT_DATA
+    return run.data.tags.get(STAGE) not in NOT_DATA
 
 
 def select(uri: str, experiment: str, sweep: str | None = None) -> Selection:
@@ -127,7 +138,7 @@ def select(uri: str, experiment: str, sweep: str | None = None) -> Selection:
         newest = retry_locked(
             client.search_runs,
             [experiment_id],
-            filter_string="tags.stage = 'sweep'",
+            filter_string=tag_filter(STAGE, SWEEP_STAGE),
             max_results=1,
             order_by=["attributes.start_time DESC"],
         )
@@ -162,8 +173,8 @@ def row_name(stage: str | None, paradigm: str | None, init: str | None, network:
 
 def _levels(params: dict[str, str], tags: dict[str, str]) -> str | None:
     """``output``, ``feature`` or ``output+feature`` for a DAKD run (tag, else the param)."""
-    if tags.get("levels") and tags["levels"] != "-":
-        return tags["levels"]
+    if tags.get(LEVELS) and tags[LEVELS] != NOT_SET:
+        return tags[LEVELS]
     raw = params.get("distill.levels")
     if not raw:
         return None
@@ -223,8 +234,8 @@ def _best_evaluation(client: MlflowClient, run: Run) -> dict[str, Any]:
 def _record(client: MlflowClient, run: Run, linked: bool) -> dict[str, Any]:
     """One row of :func:`load_runs`."""
     params, tags = run.data.params, run.data.tags
-    stage = params.get("stage") or tags.get("stage")
-    paradigm = (params.get("paradigm") or tags.get("paradigm")) if stage == "dakd" else None
+    stage = params.get("stage") or tags.get(STAGE)
+    paradigm = (params.get("paradigm") or tags.get(PARADIGM)) if stage == "dakd" else None
     row = row_name(stage, paradigm, params.get("init"), params.get("network"))
     record = {
         "run_id": run.info.run_id,
@@ -237,10 +248,10 @@ def _record(client: MlflowClient, run: Run, linked: bool) -> dict[str, Any]:
         "linked": linked,
         "row": row,
         "stage": stage,
-        "scenario": params.get("data.scenario") or tags.get("scenario"),
+        "scenario": params.get("data.scenario") or tags.get(SCENARIO),
         "paradigm": paradigm,
         "levels": _levels(params, tags) if stage == "dakd" else None,
-        "seed": _int(params.get("seed") or tags.get("seed")),
+        "seed": _int(params.get("seed") or tags.get(SEED)),
         "config": _config_hash(params, row),
     }
     record.update({f"tags.{k}": v for k, v in tags.items()})
@@ -343,9 +354,7 @@ def load_runs(selection: Selection, page_size: int = 1000) -> pa.Table:
     builds left out), plus the
     runs of the stages they start from; columns: see the module docstring and ``runs.parquet``."""
     client = existing_client(selection.uri)
-    filter_string = (
-        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{selection.sweep}'" if selection.sweep else ""
-    )
+    filter_string = tag_filter(MLFLOW_PARENT_RUN_ID, selection.sweep) if selection.sweep else ""
     runs = [
         run
         for run in search_runs(client, [selection.experiment_id], filter_string, page_size)

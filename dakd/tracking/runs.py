@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
@@ -28,6 +27,7 @@ from mlflow.utils.validation import (
 
 from dakd.config import flatten
 from dakd.tracking.store import client_for, retry_locked
+from dakd.tracking.tags import MLFLOW_PARENT_RUN_ID
 
 if TYPE_CHECKING:
     from dakd.evaluate import SegMetrics
