@@ -189,7 +189,7 @@ def test_precise_bn_stores_the_target_statistics_of_the_final_weights(tiny):
     target images: re-estimating them on other target-train images changes the evaluation by
     at most 1 mIoU and the statistics by sampling noise, while blended running averages (the
     behaviour before bn_stats existed) are far from them. Training itself is unchanged."""
-    from dakd.pipeline import bn_reestimation_check
+    from dakd.tracking.calibration import bn_reestimation_check
     from dakd.train import network_from_checkpoint, train
 
     common = {

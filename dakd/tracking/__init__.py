@@ -1,9 +1,9 @@
-"""Tracking: MLflow runs, where they are stored, and the result tables built from them.
+"""Tracking: MLflow runs, the result tables built from them, and the benchmark's calibration.
 
 The layer beside the sweep (DESIGN.md): it reads and writes MLflow and Arrow, the core never
 imports it. This file imports nothing, so that the modules that need neither MLflow nor Arrow
-(:mod:`~dakd.tracking.tags`, :mod:`~dakd.tracking.locations`) load without them; import what you
-use from its module:
+(:mod:`~dakd.tracking.tags`, :mod:`~dakd.tracking.locations`, the calibration study) load without
+them; import what you use from its module:
 
 - :mod:`~dakd.tracking.store`: the store, one client per process, retries on a locked SQLite;
   reading runs (``find_runs``, ``search_runs``, ``get_run``).
@@ -14,4 +14,6 @@ use from its module:
   averaged), :mod:`~dakd.tracking.tables` (Markdown, LaTeX, CSV, Parquet),
   :mod:`~dakd.tracking.plots` (PNG), :mod:`~dakd.tracking.report` (all of it for a study, or
   into a sweep's parent run).
+- :mod:`~dakd.tracking.calibration`, :mod:`~dakd.tracking.calibration_targets`: the embedded
+  benchmark's calibration (``python -m dakd calibrate``); plain Python, like the core.
 """
