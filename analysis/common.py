@@ -48,9 +48,18 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, write: Callable) -> int:
     """Select the runs, call ``write(selection, out)`` (-> files), log them to the sweep's
-    parent run; one line on stderr and exit status 2 for a selection that cannot be analysed."""
-    from dakd.results import AnalysisError, log_files, select
-    from dakd.tracking import default_uri
+    parent run; one line on stderr and exit status 2 for a selection that cannot be analysed
+    (or without the sweep extra, which reading MLflow into Arrow needs)."""
+    from dakd.extras import missing_sweep_extra
+
+    missing = missing_sweep_extra("the result tables")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+
+    from dakd.tracking.load import AnalysisError, select
+    from dakd.tracking.locations import default_uri
+    from dakd.tracking.report import log_files
 
     uri = args.tracking_uri or default_uri()
     try:

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def write(selection, out):
-        from dakd.results import write_report
+        from dakd.tracking.report import write_report
 
         return write_report(
             selection,

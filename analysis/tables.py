@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--format: unknown format {bad[0]!r}" if bad else "--format: none given")
 
     def write(selection, out):
-        from dakd.results import write_report
+        from dakd.tracking.report import write_report
 
         return write_report(
             selection,

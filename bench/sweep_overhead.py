@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dakd.pipeline import run_stage  # noqa: E402
+from dakd.sweep.context import SweepContext, stages_of, trial_config  # noqa: E402
 from dakd.sweep.driver import plan, run_sweep  # noqa: E402
 from dakd.sweep.spec import load_spec, resolve  # noqa: E402
-from dakd.sweep.context import SweepContext, stages_of, trial_config  # noqa: E402
 from dakd.train import train  # noqa: E402
 
 ACTIVITIES = ("setup", "report", "logging", "artifacts")
@@ -53,11 +53,12 @@ def trial_times(uri: str, parent_run_id: str) -> list[dict[str, float]]:
     """The ``time/*_s`` metrics of every child run of the sweep."""
     from mlflow.tracking import MlflowClient
 
-    from dakd.tracking import search_runs
+    from dakd.tracking.store import search_runs
+    from dakd.tracking.tags import MLFLOW_PARENT_RUN_ID, tag_filter
 
     client = MlflowClient(uri)
     experiment = client.get_run(parent_run_id).info.experiment_id
-    runs = search_runs(client, [experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    runs = search_runs(client, [experiment], tag_filter(MLFLOW_PARENT_RUN_ID, parent_run_id))
     out = []
     for run in runs:
         m = run.data.metrics

@@ -187,7 +187,8 @@ def step_bench(args) -> float:
 
 def formats_bench(args) -> None:
     """Final mIoU of DAKD (c) per storage format, from the calibration's seed-0 stages."""
-    from dakd.pipeline import calibration_configs, run_stage
+    from dakd.pipeline import run_stage
+    from dakd.tracking.calibration import calibration_configs
 
     base = load_config(
         args.config, ["stage=student_da", "teacher=", "init=", "train.threads=1", *args.overrides]

@@ -98,8 +98,8 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from dakd.pipeline import calibrate
     from dakd.pretrain import command_line
+    from dakd.tracking.calibration import calibrate
 
     calibrate(
         args.config,

@@ -1,7 +1,7 @@
 """Pictures of an evaluation: prediction panels, confusion matrices and per-class IoU tables.
 
 Core module: numpy, PIL and matplotlib (Agg, no pyplot state) only; it knows nothing of MLflow
-or Ray. :mod:`dakd.tracking` logs what these functions produce as run artifacts.
+or Ray. :mod:`dakd.tracking.runs` logs what these functions produce as run artifacts.
 
 A prediction panel is one row per image and one column per view -- the image, its ground truth,
 then each prediction in the order given -- with label maps drawn in the Cityscapes palette

@@ -55,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     add_overrides(parser, "a spec value", "tune.num_samples=4")
     args = parser.parse_args(argv)
 
+    from dakd.extras import missing_sweep_extra
+
+    missing = missing_sweep_extra("the sweep")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+
     from dakd.config import ConfigError
     from dakd.data.datasets import DataError
     from dakd.sweep.driver import plan, run_sweep, smoke

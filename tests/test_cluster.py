@@ -155,7 +155,8 @@ def test_data_parallel_worker_reports_in_step_and_resumes(tmp_path):
     from dakd.config import from_dict
     from dakd.sweep.context import SweepContext
     from dakd.sweep.spec import grid_variants, resolve
-    from dakd.tracking import RunLogger, prepare
+    from dakd.tracking.runs import RunLogger
+    from dakd.tracking.store import prepare
 
     spec = smoke(_spec_file(tmp_path, "dp", "resources: {workers: 2}\n"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

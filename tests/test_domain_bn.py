@@ -191,7 +191,7 @@ def test_precise_bn_stores_the_target_statistics_of_the_final_weights(tiny):
     at most 1 mIoU and the statistics by sampling noise, while blended running averages (the
     behaviour before bn_stats existed) are far from them. Training itself is unchanged."""
     from dakd.builders import network_from_checkpoint
-    from dakd.pipeline import bn_reestimation_check
+    from dakd.tracking.calibration import bn_reestimation_check
     from dakd.train import train
 
     common = {

@@ -128,7 +128,8 @@ def test_a_new_attempt_closes_the_runs_of_dead_ones_and_leaves_live_ones(tmp_pat
     import socket
 
     from dakd.sweep.driver import close_dead_runs, smoke
-    from dakd.tracking import RunLogger, prepare
+    from dakd.tracking.runs import RunLogger
+    from dakd.tracking.store import prepare
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = smoke(ROOT / "sweeps" / "quickstart.yaml", [f"tracking.uri={uri}"])

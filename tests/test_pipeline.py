@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from dakd.config import from_dict, load_config
-from dakd.pipeline import CALIBRATION_ROWS, calibrate
+from dakd.tracking.calibration import CALIBRATION_ROWS, calibrate
 from tests.conftest import TINY
 
 
@@ -85,7 +85,8 @@ def test_stages_ignore_the_network_they_do_not_train():
 
 
 def test_calibration_targets_by_hand():
-    from dakd.pipeline import calibration_targets, format_calibration
+    from dakd.tracking.calibration import format_calibration
+    from dakd.tracking.calibration_targets import calibration_targets
 
     results = {
         "synth_to_real": {

@@ -25,9 +25,16 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from dakd import results
 from dakd.config import ExperimentConfig
-from dakd.tracking import RunLogger, default_uri, prepare
+from dakd.data.labels import CLASS_NAMES
+from dakd.tracking.groups import aggregate
+from dakd.tracking.load import AnalysisError, load_runs, row_name, select, write_runs
+from dakd.tracking.locations import default_uri
+from dakd.tracking.plots import make_plots
+from dakd.tracking.report import log_sweep_analysis
+from dakd.tracking.runs import RunLogger
+from dakd.tracking.store import prepare
+from dakd.tracking.tables import FORMATS, build_tables, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ExperimentConfig().flat()
@@ -168,13 +175,13 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def study(store):
     uri, ids = store
-    return results.load_runs(results.select(uri, "study", ids["study"]))
+    return load_runs(select(uri, "study", ids["study"]))
 
 
 def _groups(runs: pa.Table, best: bool = False) -> dict[tuple, dict]:
     """Aggregated groups by (scenario, row), for rows with one configuration."""
     out = {}
-    for group in results.aggregate(runs, best).to_pylist():
+    for group in aggregate(runs, best).to_pylist():
         out.setdefault((group["scenario"], group["row"]), []).append(group)
     return {key: groups[0] if len(groups) == 1 else groups for key, groups in out.items()}
 
@@ -222,7 +229,7 @@ def test_runs_table_has_one_row_per_run_and_no_parent(store, study):
 
 
 def test_runs_parquet_round_trip(study, tmp_path):
-    path = results.write_runs(study, tmp_path)
+    path = write_runs(study, tmp_path)
     assert path.name == "runs.parquet"
     assert pq.read_table(path).equals(study)
 
@@ -238,19 +245,17 @@ def test_final_metrics_are_the_last_evaluation_and_best_is_the_max(study):
 
 def test_pages_of_search_results_add_up(store, study):
     uri, ids = store
-    paged = results.load_runs(results.select(uri, "study", ids["study"]), page_size=4)
+    paged = load_runs(select(uri, "study", ids["study"]), page_size=4)
     assert sorted(paged["run_id"].to_pylist()) == sorted(study["run_id"].to_pylist())
 
 
 def test_rows_are_derived_from_params():
-    assert results.row_name("source_only", None, "", "student") == "source-only"
-    assert results.row_name("oracle", None, "", "teacher") == "oracle (teacher)"
-    assert results.row_name("teacher_da", None, "", "student") == "teacher-DA"
-    assert results.row_name("student_da", None, "", "student") == "student-DA"
-    assert results.row_name("student_da", None, "/x/model.pt", "student") == (
-        "student-DA + extra steps"
-    )
-    assert results.row_name("dakd", "d", "/x/model.pt", "student") == "DAKD (d)"
+    assert row_name("source_only", None, "", "student") == "source-only"
+    assert row_name("oracle", None, "", "teacher") == "oracle (teacher)"
+    assert row_name("teacher_da", None, "", "student") == "teacher-DA"
+    assert row_name("student_da", None, "", "student") == "student-DA"
+    assert row_name("student_da", None, "/x/model.pt", "student") == "student-DA + extra steps"
+    assert row_name("dakd", "d", "/x/model.pt", "student") == "DAKD (d)"
 
 
 def test_rows_of_the_study(study):
@@ -273,10 +278,10 @@ def test_a_stage_recorded_twice_counts_once(store, study):
 
 def test_stages_recorded_by_an_earlier_sweep_are_linked(store):
     uri, ids = store
-    runs = results.load_runs(results.select(uri, "later", ids["later"]))
+    runs = load_runs(select(uri, "later", ids["later"]))
     linked = {r["run_name"]: r["linked"] for r in runs.to_pylist()}
     assert linked == {"dakd later": False, "student_da-s0": True}
-    table = results.build_tables(results.aggregate(runs))[0]
+    table = build_tables(aggregate(runs))[0]
     dakd = table.data.to_pylist()[-1]
     assert dakd["row"] == "DAKD (c)" and dakd["delta_miou"] == pytest.approx(12.5 - 10.0)
 
@@ -325,7 +330,7 @@ def _table(tables, name):
 
 
 def test_scenario_table_rows_delta_and_parameters(study):
-    tables = results.build_tables(results.aggregate(study))
+    tables = build_tables(aggregate(study))
     assert [t.name for t in tables] == [
         "scenario_real_to_real",
         "scenario_synth_to_real",
@@ -351,7 +356,7 @@ def test_scenario_table_rows_delta_and_parameters(study):
     assert (BASE["models.teacher.name"], BASE["models.student.name"]) == ("drn_d_38", "drn_d_22")
     assert data["teacher-DA"]["params_m"] == pytest.approx(1.633250)
     assert data["DAKD (a)"]["params_m"] == pytest.approx(0.252152)
-    assert table.header[1:20] == list(results.CLASS_NAMES)
+    assert table.header[1:20] == list(CLASS_NAMES)
     row = dict(zip(table.header, table.cells[4]))
     assert row["mIoU"] == "14.00 ± 3.61" and row["ΔmIoU"] == "+2.00" and row["n"] == "3"
     assert row["road"] == "28.0" and row["traffic light"] == "7.0" and row["sky"] == "–"
@@ -362,7 +367,7 @@ def test_scenario_table_rows_delta_and_parameters(study):
 
 
 def test_levels_by_paradigm_grid(study):
-    table = _table(results.build_tables(results.aggregate(study)), "levels_paradigm")
+    table = _table(build_tables(aggregate(study)), "levels_paradigm")
     assert table.header == ["scenario", "levels", "DAKD (a)", "DAKD (b)"]
     cells = {(c[0], c[1]): c[2:] for c in table.cells}
     assert cells[("synth_to_real", "output")] == ["–", "9.00 ± – (n=1)"]
@@ -371,8 +376,8 @@ def test_levels_by_paradigm_grid(study):
 
 def test_loss_ablation_and_best_trials(store):
     uri, ids = store
-    runs = results.load_runs(results.select(uri, "weights", "latest"))
-    tables = results.build_tables(results.aggregate(runs), top=3)
+    runs = load_runs(select(uri, "weights", "latest"))
+    tables = build_tables(aggregate(runs), top=3)
     assert [t.name for t in tables] == ["scenario_synth_to_real", "loss_ablation", "best_trials"]
     ablation = _table(tables, "loss_ablation")
     assert ablation.header == ["KL", "MSE", "pseudo-T", "mIoU", "n", "ΔmIoU"]
@@ -394,10 +399,10 @@ def test_loss_ablation_and_best_trials(store):
 
 
 def test_every_format_is_written_and_reads_back(study, tmp_path):
-    tables = results.build_tables(results.aggregate(study))
-    files = results.write_tables(tables, tmp_path)
+    tables = build_tables(aggregate(study))
+    files = write_tables(tables, tmp_path)
     names = {p.name for p in files}
-    for fmt in results.FORMATS:
+    for fmt in FORMATS:
         assert f"scenario_synth_to_real.{fmt}" in names
     assert "tables.md" in names
     with open(tmp_path / "scenario_synth_to_real.csv", newline="") as stream:
@@ -416,14 +421,14 @@ def test_every_format_is_written_and_reads_back(study, tmp_path):
     markdown = (tmp_path / "scenario_synth_to_real.md").read_text()
     assert "| DAKD (a) | 28.0 |" in markdown and "|---|" in markdown
     assert markdown in (tmp_path / "tables.md").read_text()
-    only = results.write_tables(tables[:1], tmp_path / "csv", formats=["csv"])
+    only = write_tables(tables[:1], tmp_path / "csv", formats=["csv"])
     assert [p.suffix for p in only] == [".csv"]
 
 
 def test_captions_say_which_checkpoint(study):
-    final = _table(results.build_tables(results.aggregate(study)), "scenario_synth_to_real")
+    final = _table(build_tables(aggregate(study)), "scenario_synth_to_real")
     best = _table(
-        results.build_tables(results.aggregate(study, True), best_of_evaluations=True),
+        build_tables(aggregate(study, True), best_of_evaluations=True),
         "scenario_synth_to_real_best",
     )
     assert "final checkpoint" in final.caption and "optimistic" not in final.caption
@@ -438,15 +443,15 @@ def test_captions_say_which_checkpoint(study):
 def test_plots_are_png_and_missing_inputs_are_skipped(store, study, tmp_path):
     uri, _ = store
     notices = []
-    files = results.make_plots(results.aggregate(study), tmp_path, log=notices.append)
+    files = make_plots(aggregate(study), tmp_path, log=notices.append)
     assert {p.name for p in files} == {"miou_vs_parameters.png", "per_class_synth_to_real.png"}
     assert all(p.read_bytes().startswith(PNG) for p in files)
     assert notices == [
         "skipped sensitivity.png: the DAKD runs vary no loss weight",
         "skipped per_class_real_to_real.png: real_to_real lacks a teacher-DA or a student row",
     ]
-    weights = results.load_runs(results.select(uri, "weights", "latest"))
-    files = results.make_plots(results.aggregate(weights), tmp_path / "w", log=notices.append)
+    weights = load_runs(select(uri, "weights", "latest"))
+    files = make_plots(aggregate(weights), tmp_path / "w", log=notices.append)
     assert [p.name for p in files] == ["sensitivity.png"]
     assert files[0].read_bytes().startswith(PNG)
 
@@ -454,7 +459,7 @@ def test_plots_are_png_and_missing_inputs_are_skipped(store, study, tmp_path):
 def test_sweep_analysis_is_logged_to_the_parent_run(store):
     uri, ids = store
     lines = []
-    logged = results.log_sweep_analysis(uri, "weights", ids["weights"], log=lines.append)
+    logged = log_sweep_analysis(uri, "weights", ids["weights"], log=lines.append)
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(ids["weights"], "analysis")}
     assert set(logged) == artifacts
     for name in ("runs.parquet", "tables.md", "loss_ablation.tex", "best_trials.csv"):
@@ -468,18 +473,18 @@ def test_sweep_analysis_is_logged_to_the_parent_run(store):
 
 def test_selection_errors_name_the_problem(store, tmp_path):
     uri, ids = store
-    with pytest.raises(results.AnalysisError, match="no experiment 'nope'.*study"):
-        results.select(uri, "nope")
-    with pytest.raises(results.AnalysisError, match="no run 'abc'"):
-        results.select(uri, "study", "abc")
-    with pytest.raises(results.AnalysisError, match="not a sweep's parent run"):
-        results.select(uri, "study", ids["student1"])
-    with pytest.raises(results.AnalysisError, match="not in experiment 'study'"):
-        results.select(uri, "study", ids["weights"])
-    with pytest.raises(results.AnalysisError, match="no MLflow store"):
-        results.select(default_uri(tmp_path / "missing"), "study")
-    assert results.select(uri, "study", "latest").sweep == ids["study"]
-    assert results.select(uri, "study").sweep is None
+    with pytest.raises(AnalysisError, match="no experiment 'nope'.*study"):
+        select(uri, "nope")
+    with pytest.raises(AnalysisError, match="no run 'abc'"):
+        select(uri, "study", "abc")
+    with pytest.raises(AnalysisError, match="not a sweep's parent run"):
+        select(uri, "study", ids["student1"])
+    with pytest.raises(AnalysisError, match="not in experiment 'study'"):
+        select(uri, "study", ids["weights"])
+    with pytest.raises(AnalysisError, match="no MLflow store"):
+        select(default_uri(tmp_path / "missing"), "study")
+    assert select(uri, "study", "latest").sweep == ids["study"]
+    assert select(uri, "study").sweep is None
 
 
 def _script(name: str):

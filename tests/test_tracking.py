@@ -22,8 +22,11 @@ import sqlalchemy.exc
 import yaml
 from mlflow.exceptions import MlflowException
 
-from dakd import tracking
-from dakd.tracking import RunLogger, default_uri, find_runs, finish_run, prepare, retry_locked
+from dakd.tracking import locations, tags
+from dakd.tracking import store as tracking_store
+from dakd.tracking.locations import default_uri
+from dakd.tracking.runs import RunLogger, finish_run
+from dakd.tracking.store import find_runs, prepare, retry_locked
 
 
 @dataclass
@@ -67,18 +70,28 @@ def test_default_uri_and_ui_command(tmp_path):
     uri = default_uri(tmp_path / "runs")
     assert uri == f"sqlite:///{tmp_path.resolve()}/runs/mlflow.db"
     assert uri.startswith("sqlite:////")
-    assert tracking.ui_command(uri) == (
+    assert locations.ui_command(uri) == (
         f"uv run mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
     )
-    assert "'sqlite:///a b/mlflow.db'" in tracking.ui_command("sqlite:///a b/mlflow.db")
+    assert "'sqlite:///a b/mlflow.db'" in locations.ui_command("sqlite:///a b/mlflow.db")
+
+
+def test_the_tag_vocabulary_is_mlflows_where_mlflow_names_it():
+    """The parent-run tag is MLflow's own (the UI nests runs by it); the tags module spells it
+    without importing MLflow, so the two must agree."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    assert tags.MLFLOW_PARENT_RUN_ID == MLFLOW_PARENT_RUN_ID
+    assert tags.tag_filter(tags.STAGE, tags.SWEEP_STAGE) == "tags.stage = 'sweep'"
+    assert tags.tag_filter(tags.MLFLOW_PARENT_RUN_ID, "abc") == "tags.`mlflow.parentRunId` = 'abc'"
 
 
 def test_git_commit(tmp_path):
-    commit = tracking.git_commit()
+    commit = locations.git_commit()
     assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit)
-    if (Path(tracking.__file__).parents[1] / ".git").exists():
+    if (Path(locations.__file__).parents[2] / ".git").exists():
         assert commit is not None
-    assert tracking.git_commit(tmp_path) is None
+    assert locations.git_commit(tmp_path) is None
 
 
 def test_prepare_is_idempotent_and_puts_artifacts_next_to_the_db(store, tmp_path):
@@ -87,7 +100,7 @@ def test_prepare_is_idempotent_and_puts_artifacts_next_to_the_db(store, tmp_path
     assert prepare(uri, store.name) == experiment_id
     other = prepare(uri, "other study/2")
     assert other != experiment_id
-    experiment = tracking._client(uri).get_experiment(experiment_id)
+    experiment = tracking_store.client_for(uri).get_experiment(experiment_id)
     assert experiment.artifact_location == store.artifacts.as_uri()
 
     source = tmp_path / "weights.pt"
@@ -250,9 +263,9 @@ def test_retry_locked_retries_lock_errors_quietly(capfd):
             raise MlflowException(message=error, error_code="TEMPORARILY_UNAVAILABLE") from error
         return "ok"
 
-    before = tracking.retry_count
+    before = tracking_store.retry_count
     assert retry_locked(flaky) == "ok"
-    assert len(calls) == 3 and tracking.retry_count == before + 2
+    assert len(calls) == 3 and tracking_store.retry_count == before + 2
     assert "locked" not in capfd.readouterr().err
 
     def broken():
@@ -278,7 +291,7 @@ def test_retry_locked_retries_lock_errors_quietly(capfd):
 def _impatient(uri: str, busy_ms: int) -> Callable[[], None]:
     """Cut the busy timeout MLflow sets on every SQLite session (20 s) to ``busy_ms``, so that a
     collision surfaces at once as a real "database is locked" error; returns the undo."""
-    engine = tracking._client(uri)._tracking_client.store.engine
+    engine = tracking_store.client_for(uri)._tracking_client.store.engine
 
     def rewrite(conn, cursor, statement, parameters, context, executemany):
         if statement.lstrip().upper().startswith("PRAGMA BUSY_TIMEOUT"):
@@ -298,7 +311,7 @@ def test_a_really_locked_database_is_waited_out(store, capfd):
     )
     holder.execute("BEGIN EXCLUSIVE")  # what another process committing a big write does
     timer = threading.Timer(0.8, holder.execute, ("COMMIT",))
-    before = tracking.retry_count
+    before = tracking_store.retry_count
     timer.start()
     try:
         logger.log_metrics({"miou": 1.0}, step=0)
@@ -307,7 +320,7 @@ def test_a_really_locked_database_is_waited_out(store, capfd):
         timer.join()
         undo()
         holder.close()
-    assert tracking.retry_count > before
+    assert tracking_store.retry_count > before
     assert _history(logger, "miou") == [(0, 1.0)]
     assert logger.client.get_run(logger.run_id).data.tags["after"] == "lock"
     assert "locked" not in capfd.readouterr().err
@@ -345,7 +358,7 @@ def _worker(uri: str, experiment_id: str, parent_id: str, index: int, out: str, 
         json.dumps(
             {
                 "run_id": logger.run_id,
-                "retries": tracking.retry_count,
+                "retries": tracking_store.retry_count,
                 "seconds": round(time.monotonic() - start, 2),
             }
         )

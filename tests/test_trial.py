@@ -19,7 +19,7 @@ from dakd.sweep import trial as trial_module
 from dakd.sweep.context import SweepContext
 from dakd.sweep.driver import smoke
 from dakd.sweep.spec import grid_variants
-from dakd.tracking import find_runs, prepare
+from dakd.tracking.store import find_runs, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,6 +19,14 @@ from dakd.pipeline import (
     with_stages,
 )
 from dakd.sweep.spec import SweepSpec
+from dakd.tracking.tags import (
+    LEVELS,
+    NOT_SET,
+    PARADIGM,
+    SCENARIO,
+    SEED,
+    STAGE,
+)
 
 RUN_ID_FILE = "mlflow_run_id"
 """Name of the file, in every trial checkpoint, that holds the trial's MLflow run id."""
@@ -138,17 +146,17 @@ def run_tags(cfg: ExperimentConfig, context: SweepContext) -> dict[str, str]:
     """MLflow tags of a run: scenario, paradigm, levels, seed, stage, plus the sweep's tags."""
     return {
         **context.tags,
-        "scenario": cfg.data.scenario,
-        "paradigm": cfg.paradigm if cfg.stage == "dakd" else "-",
-        "levels": "+".join(cfg.distill.levels) if cfg.stage == "dakd" else "-",
-        "seed": str(cfg.seed),
-        "stage": cfg.stage,
+        SCENARIO: cfg.data.scenario,
+        PARADIGM: cfg.paradigm if cfg.stage == "dakd" else NOT_SET,
+        LEVELS: "+".join(cfg.distill.levels) if cfg.stage == "dakd" else NOT_SET,
+        SEED: str(cfg.seed),
+        STAGE: cfg.stage,
     }
 
 
 def run_logger(context: SweepContext, **kwargs):
     """The MLflow logger of a run under the sweep's parent run (``kwargs``: RunLogger's)."""
-    from dakd.tracking import RunLogger
+    from dakd.tracking.runs import RunLogger
 
     return RunLogger(
         context.tracking_uri,

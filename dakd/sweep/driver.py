@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from dakd.config import ConfigError, ExperimentConfig
-from dakd.locations import ui_link
 from dakd.pipeline import (
     AUTO,
     AUTO_STAGES,
@@ -34,6 +33,7 @@ from dakd.pipeline import (
     mark_failed,
     with_stages,
 )
+from dakd.sweep.context import SweepContext, stages_of, trial_config
 from dakd.sweep.spec import (
     SpecError,
     SweepSpec,
@@ -45,7 +45,19 @@ from dakd.sweep.spec import (
     trial_label,
     trial_overrides,
 )
-from dakd.sweep.context import SweepContext, stages_of, trial_config
+from dakd.tracking.locations import ui_link
+from dakd.tracking.tags import (
+    DRIVER_HOST,
+    DRIVER_PID,
+    EARLY_STOPPED,
+    GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+    STAGE,
+    SWEEP,
+    SWEEP_STAGE,
+    TUNE_EXPERIMENT,
+    tag_filter,
+)
 
 DRIVER_CPU = 1.0
 """CPUs Tune reserves for a data-parallel trial: the Ray Train driver (Ray's default for a trial)."""
@@ -187,7 +199,7 @@ def _context(spec: SweepSpec, root: Path, uri: str = "", exp_id: str = "", paren
 
 
 def tracking_uri(spec: SweepSpec, root: Path) -> str:
-    from dakd.locations import default_uri
+    from dakd.tracking.locations import default_uri
 
     return spec.tracking.uri or default_uri(root / "runs")
 
@@ -400,14 +412,14 @@ class _Closer:
             self.last[trial_id] = result
 
     def complete(self, trial_id: str, failed: bool = False) -> None:
-        from dakd.tracking import finish_run, set_run_tags
+        from dakd.tracking.runs import finish_run, set_run_tags
 
         last = self.last.get(trial_id)
         if last is None:
             return
         run_id = last["mlflow_run_id"]
         if not failed and last.get("step", 0) < last.get("steps", 0):
-            set_run_tags(self.uri, run_id, {"early_stopped": "true"})
+            set_run_tags(self.uri, run_id, {EARLY_STOPPED: "true"})
         finish_run(self.uri, run_id, "FAILED" if failed else "FINISHED")
 
 
@@ -686,8 +698,8 @@ def run_sweep(
     import ray
     from ray import tune
 
-    from dakd.locations import git_commit, ui_command
     from dakd.sweep.trial import run_trial
+    from dakd.tracking.locations import git_commit, ui_command
 
     root = (root or Path.cwd()).resolve()
     the_plan = plan(spec, root)
@@ -711,7 +723,7 @@ def run_sweep(
                 f"{state['tracking_uri']}, not {uri}; resume with its tracking.uri"
             )
     name = Path(previous).name if previous else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    sweep_tags = {"sweep": spec.name, "git_commit": git_commit(root) or "unknown"}
+    sweep_tags = {SWEEP: spec.name, GIT_COMMIT: git_commit(root) or "unknown"}
 
     # Starting Ray (seconds, mostly spent in the processes it spawns: GCS, raylet, agents) and
     # opening the sweep's MLflow experiment and parent run (seconds: importing MLflow, the
@@ -838,20 +850,21 @@ def close_dead_runs(uri: str, spec: SweepSpec, parent_run_id: str, log=print) ->
     or runs on another one, is left alone. Returns how many runs were closed."""
     import socket
 
-    from dakd.tracking import find_runs, finish_run
+    from dakd.tracking.runs import finish_run
+    from dakd.tracking.store import find_runs
 
     here = socket.gethostname()
     running = find_runs(
         uri,
         spec.experiment_name,
-        f"tags.sweep = '{spec.name}' and attributes.status = 'RUNNING'",
+        f"{tag_filter(SWEEP, spec.name)} and attributes.status = 'RUNNING'",
     )
-    parents = {r.info.run_id: r for r in running if r.data.tags.get("stage") == "sweep"}
+    parents = {r.info.run_id: r for r in running if r.data.tags.get(STAGE) == SWEEP_STAGE}
     dead = set()
     for run_id, run in parents.items():
         if run_id == parent_run_id:
             continue
-        host, pid = run.data.tags.get("driver_host"), run.data.tags.get("driver_pid", "")
+        host, pid = run.data.tags.get(DRIVER_HOST), run.data.tags.get(DRIVER_PID, "")
         if host == here and pid.isdigit() and not _alive(int(pid)):
             dead.add(run_id)
         elif host != here:
@@ -870,9 +883,6 @@ def close_dead_runs(uri: str, spec: SweepSpec, parent_run_id: str, log=print) ->
     return closed
 
 
-MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -885,12 +895,13 @@ def _alive(pid: int) -> bool:
 
 def _open_parent(spec: SweepSpec, the_plan: Plan, uri: str, name: str, tags: dict, run_id):
     """The sweep's MLflow experiment id and parent run (reopened by ``run_id`` on resume)."""
-    from dakd.tracking import RunLogger, get_run, prepare
+    from dakd.tracking.runs import RunLogger
+    from dakd.tracking.store import get_run, prepare
 
     experiment_id = prepare(uri, spec.experiment_name)
     import socket
 
-    driver = {"driver_host": socket.gethostname(), "driver_pid": str(os.getpid())}
+    driver = {DRIVER_HOST: socket.gethostname(), DRIVER_PID: str(os.getpid())}
     if run_id is not None:
         found = get_run(uri, run_id)
         if found.info.experiment_id != experiment_id:
@@ -903,7 +914,7 @@ def _open_parent(spec: SweepSpec, the_plan: Plan, uri: str, name: str, tags: dic
         uri,
         experiment_id,
         run_name=f"sweep {name}",
-        tags={**tags, **driver, "stage": "sweep", "tune_experiment": name},
+        tags={**tags, **driver, STAGE: SWEEP_STAGE, TUNE_EXPERIMENT: name},
         run_id=run_id,
     )
     if run_id is None:
@@ -1013,10 +1024,10 @@ def check_cluster_storage(spec: SweepSpec, address: str | None, nodes: int, log)
 
 
 def _log_analysis(uri: str, experiment: str, parent_run_id: str, log) -> None:
-    """The sweep's result tables and plots (``dakd.results``), logged under ``analysis/`` of its
+    """The sweep's result tables and plots (``dakd.tracking.report``) under ``analysis/`` of its
     parent run. The sweep is done by then: a failure here is a warning, never a failed sweep."""
     try:
-        from dakd.results import log_sweep_analysis
+        from dakd.tracking.report import log_sweep_analysis
 
         log_sweep_analysis(uri, experiment, parent_run_id, log=log)
     except Exception as exc:

@@ -19,6 +19,10 @@ from dakd.losses import upsample
 from dakd.pipeline import (
     error_line,
 )
+from dakd.tracking.tags import (
+    ERROR,
+    TEACHER_CACHE,
+)
 
 
 class TrialTracking(Hook):
@@ -113,7 +117,7 @@ class StageTracking(Hook):
 
     def on_exception(self, loop, error) -> None:
         if not isinstance(error, KeyboardInterrupt | SystemExit):
-            self.logger.set_tags({"error": error_line(error)})
+            self.logger.set_tags({ERROR: error_line(error)})
         self.logger.finish("FAILED")
 
 
@@ -141,7 +145,7 @@ def log_final_artifacts(logger, cfg: ExperimentConfig, result, teacher: str | No
     """Resolved config, final weights, confusion matrix, per-class table, prediction panel."""
     logger.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
     if cfg.stage == "dakd":  # where the teacher's outputs came from
-        logger.set_tags({"teacher_cache": "+".join(result.cached_domains) or "live"})
+        logger.set_tags({TEACHER_CACHE: "+".join(result.cached_domains) or "live"})
     final = cfg.run_dir / "model.pt"
     if final.exists():
         logger.log_artifact(final, "weights")

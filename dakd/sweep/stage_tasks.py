@@ -26,11 +26,17 @@ from dakd.sweep.context import (
     run_tags,
 )
 from dakd.sweep.hooks import StageTracking
+from dakd.tracking.tags import (
+    DOMAIN,
+    MLFLOW_PARENT_RUN_ID,
+    STAGE,
+    TEACHER_CACHE_STAGE,
+)
 
 
 def _own_run(context: SweepContext, id_file: Path) -> str | None:
     """The run id in ``id_file`` when that run is a child of this sweep's parent run."""
-    from dakd.tracking import get_run
+    from dakd.tracking.store import get_run
 
     if not id_file.is_file():
         return None
@@ -39,7 +45,7 @@ def _own_run(context: SweepContext, id_file: Path) -> str | None:
         run = get_run(context.tracking_uri, run_id)
     except Exception:  # noqa: BLE001 - deleted, or another store: a new run
         return None
-    if run.data.tags.get("mlflow.parentRunId") != context.parent_run_id:
+    if run.data.tags.get(MLFLOW_PARENT_RUN_ID) != context.parent_run_id:
         return None
     return run_id
 
@@ -80,7 +86,7 @@ def cache_stage(cfg: ExperimentConfig, role: str, context: SweepContext, threads
         return found
     domain = cfg.domains[0 if role == "source" else 1]
     label = f"teacher_cache {domain} seed={cfg.seed} {cfg.data.scenario}"
-    tags = {**run_tags(cfg, context), "stage": "teacher_cache", "domain": role}
+    tags = {**run_tags(cfg, context), STAGE: TEACHER_CACHE_STAGE, DOMAIN: role}
     # a build this sweep began before it was interrupted continues (shards and run alike)
     folder = teacher_cache_folder(cfg, role)
     id_file = folder.parent / f"{folder.name}.{RUN_ID_FILE}"

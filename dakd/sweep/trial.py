@@ -43,6 +43,15 @@ from dakd.sweep.context import (
 from dakd.sweep.hooks import TrialTracking, TuneReport, log_final_artifacts
 from dakd.sweep.spec import resolve, trial_label, trial_overrides
 from dakd.sweep.stage_tasks import ensure_stage
+from dakd.tracking.tags import (
+    ERROR,
+    RAY_NODE_ID,
+    RAY_TRIAL_ID,
+    REUSED,
+    TRIAL,
+    WORKERS,
+    tag_filter,
+)
 from dakd.train import TrainResult, train
 from dakd.validation import evaluate_checkpoint
 
@@ -63,9 +72,9 @@ def _open_trial_run(context, cfg: ExperimentConfig, config: dict, run_id=None, *
         params = cfg.flat()
         params.update({f"sweep.{k}": v for k, v in trial_overrides(spec, config).items()})
         logger.log_params(params)
-        logger.set_tags({"trial": label, "ray.trial_id": tune.get_context().get_trial_id()})
+        logger.set_tags({TRIAL: label, RAY_TRIAL_ID: tune.get_context().get_trial_id()})
     if ray.is_initialized():  # where this attempt runs: trial placement on a cluster
-        logger.set_tags({"ray.node_id": ray.get_runtime_context().get_node_id()})
+        logger.set_tags({RAY_NODE_ID: ray.get_runtime_context().get_node_id()})
     return logger
 
 
@@ -109,7 +118,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     except StageFailedError as err:
         # the trial cannot run: its MLflow run records why (one line), and Tune the error
         logger = _open_trial_run(context, cfg, config, _trial_run_id(context, _trial_id()))
-        logger.set_tags({"error": str(err)})
+        logger.set_tags({ERROR: str(err)})
         logger.finish("FAILED")
         raise
     if SELF in deps:
@@ -157,12 +166,12 @@ def _trial_id() -> str:
 def _trial_run_id(context: SweepContext, trial_id: str) -> str | None:
     """The MLflow run an earlier attempt of this trial opened (looked up by its ``ray.trial_id``
     tag in the tracking store, which every node shares), or None on the first attempt."""
-    from dakd.tracking import find_runs
+    from dakd.tracking.store import find_runs
 
     runs = find_runs(
         context.tracking_uri,
         context.spec.experiment_name,
-        f"tags.`ray.trial_id` = '{trial_id}'",
+        tag_filter(RAY_TRIAL_ID, trial_id),
     )
     return runs[-1].info.run_id if runs else None
 
@@ -182,7 +191,7 @@ def _run_data_parallel(
     resources = context.spec.resources
     trial_id = tune.get_context().get_trial_id()
     logger = _open_trial_run(
-        context, cfg, config, _trial_run_id(context, trial_id), workers=str(resources.workers)
+        context, cfg, config, _trial_run_id(context, trial_id), **{WORKERS: str(resources.workers)}
     )
     per_worker = {"CPU": resources.cpu}
     if resources.gpu:
@@ -265,7 +274,7 @@ def train_worker(loop: dict[str, Any]) -> None:
 def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: SweepContext):
     """Report a reused stage's recorded evaluations as this trial's, without training it again."""
     logger = _open_trial_run(
-        context, stage, config, _trial_run_id(context, _trial_id()), reused="true"
+        context, stage, config, _trial_run_id(context, _trial_id()), **{REUSED: "true"}
     )
     history = [
         json.loads(line)

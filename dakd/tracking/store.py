@@ -1,10 +1,12 @@
-"""MLflow tracking: one experiment per study, one run per trial, safe with many writers.
+"""The MLflow store: one client per store and process, retried while SQLite is locked.
 
 Everything goes through :class:`mlflow.MlflowClient` with explicit run ids -- never the fluent
 ``mlflow.start_run`` global state -- so one process may hold several open runs (a sweep driver's
-parent run and its trials' runs, or several trials of one Ray worker).
+parent run and its trials' runs, or several trials of one Ray worker); :mod:`dakd.tracking.runs`
+writes them, this module opens the store and reads it.
 
-The default backend is a SQLite file, ``runs/mlflow.db`` (:func:`default_uri`), with artifacts in
+The default backend is a SQLite file, ``runs/mlflow.db``
+(:func:`dakd.tracking.locations.default_uri`), with artifacts in
 ``runs/mlartifacts/<experiment>`` next to it (set as the experiment's artifact location, so
 nothing lands in ``./mlruns`` of whatever folder a worker happens to run in). SQLite admits one
 writer at a time; trials logging at once hit ``database is locked`` whenever SQLite gives up
@@ -26,59 +28,34 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import csv
-import io
 import logging
-import math
 import os
 import random
 import re
 import sqlite3
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-import numpy as np
 import sqlalchemy.exc
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, RunTag, ViewType
+from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from mlflow.utils.validation import (
-    MAX_METRICS_PER_BATCH,
-    MAX_PARAM_VAL_LENGTH,
-    MAX_PARAMS_TAGS_PER_BATCH,
-    MAX_TAG_VAL_LENGTH,
-)
-
-from dakd.config import flatten
-from dakd.locations import default_uri, git_commit, ui_command, ui_link  # noqa: F401 (tracking API)
-
-if TYPE_CHECKING:
-    from dakd.evaluate import SegMetrics
 
 __all__ = [
     "RETRY_SECONDS",
-    "RunLogger",
-    "default_uri",
+    "client_for",
     "find_runs",
-    "finish_run",
-    "finite_float",
-    "git_commit",
+    "get_run",
     "prepare",
     "retry_locked",
     "search_runs",
-    "ui_command",
-    "ui_link",
 ]
 
 #: How long a store call keeps retrying a locked/busy database before giving up.
 RETRY_SECONDS = 60.0
-#: Terminal statuses accepted by :meth:`RunLogger.finish` and :func:`finish_run`.
-STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 T = TypeVar("T")
 
@@ -213,7 +190,7 @@ def _has_schema(db: Path) -> bool:
         return False
 
 
-def _client(uri: str) -> MlflowClient:
+def client_for(uri: str) -> MlflowClient:
     """This process's client for ``uri``.
 
     Building the first client of a SQLite store creates its schema when the file is new, which
@@ -257,7 +234,7 @@ def prepare(uri: str, experiment: str) -> str:
     experiment created meanwhile by someone else (a shared server) is picked up. A deleted
     experiment of that name is restored.
     """
-    client = _client(uri)  # before the lock: a second flock in this process would wait on it
+    client = client_for(uri)  # before the lock: a second flock in this process would wait on it
     db = _sqlite_path(uri)
     with contextlib.nullcontext() if db is None else _folder_lock(db.parent):
         found = retry_locked(client.get_experiment_by_name, experiment)
@@ -279,212 +256,9 @@ def prepare(uri: str, experiment: str) -> str:
         return found.experiment_id
 
 
-# -- runs --------------------------------------------------------------------------------------
-
-
-def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def finite_float(value: Any) -> float | None:
-    """``float(value)`` if it is a finite number (or a numeric string), else ``None``; booleans
-    are not numbers here."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _check_status(status: str) -> str:
-    if status not in STATUSES:
-        raise ValueError(f"run status must be one of {STATUSES}, got {status!r}")
-    return status
-
-
-class RunLogger:
-    """One MLflow run, addressed by id, that any process may (re)open and log to.
-
-    ``run_id=None`` creates a run in ``experiment_id`` (named ``run_name``, tagged
-    ``mlflow.parentRunId = parent_run_id`` when given, plus ``tags``); a ``run_id`` reopens that
-    run instead (a retried or resumed trial continues it: status back to RUNNING, new metric
-    steps appended, same-valued params accepted, ``run_name``/``tags``/parent applied if given).
-    Use it as a context manager to finish the run FINISHED, or FAILED/KILLED on an exception.
-    """
-
-    def __init__(
-        self,
-        uri: str,
-        experiment_id: str,
-        run_name: str | None = None,
-        parent_run_id: str | None = None,
-        tags: Mapping[str, Any] | None = None,
-        run_id: str | None = None,
-    ):
-        self.uri = uri
-        self.experiment_id = str(experiment_id)
-        self.client = _client(uri)
-        all_tags = {str(k): self._tag_value(v) for k, v in (tags or {}).items()}
-        if parent_run_id:
-            all_tags[MLFLOW_PARENT_RUN_ID] = str(parent_run_id)
-        if run_id is None:
-            run = retry_locked(
-                self.client.create_run, self.experiment_id, tags=all_tags, run_name=run_name
-            )
-        else:
-            run = retry_locked(self.client.get_run, run_id)
-            if run.info.experiment_id != self.experiment_id:
-                raise ValueError(
-                    f"run {run_id} belongs to experiment {run.info.experiment_id}, "
-                    f"not {self.experiment_id}"
-                )
-        #: The MLflow run id (store it to reopen the run later).
-        self.run_id: str = run.info.run_id
-        if run_id is not None:
-            retry_locked(self.client.update_run, run_id, status="RUNNING", name=run_name or None)
-            if all_tags:
-                self.set_tags(all_tags)
-        #: Where the run's artifacts live (``file://...`` for the default store).
-        self.artifact_uri: str = run.info.artifact_uri
-        #: The status the run was terminated with, ``None`` while it is open.
-        self.status: str | None = None
-
-    @staticmethod
-    def _tag_value(value: Any) -> str:
-        return str(value)[:MAX_TAG_VAL_LENGTH]
-
-    # -- values ---------------------------------------------------------------------------------
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log params; nested dicts are flattened to dotted keys, values written as ``str()``
-        (cut at MLflow's 6000 characters). Re-logging a param with the same value is fine;
-        a different value raises MLflow's "Changing param values is not allowed"."""
-        flat = flatten(dict(params))
-        items = [Param(str(k), str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in flat.items()]
-        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
-            retry_locked(self.client.log_batch, self.run_id, params=chunk)
-
-    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> dict[str, float]:
-        """Log ``metrics`` at ``step`` in batches; NaN, inf and non-numbers are skipped. Keys may
-        hold ``/`` (``iou/road``, ``loss/kl``). Returns what was logged."""
-        stamp = int(time.time() * 1000)
-        logged = {
-            str(k): v
-            for k, v in ((k, finite_float(v)) for k, v in metrics.items())
-            if v is not None
-        }
-        items = [Metric(k, v, stamp, int(step)) for k, v in logged.items()]
-        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
-            retry_locked(self.client.log_batch, self.run_id, metrics=chunk)
-        return logged
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Set tags (values written as ``str()``); existing tags are overwritten."""
-        items = [RunTag(str(k), self._tag_value(v)) for k, v in tags.items()]
-        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
-            retry_locked(self.client.log_batch, self.run_id, tags=chunk)
-
-    # -- artifacts ------------------------------------------------------------------------------
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """Copy a file (or a folder, under its own name) into the run's artifacts, optionally
-        under the artifact folder ``artifact_path``."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no artifact at {path}")
-        retry_locked(self.client.log_artifact, self.run_id, str(path), artifact_path)
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        """Write ``text`` as the artifact ``artifact_file`` (e.g. ``"eval/table.md"``)."""
-        retry_locked(self.client.log_text, self.run_id, text, artifact_file)
-
-    def log_dict(self, obj: Mapping[str, Any], artifact_file: str) -> None:
-        """Write ``obj`` as the artifact ``artifact_file``: YAML for ``.yaml``/``.yml``, else JSON."""
-        retry_locked(self.client.log_dict, self.run_id, dict(obj), artifact_file)
-
-    def log_evaluation(
-        self,
-        metrics: SegMetrics,
-        panel: np.ndarray | None = None,
-        prefix: str = "eval",
-    ) -> list[str]:
-        """Log the pictures and tables of one evaluation under the artifact folder ``prefix``:
-        ``confusion.png`` (row-normalised), ``confusion.csv`` (counts), ``per_class_iou.md``
-        and ``per_class_iou.csv`` (percent, blank where absent) and, given a ``panel`` from
-        :func:`dakd.visualize.prediction_panel`, ``predictions.png``. Returns the artifact paths.
-        Scalars (mIoU, per-class IoU) are :meth:`log_metrics`' job."""
-        from dakd.data.labels import CLASS_NAMES
-        from dakd.visualize import confusion_figure, per_class_table, save_png
-
-        matrix = np.asarray(metrics.matrix)
-        names = (
-            list(CLASS_NAMES)
-            if len(matrix) == len(CLASS_NAMES)
-            else list(map(str, range(len(matrix))))
-        )
-        with tempfile.TemporaryDirectory(prefix="dakd-eval-") as tmp:
-            folder = Path(tmp)
-            confusion_figure(matrix, folder / "confusion.png")
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(["ground_truth\\prediction", *names])
-            for name, row in zip(names, matrix, strict=True):
-                writer.writerow([name, *(int(v) for v in row)])
-            (folder / "confusion.csv").write_text(buffer.getvalue())
-            (folder / "per_class_iou.md").write_text(per_class_table(metrics))
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(["class", "iou"])
-            for name, value in zip(CLASS_NAMES, metrics.iou, strict=False):
-                writer.writerow([name, "" if math.isnan(value) else f"{100 * float(value):.4f}"])
-            (folder / "per_class_iou.csv").write_text(buffer.getvalue())
-            if panel is not None:
-                save_png(panel, folder / "predictions.png")
-            files = sorted(p.name for p in folder.iterdir())
-            retry_locked(self.client.log_artifacts, self.run_id, tmp, prefix)
-        return [f"{prefix}/{name}" if prefix else name for name in files]
-
-    # -- end ------------------------------------------------------------------------------------
-
-    def finish(self, status: str = "FINISHED") -> None:
-        """Terminate the run with ``status`` (FINISHED, FAILED or KILLED) and its end time."""
-        retry_locked(self.client.set_terminated, self.run_id, _check_status(status))
-        self.status = status
-
-    def __enter__(self) -> RunLogger:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.finish("FINISHED")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.finish("KILLED")
-        else:
-            self.finish("FAILED")
-
-    def __repr__(self) -> str:
-        return f"RunLogger(run_id={self.run_id!r}, experiment_id={self.experiment_id!r})"
-
-
 def get_run(uri: str, run_id: str) -> Run:
     """The run ``run_id`` of the store at ``uri`` (raises when there is none)."""
-    return retry_locked(_client(uri).get_run, run_id)
-
-
-def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    """Terminate run ``run_id`` with ``status`` without reopening it (a driver marking a crashed
-    trial's run FAILED, say)."""
-    retry_locked(_client(uri).set_terminated, run_id, _check_status(status))
-
-
-def set_run_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
-    """Tag run ``run_id`` without reopening it."""
-    client = _client(uri)
-    for key, value in tags.items():
-        retry_locked(client.set_tag, run_id, key, str(value))
+    return retry_locked(client_for(uri).get_run, run_id)
 
 
 def search_runs(
@@ -514,7 +288,7 @@ def find_runs(uri: str, experiment: str, filter_string: str = "") -> list[Run]:
     """Every active run of the experiment named ``experiment`` matching ``filter_string`` (MLflow
     search syntax, e.g. ``"tags.stage = 'dakd'"``), oldest first; ``[]`` if there is no such
     experiment."""
-    client = _client(uri)
+    client = client_for(uri)
     found = retry_locked(client.get_experiment_by_name, experiment)
     if found is None:
         return []

@@ -1,7 +1,7 @@
 """Where runs are tracked, importable without MLflow (MLflow takes seconds to import).
 
 The default tracking store, the command that opens the MLflow UI on a store and the git commit
-a run is tagged with. :mod:`dakd.tracking` re-exports all three; the sweep driver reads them
+a run is tagged with. MLflow-free like the package's ``__init__``: the sweep driver reads them
 from here so that importing MLflow can overlap with starting Ray.
 """
 

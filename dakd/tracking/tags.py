@@ -1,0 +1,84 @@
+"""The MLflow tags the project writes and reads, named once.
+
+A tag written by the sweep under one spelling and read by the result tables under another is a
+table that silently loses its rows; every writer and reader therefore takes the name from here.
+Plain strings, no MLflow import: the sweep driver names tags before MLflow has loaded, and
+``python -m dakd`` never loads it.
+
+The run tags (DESIGN.md, "MLflow layout"): every run of a sweep carries :data:`SWEEP` and
+:data:`GIT_COMMIT` (the sweep's tags), :data:`SCENARIO`, :data:`PARADIGM`, :data:`LEVELS`,
+:data:`SEED` and :data:`STAGE`; a child run points at its sweep's parent run through MLflow's
+own :data:`MLFLOW_PARENT_RUN_ID`.
+"""
+
+from __future__ import annotations
+
+#: MLflow's own tag of a child run: the id of its parent run (the sweep's), which the MLflow UI
+#: nests runs by. The same string as ``mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID``.
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+
+# -- what every run of a sweep carries ---------------------------------------------------------
+
+#: The sweep's name (its spec's ``name``): a sweep's parent run and every run under it.
+SWEEP = "sweep"
+#: The commit the sweep ran from (``unknown`` outside a git work tree).
+GIT_COMMIT = "git_commit"
+#: The config's ``stage`` (``teacher_da``, ``dakd``, ...), or :data:`SWEEP_STAGE` /
+#: :data:`TEACHER_CACHE_STAGE` for runs that train nothing.
+STAGE = "stage"
+#: ``data.scenario`` (``synth_to_real``, ``real_to_real``).
+SCENARIO = "scenario"
+#: The DAKD paradigm (``a``-``d``); :data:`NOT_SET` on runs that do not distil.
+PARADIGM = "paradigm"
+#: ``distill.levels`` joined by ``+`` (``output+feature``); :data:`NOT_SET` on runs that do not
+#: distil.
+LEVELS = "levels"
+#: The run's ``seed``.
+SEED = "seed"
+
+#: The value of :data:`PARADIGM` and :data:`LEVELS` on a run that does not distil.
+NOT_SET = "-"
+
+# -- values of STAGE on runs that are not table rows -------------------------------------------
+
+#: :data:`STAGE` of a sweep's parent run.
+SWEEP_STAGE = "sweep"
+#: :data:`STAGE` of a teacher-output cache build.
+TEACHER_CACHE_STAGE = "teacher_cache"
+
+# -- a sweep's parent run ----------------------------------------------------------------------
+
+#: The host and process id of the sweep's driver: a later start closes the runs of an attempt
+#: whose driver is gone (KILLED) and leaves a live one alone.
+DRIVER_HOST = "driver_host"
+DRIVER_PID = "driver_pid"
+#: The Ray Tune experiment folder the sweep writes (what ``--resume`` continues).
+TUNE_EXPERIMENT = "tune_experiment"
+
+# -- trials, stages and cache builds -----------------------------------------------------------
+
+#: A trial's readable label (``paradigm=d kl=0.1 seed=0``); only trial runs carry it.
+TRIAL = "trial"
+#: Ray Tune's id of the trial: a retried attempt finds the run of the first one by it.
+RAY_TRIAL_ID = "ray.trial_id"
+#: The Ray node an attempt ran on (trial placement on a cluster).
+RAY_NODE_ID = "ray.node_id"
+#: Data-parallel workers of a trial (``resources.workers`` > 1).
+WORKERS = "workers"
+#: ``true`` on a trial run that replays a reused stage as a table row.
+REUSED = "reused"
+#: ``true`` on a trial a scheduler stopped before its last step.
+EARLY_STOPPED = "early_stopped"
+#: Where a DAKD run's teacher outputs came from: the cached domains joined by ``+``, or ``live``.
+TEACHER_CACHE = "teacher_cache"
+#: The domain role (``source``/``target``) of a teacher-output cache build.
+DOMAIN = "domain"
+#: Why a run failed, in one line.
+ERROR = "error"
+
+
+def tag_filter(tag: str, value: str) -> str:
+    """The MLflow search clause ``tag = 'value'``, the name quoted in backticks where it holds
+    a dot (``tags.`ray.trial_id` = '...'``)."""
+    name = f"`{tag}`" if "." in tag else tag
+    return f"tags.{name} = '{value}'"
