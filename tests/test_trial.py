@@ -204,3 +204,18 @@ def test_clock_adds_up_the_time_of_each_activity(monkeypatch):
     with clock("report"):  # 4 -> 4.5
         pass
     assert clock.metrics() == {"time/report_s": 2.5, "time/total_s": 10.0}
+
+
+def test_a_stage_with_a_recorded_failure_fails_the_trial_without_training_it(tiny, monkeypatch):
+    """A trial that builds on a stage whose training failed (the driver's attempt, or another
+    trial's) raises StageFailedError with the recorded line and never trains the stage again."""
+    from dakd.pipeline import StageFailedError, mark_failed
+
+    trained = []
+    monkeypatch.setattr(trial_module, "train_stage", lambda *args: trained.append(args))
+    stage = tiny("student_da")
+    message = mark_failed(stage, "NonFiniteLossError: loss is nan", "optim.lr=1e+12")
+    with pytest.raises(StageFailedError) as err:
+        trial_module._ensure_stage(tiny("student_da"), context=None, threads=1)
+    assert str(err.value) == message
+    assert trained == []
