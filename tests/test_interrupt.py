@@ -28,6 +28,7 @@ STAGES = {"student_da seed=0 synth_to_real", "fair baseline seed=0 synth_to_real
 def _command(place: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
+        "-u",  # each line reaches the test when it is printed: the markers below are timely
         str(ROOT / "sweeps" / "run.py"),
         str(ROOT / "sweeps" / "quickstart.yaml"),
         "--smoke",
@@ -41,8 +42,11 @@ def _command(place: Path, *extra: str) -> list[str]:
     ]
 
 
-def _kill_when(place: Path, marker: str, delay: float = 0.0, *extra: str) -> str:
-    """Start the sweep, kill its process group ``delay`` s after a line holding ``marker``."""
+def _kill_when(place: Path, marker: str, delay: float = 0.0, *extra: str, pause=None) -> str:
+    """Start the sweep, kill its process group ``delay`` s after a line holding ``marker``.
+
+    ``pause``: ``(earlier marker, check)``: at a line holding the earlier marker the process
+    group is stopped (SIGSTOP) while ``check()`` looks at what the sweep has done so far."""
     process = subprocess.Popen(
         _command(place, *extra),
         cwd=ROOT,
@@ -56,6 +60,15 @@ def _kill_when(place: Path, marker: str, delay: float = 0.0, *extra: str) -> str
     try:
         for line in process.stdout:
             seen.append(line)
+            if pause and pause[0] in line:
+                os.killpg(process.pid, signal.SIGSTOP)
+                try:
+                    pause[1]()
+                finally:
+                    os.killpg(process.pid, signal.SIGCONT)
+                pause = None
+            elif pause and marker in line:
+                pytest.fail(f"{marker!r} came before {pause[0]!r}:\n" + "".join(seen[-30:]))
             if marker in line:
                 time.sleep(delay)
                 break
@@ -104,10 +117,28 @@ def _check_complete(place: Path, sweeps: int = 1) -> dict[str, collections.Count
 def test_a_sweep_killed_in_each_phase_resumes_into_exactly_its_planned_runs(tmp_path):
     """Killed while its stages train, resumed and killed while its trials run, resumed and
     killed while its result tables are built, resumed: one run per stage and trial, all
-    FINISHED, the parent FINISHED, nothing RUNNING; Tune holds the two planned trials."""
-    _kill_when(tmp_path, "training 2 stage(s)", 1.0)  # Ray tasks started, stages training
-    assert any(r.info.status == "RUNNING" for r in _runs(tmp_path))  # what a kill leaves
-    _kill_when(tmp_path, "Trial status", 2.0, "--resume")  # Tune running the trials
+    FINISHED, the parent FINISHED, nothing RUNNING; Tune holds the two planned trials. A
+    resumed attempt first closes the runs the dead one left RUNNING (KILLED), then continues
+    them in their own runs."""
+    _kill_when(tmp_path, "training student_da ->")  # the student-DA stage training in Ray
+    left = {r.info.run_id: r for r in _runs(tmp_path) if r.info.status == "RUNNING"}
+    assert sorted(r.data.tags["stage"] for r in left.values()) == ["student_da", "sweep"]
+
+    def closed_before_continuing():
+        """The resumed attempt, before its stages start: the dead attempt's stage run is
+        KILLED (it is reopened when the stage continues); the parent is this attempt's."""
+        runs = _runs(tmp_path)
+        dead = {r.data.tags["stage"]: r.info.status for r in runs if r.info.run_id in left}
+        assert dead == {"sweep": "RUNNING", "student_da": "KILLED"}
+        assert [r.data.tags["stage"] for r in runs if r.info.status == "RUNNING"] == ["sweep"]
+
+    _kill_when(  # Tune running the trials
+        tmp_path,
+        "Trial status",
+        2.0,
+        "--resume",
+        pause=("training 2 stage(s)", closed_before_continuing),
+    )
     _kill_when(tmp_path, "best trials of", 0.0, "--resume")  # the result tables being built
     done = _run(tmp_path, "--resume")
     found = _check_complete(tmp_path)

@@ -154,3 +154,32 @@ def test_grid_bound_by_hand():
     ignored = one.copy()
     ignored[0, :] = 255
     assert grid_bound(ignored[None], 4) == (11 / 12) / 2
+
+
+def test_a_stage_failure_is_recorded_in_its_folder_read_back_and_cleared(tiny):
+    """``mark_failed`` writes one line into the stage's run folder; ``failure_of`` reads it
+    back, also from a config of the same stage made anew (as a trial process makes it), and
+    None for any other stage; an unreadable record still reads as a failure; ``clear_failure``
+    removes the record (and is harmless when there is none)."""
+    from dakd.pipeline import FAILURE_FILE, clear_failure, failure_of, mark_failed
+
+    cfg = tiny("student_da")
+    assert failure_of(cfg) is None
+    message = mark_failed(cfg, "NonFiniteLossError: loss is nan", "optim.lr=1e+12")
+    assert message == (
+        "stage student_da seed=0 synth_to_real (optim.lr=1e+12) failed: "
+        "NonFiniteLossError: loss is nan"
+    )
+    record = cfg.run_dir / FAILURE_FILE
+    assert json.loads(record.read_text())["message"] == message
+    assert failure_of(tiny("student_da")) == message
+    assert failure_of(tiny("student_da", name="another")) is None
+    assert mark_failed(tiny("teacher_da"), "OSError: disk") == (
+        "stage teacher_da seed=0 synth_to_real failed: OSError: disk"
+    )
+    record.write_text('{"message": ')  # cut short
+    assert failure_of(cfg) == f"stage student_da failed ({record} is unreadable)"
+    clear_failure(cfg)
+    assert failure_of(cfg) is None and not record.exists()
+    clear_failure(cfg)
+    assert failure_of(tiny("teacher_da")) is not None  # cleared for its own stage only

@@ -4,6 +4,7 @@ each trial lands in MLflow as a finished child run, and stages are trained once 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
+from dakd.pipeline import FAILURE_FILE  # noqa: E402
 from dakd.sweep.driver import plan, run_sweep, smoke  # noqa: E402
 from dakd.sweep.spec import SpecError, load_spec  # noqa: E402
 
@@ -221,7 +223,8 @@ def test_resources_the_cluster_lacks_stop_before_any_trial(local_ray, place, tmp
 def test_a_failed_stage_fails_its_trials_and_the_rest_go_on(local_ray, place, tmp_path):
     """A learning rate of 1e12 makes both of its stages' losses NaN at once: the trials on
     them fail with one line naming the stage and the difference; the other learning rate's
-    stages and trials run; no run is left RUNNING."""
+    stages and trials run; no run is left RUNNING. The failed stage is trained once, by the
+    driver: its trials read the recorded failure instead of training it again."""
     overrides = [
         *_overrides(place),
         "search.optim.lr={grid: [0.05, 1.0e+12]}",
@@ -231,10 +234,38 @@ def test_a_failed_stage_fails_its_trials_and_the_rest_go_on(local_ray, place, tm
         f"storage={tmp_path / 'ray'}",
     ]
     spec = smoke(ROOT / "sweeps" / "quickstart.yaml", overrides)
-    lines = []
-    result = run_sweep(spec, root=ROOT, log=lines.append)
+    lines, logged_at = [], []
+
+    def log(line):
+        lines.append(line)
+        logged_at.append(time.time())
+
+    result = run_sweep(spec, root=ROOT, log=log)
     assert len(result.rows) == 2 and result.errors == 1
     assert [r["status"] for r in result.rows] == ["done", "error"]
+    client = MlflowClient(place["uri"])
+    experiment = client.get_experiment_by_name("failing")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    # FAILED: the sweep, the stage (once) and the trial on it; the fair baseline that would
+    # start from the stage is recorded as failed without a run of its own
+    failed_runs = [r for r in runs if r.info.status == "FAILED"]
+    assert sorted(r.data.tags["stage"] for r in failed_runs) == ["dakd", "student_da", "sweep"]
+    # nothing touched the failed stage after the driver reported its failure: the trial read
+    # the failure record and did not train the stage itself
+    (reported,) = [
+        t for t, line in zip(logged_at, lines, strict=True) if "build on it fail" in line
+    ]
+    (stage,) = [
+        s for s in plan(spec, ROOT).stages if s.kind == "student_da" and s.config.optim.lr > 1
+    ]
+    assert json.loads((stage.config.run_dir / FAILURE_FILE).read_text())["time"] <= reported
+    assert max(p.stat().st_mtime for p in stage.config.run_dir.iterdir()) <= reported
+    (stage_run,) = [r for r in failed_runs if r.data.tags["stage"] == "student_da"]
+    assert stage_run.info.end_time <= reported * 1000
+    nan_runs = [r for r in runs if r.data.tags.get("error", "").startswith("NonFinite")]
+    assert [r.info.run_id for r in nan_runs] == [stage_run.info.run_id]
+    # what the sweep says about it
     assert 1 <= len(result.failed_stages) <= 2
     for line in result.failed_stages:
         assert "optim.lr=1000000000000.0" in line and "NonFiniteLossError" in line
@@ -245,12 +276,6 @@ def test_a_failed_stage_fails_its_trials_and_the_rest_go_on(local_ray, place, tm
     summary = "\n".join(lines)
     assert "stages that failed" in summary and "why trials failed (1)" in summary
     assert "Traceback" not in summary
-    client = MlflowClient(place["uri"])
-    experiment = client.get_experiment_by_name("failing")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
-    stage_runs = [r for r in runs if r.data.tags.get("error", "").startswith("NonFinite")]
-    assert stage_runs and all(r.info.status == "FAILED" for r in stage_runs)
     trial_runs = [
         r for r in runs if "trial" in r.data.tags or "StageFailed" in r.data.tags.get("error", "")
     ]

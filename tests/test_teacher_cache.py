@@ -1,6 +1,7 @@
 """The teacher-output cache: exact against the live teacher, keyed, checked, shared, bounded."""
 
 import json
+import math
 import multiprocessing
 import shutil
 from pathlib import Path
@@ -348,3 +349,96 @@ def test_the_sweep_plans_caches_by_the_config_keys_the_cache_key_reads(stages):
         changed = from_dict(base.to_dict(), {dotted: value})
         assert cache_setting(changed) != cache_setting(base), dotted
         assert key(changed) != key(base), dotted
+
+
+def test_a_dakd_step_on_random_crops_reads_the_stored_map_cut_and_mirrored_as_its_sample(
+    tiny, tmp_path, monkeypatch
+):
+    """Real data with random scale, crop and flip, the cache forced on: the teacher outputs a
+    step distils from are the stored maps of the samples' images (their mirror's for a flipped
+    sample), brought into the image's orientation, cut where the sample was cut (bilinear
+    RoIAlign), mirrored back where the sample is mirrored, and upsampled to the crop."""
+    from torchvision.ops import roi_align
+
+    from dakd.builders import build_network, spec_of
+
+    realdata.write("gta5", tmp_path / "gta5")
+    realdata.write("cityscapes", tmp_path / "cityscapes")
+    teacher = tmp_path / "teacher.pt"
+    spec = spec_of(tiny().models.teacher)
+    torch.manual_seed(7)
+    ckpt.save({"network": spec, "model": build_network(spec).state_dict()}, teacher)
+    real = {
+        "data.dataset": "real",
+        "data.source_root": str(tmp_path / "gta5"),
+        "data.target_root": str(tmp_path / "cityscapes"),
+        "data.source_resize": [64, 128],
+        "data.target_resize": [64, 128],
+        "data.source_crop": [32, 64],
+        "data.target_crop": [32, 64],
+        "data.val_resize": [32, 64],
+        "data.random_scale": [0.75, 1.5],
+        "data.hflip": True,
+        "data.batch_size": 4,
+        "data.prefetch": 0,
+    }
+    cfg = tiny(
+        "dakd",
+        teacher=str(teacher),
+        paradigm="c",
+        teacher_cache__mode="on",
+        **{k.replace(".", "__"): v for k, v in real.items()},
+    )
+    trainer = Trainer(cfg)
+    assert trainer.teacher is None and set(trainer.teacher_caches) == {"source", "target"}
+    used = []
+    predict = trainer.teacher_outputs.predict
+
+    def spy(role, batch):
+        pred = predict(role, batch)
+        used.append((role, batch, pred))
+        return pred
+
+    monkeypatch.setattr(trainer.teacher_outputs, "predict", spy)
+    for _ in range(2):
+        trainer.train_step()
+    assert sorted(role for role, *_ in used) == ["source", "source", "target", "target"]
+
+    mirrored_off_centre = 0
+    for role, batch, pred in used:
+        cache, dataset = trainer.teacher_caches[role], trainer.dataset_of(role)
+        crop_h, crop_w = batch["image"].shape[-2:]
+        for i in range(len(batch["index"])):
+            index, flip = int(batch["index"][i]), bool(batch["flip"][i])
+            (x0, y0, x1, y1), (height, width) = dataset.crop_box(
+                index, batch["geometry"][i].tolist()
+            )
+            mirrored_off_centre += flip and x0 != width - x1
+            stored = cache.read(np.array([2 * index + flip]))  # image i: entries 2i, 2i + 1
+            for level in ("output", "feature"):
+                full = stored[level][0]
+                if flip:
+                    full = full.flip(-1)  # the mirror's map, in the image's orientation
+                box = torch.tensor([[0.0, x0, y0, x1, y1]])
+                cut = roi_align(
+                    full[None],
+                    box,
+                    (math.ceil(crop_h / 8), math.ceil(crop_w / 8)),
+                    spatial_scale=full.shape[-1] / width,
+                    sampling_ratio=2,
+                    aligned=True,
+                )
+                if flip:
+                    cut = cut.flip(-1)
+                expected = torch.nn.functional.interpolate(
+                    cut, size=(crop_h, crop_w), mode="bilinear", align_corners=False
+                )[0]
+                torch.testing.assert_close(
+                    pred[level][i],
+                    expected,
+                    rtol=1e-5,
+                    atol=1e-5,
+                    msg=lambda text, where=(role, i, level): f"{where}: {text}",
+                )
+    assert mirrored_off_centre >= 2  # flipped samples whose box is not its own mirror image
+    trainer.close()

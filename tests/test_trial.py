@@ -228,3 +228,19 @@ def test_the_trial_time_split_adds_up_from_the_loop_hook_times(monkeypatch):
         ),
         "FINISHED",
     ]
+
+
+def test_a_stage_with_a_recorded_failure_fails_the_trial_without_training_it(tiny, monkeypatch):
+    """A trial that builds on a stage whose training failed (the driver's attempt, or another
+    trial's) raises StageFailedError with the recorded line and never trains the stage again."""
+    from dakd.pipeline import StageFailedError, mark_failed
+    from dakd.sweep import stage_tasks
+
+    trained = []
+    monkeypatch.setattr(stage_tasks, "train_stage", lambda *args: trained.append(args))
+    stage = tiny("student_da")
+    message = mark_failed(stage, "NonFiniteLossError: loss is nan", "optim.lr=1e+12")
+    with pytest.raises(StageFailedError) as err:
+        stage_tasks.ensure_stage(tiny("student_da"), context=None, threads=1)
+    assert str(err.value) == message
+    assert trained == []
