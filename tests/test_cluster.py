@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
-from dakd.sweep.driver import DRIVER_CPU, check_cluster_storage, smoke, trial_resources
+from dakd.sweep.driver import DRIVER_CPU, check_cluster_storage, trial_resources
+from dakd.sweep.plan import smoke
 from dakd.sweep.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ import yaml
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
-from dakd.sweep.driver import plan, run_sweep, smoke  # noqa: E402
+from dakd.sweep.driver import run_sweep  # noqa: E402
+from dakd.sweep.plan import plan, smoke  # noqa: E402
 from dakd.sweep.spec import SpecError, load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -468,7 +469,7 @@ def test_the_plan_is_made_without_importing_mlflow():
     import sys
 
     code = (
-        "import sys; from pathlib import Path; from dakd.sweep.driver import plan; "
+        "import sys; from pathlib import Path; from dakd.sweep.plan import plan; "
         "from dakd.sweep.spec import load_spec; "
         f"plan(load_spec({str(ROOT / 'sweeps' / 'quickstart.yaml')!r}), Path({str(ROOT)!r})); "
         "print('mlflow' in sys.modules)"

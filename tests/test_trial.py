@@ -16,7 +16,7 @@ import torch
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
 from dakd import checkpoint as ckpt
 from dakd.sweep import trial as trial_module
-from dakd.sweep.driver import smoke
+from dakd.sweep.plan import smoke
 from dakd.sweep.spec import grid_variants
 from dakd.tracking import find_runs, prepare
 
