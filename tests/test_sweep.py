@@ -449,7 +449,7 @@ def test_ray_failing_to_start_leaves_no_running_parent_run(place, tmp_path, monk
     def no_ray(address):
         raise ConnectionError("no Ray cluster at 127.0.0.1:1")
 
-    monkeypatch.setattr(driver, "_start_ray", no_ray)
+    monkeypatch.setattr(driver, "start_ray", no_ray)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = smoke(
         ROOT / "sweeps" / "quickstart.yaml",
