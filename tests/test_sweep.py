@@ -163,7 +163,7 @@ def test_the_plan_trains_the_fair_baseline_after_the_student_da_stage():
 
 
 def test_the_summary_sets_the_best_trial_against_both_baselines():
-    from dakd.sweep.driver import SweepResult, format_summary, headline_metrics
+    from dakd.sweep.summary import SweepResult, format_summary, headline_metrics
 
     spec = load_spec(ROOT / "sweeps" / "loss_weights.yaml")
     row = {"best": 0.0, "step": 300, "status": "done", "error": "", "values": {}}
