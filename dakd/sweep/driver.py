@@ -9,7 +9,6 @@ Tuner runs the trials; at the end the best trials are printed with where to look
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -18,7 +17,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from dakd.config import ExperimentConfig
 from dakd.pipeline import (
@@ -41,12 +39,9 @@ from dakd.sweep.spec import (
     SweepSpec,
     param_space,
 )
+from dakd.sweep.state import resumed_attempt, write_state
 from dakd.sweep.summary import SweepResult, format_summary, headline_metrics, summarize
 from dakd.sweep.trial import SweepContext
-
-STATE_FILE = "dakd_sweep.json"
-"""Written into each Tune experiment folder: what ``--resume`` needs to continue the sweep."""
-
 
 # ------------------------------------------------------------------------------------------------
 # Tuner
@@ -298,48 +293,6 @@ def _one_line_trial_errors():
         logger.removeFilter(one_line)
 
 
-def _latest_experiment(storage: str, name: str) -> str | None:
-    """The newest ``<name>-<time>`` Tune experiment under ``storage`` (a folder or a URI)."""
-    import pyarrow.fs
-
-    fs, base = _fs(storage)
-    try:
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
-    except OSError:
-        return None
-    names = sorted(
-        e.base_name
-        for e in entries
-        if e.type == pyarrow.fs.FileType.Directory and e.base_name.startswith(f"{name}-")
-    )  # <name>-YYYYmmdd-HHMMSS sorts by time
-    return f"{storage.rstrip('/')}/{names[-1]}" if names else None
-
-
-def _fs(path: str):
-    import pyarrow.fs
-
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
-
-
-def _write_state(experiment: str, state: dict[str, Any]) -> None:
-    """What ``--resume`` needs (the MLflow parent run), beside Tune's own experiment state."""
-    fs, path = _fs(experiment)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{STATE_FILE}") as out:
-        out.write(json.dumps(state, indent=1).encode())
-
-
-def _read_state(experiment: str) -> dict[str, Any]:
-    fs, path = _fs(experiment)
-    try:
-        with fs.open_input_stream(f"{path}/{STATE_FILE}") as stream:
-            return json.loads(stream.read().decode())
-    except (FileNotFoundError, OSError):
-        return {}
-
-
 def run_sweep(
     spec: SweepSpec,
     resume: bool = False,
@@ -364,21 +317,7 @@ def run_sweep(
     uri = the_plan.tracking_uri
     storage = the_plan.storage
 
-    previous = _latest_experiment(storage, spec.name) if resume else None
-    state: dict[str, Any] = {}
-    if resume:
-        # a sweep is resumable from the moment its parent run exists (the state file is
-        # written then): killed in its stages, it has no Tune experiment yet
-        state = _read_state(previous) if previous else {}
-        if previous is None or not (state or tune.Tuner.can_restore(previous)):
-            raise SpecError(
-                f"{spec.path}: --resume: no interrupted sweep {spec.name!r} in {storage}"
-            )
-        if state.get("tracking_uri", uri) != uri:
-            raise SpecError(
-                f"{spec.path}: --resume: the latest sweep {Path(previous).name} was tracked in "
-                f"{state['tracking_uri']}, not {uri}; resume with its tracking.uri"
-            )
+    previous, state = resumed_attempt(spec, storage, uri) if resume else (None, {})
     name = Path(previous).name if previous else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_tags = {"sweep": spec.name, "git_commit": git_commit(root) or "unknown"}
 
@@ -429,7 +368,7 @@ def run_sweep(
         if closed:
             log(f"closed {closed} run(s) of an interrupted attempt as KILLED")
         if not state:
-            _write_state(experiment_path, {"parent_run_id": parent.run_id, "tracking_uri": uri})
+            write_state(experiment_path, {"parent_run_id": parent.run_id, "tracking_uri": uri})
         check_cluster_storage(spec, address or os.environ.get("RAY_ADDRESS"), alive_nodes(), log)
         if spec.resources.workers > 1 and not spec.tune.max_concurrent:
             # a Train run starts once all its workers fit; trials beyond that only wait
