@@ -175,7 +175,7 @@ def test_a_trial_stopped_at_its_last_report_still_keeps_its_final_artifacts(
 def test_a_trial_stopped_early_is_closed_by_the_driver(sweep, tmp_path, monkeypatch):
     """The stopped trial's thread ends at once (a reused actor waits for it); the driver's
     callback then tags the run early_stopped and closes it."""
-    from dakd.sweep.driver import _Closer
+    from dakd.sweep.tuner import _Closer
 
     spec, context, config = sweep
     (tmp_path / "store").mkdir()
