@@ -241,7 +241,7 @@ def _trial_runs(place, spec, result):
 def test_sweep_places_trials_on_both_nodes(cluster, tmp_path):
     import ray
 
-    from dakd.sweep.driver import run_sweep
+    from dakd.sweep.run import run_sweep
 
     body = (
         "search:\n  optim.lr: {grid: [0.01, 0.02]}\n"
@@ -272,7 +272,7 @@ def test_sweep_places_trials_on_both_nodes(cluster, tmp_path):
 
 @pytest.mark.slow
 def test_data_parallel_trial_trains_through_ray_train(cluster, tmp_path):
-    from dakd.sweep.driver import run_sweep
+    from dakd.sweep.run import run_sweep
 
     body = (
         "tune: {search: grid, scheduler: fifo, max_concurrent: 1}\n"
