@@ -1,7 +1,7 @@
 """What a sweep found: one row per trial, best first, set against the baselines.
 
-The rows are printed at the end of a sweep and logged on its MLflow parent run (the summary as
-its description, the headline metrics on the run itself, so the runs table shows them).
+The rows are printed at the end of a sweep and logged on its MLflow parent run (the printed text
+as ``summary.md``, the headline metrics on the run itself, so the runs table shows them).
 """
 
 from __future__ import annotations
