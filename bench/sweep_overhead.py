@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from dakd.pipeline import run_stage  # noqa: E402
 from dakd.sweep.context import SweepContext, stages_of, trial_config  # noqa: E402
-from dakd.sweep.driver import plan, run_sweep  # noqa: E402
+from dakd.sweep.plan import plan  # noqa: E402
+from dakd.sweep.run import run_sweep  # noqa: E402
 from dakd.sweep.spec import load_spec, resolve  # noqa: E402
 from dakd.train import train  # noqa: E402
 

@@ -251,7 +251,7 @@ def formats_bench(args) -> None:
 def main_job_bench(args) -> None:
     """The main job's wall time with teacher_cache.mode off and auto, from the same stages."""
     from dakd.pipeline import run_stage
-    from dakd.sweep.driver import plan
+    from dakd.sweep.plan import plan
     from dakd.sweep.spec import load_spec
 
     spec_path = ROOT / "sweeps" / "loss_weights.yaml"

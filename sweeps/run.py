@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from dakd.config import ConfigError
     from dakd.data.datasets import DataError
-    from dakd.sweep.driver import plan, run_sweep, smoke
+    from dakd.sweep.plan import plan, smoke
+    from dakd.sweep.run import run_sweep
     from dakd.sweep.spec import SpecError, load_spec
 
     try:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
-from dakd.sweep.driver import DRIVER_CPU, check_cluster_storage, smoke, trial_resources
+from dakd.sweep.cluster import DRIVER_CPU, check_cluster_storage, trial_resources
+from dakd.sweep.plan import smoke
 from dakd.sweep.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,7 +242,7 @@ def _trial_runs(place, spec, result):
 def test_sweep_places_trials_on_both_nodes(cluster, tmp_path):
     import ray
 
-    from dakd.sweep.driver import run_sweep
+    from dakd.sweep.run import run_sweep
 
     body = (
         "search:\n  optim.lr: {grid: [0.01, 0.02]}\n"
@@ -272,7 +273,7 @@ def test_sweep_places_trials_on_both_nodes(cluster, tmp_path):
 
 @pytest.mark.slow
 def test_data_parallel_trial_trains_through_ray_train(cluster, tmp_path):
-    from dakd.sweep.driver import run_sweep
+    from dakd.sweep.run import run_sweep
 
     body = (
         "tune: {search: grid, scheduler: fifo, max_concurrent: 1}\n"
@@ -301,7 +302,7 @@ def test_data_parallel_trial_trains_through_ray_train(cluster, tmp_path):
 def test_without_address_a_sweep_starts_its_own_local_ray(monkeypatch):
     """Ray's own default would join the latest cluster started on this machine; a sweep joins
     only what --address or RAY_ADDRESS names."""
-    from dakd.sweep.driver import ray_address
+    from dakd.sweep.cluster import ray_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert ray_address(None) == "local"

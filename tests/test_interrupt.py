@@ -158,7 +158,8 @@ def test_a_new_attempt_closes_the_runs_of_dead_ones_and_leaves_live_ones(tmp_pat
     parent; an attempt whose driver still runs, or runs on another machine, is left alone."""
     import socket
 
-    from dakd.sweep.driver import close_dead_runs, smoke
+    from dakd.sweep.parent import close_dead_runs
+    from dakd.sweep.plan import smoke
     from dakd.tracking.runs import RunLogger
     from dakd.tracking.store import prepare
 

@@ -592,7 +592,7 @@ def _searched(**tune_section):
 
 def test_points_to_evaluate_are_what_optuna_suggests_first(write):
     """A point gives every axis a config value; Tune sees labels, and the first trial is it."""
-    from dakd.sweep.driver import build_tuner_parts
+    from dakd.sweep.tuner import build_tuner_parts
 
     point = {"paradigm": "d", "loss.kl": 0.1, "loss.temperature": 1.5, "data.batch_size": 4}
     spec = load_spec(write(_searched(points_to_evaluate=[point])))

@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
 from dakd.pipeline import FAILURE_FILE  # noqa: E402
-from dakd.sweep.driver import plan, run_sweep, smoke  # noqa: E402
+from dakd.sweep.plan import plan, smoke  # noqa: E402
+from dakd.sweep.run import run_sweep  # noqa: E402
 from dakd.sweep.spec import SpecError, load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +165,7 @@ def test_the_plan_trains_the_fair_baseline_after_the_student_da_stage():
 
 
 def test_the_summary_sets_the_best_trial_against_both_baselines():
-    from dakd.sweep.driver import SweepResult, format_summary, headline_metrics
+    from dakd.sweep.summary import SweepResult, format_summary, headline_metrics
 
     spec = load_spec(ROOT / "sweeps" / "loss_weights.yaml")
     row = {"best": 0.0, "step": 300, "status": "done", "error": "", "values": {}}
@@ -468,12 +469,12 @@ def test_resume_without_a_previous_sweep_says_so(place, tmp_path):
 def test_ray_failing_to_start_leaves_no_running_parent_run(place, tmp_path, monkeypatch):
     """Ray starts while the MLflow parent run opens in a thread; when Ray fails, the error
     reaches the user and the parent run is closed (KILLED), not left RUNNING."""
-    import dakd.sweep.driver as driver
+    import dakd.sweep.run as sweep_run
 
     def no_ray(address):
         raise ConnectionError("no Ray cluster at 127.0.0.1:1")
 
-    monkeypatch.setattr(driver, "_start_ray", no_ray)
+    monkeypatch.setattr(sweep_run, "start_ray", no_ray)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = smoke(
         ROOT / "sweeps" / "quickstart.yaml",
@@ -486,6 +487,36 @@ def test_ray_failing_to_start_leaves_no_running_parent_run(place, tmp_path, monk
     assert [(r.data.tags["stage"], r.info.status) for r in runs] == [("sweep", "KILLED")]
 
 
+def test_ctrl_c_in_a_phase_closes_the_parent_run_and_the_ray_the_sweep_started(
+    place, tmp_path, monkeypatch
+):
+    """One context manager holds Ray and the parent run: Ctrl-C once both are open ends the
+    parent run KILLED and shuts down the Ray this sweep started, once; the interrupt goes on."""
+    import dakd.sweep.run as sweep_run
+
+    shutdowns = []
+    monkeypatch.setattr(sweep_run, "start_ray", lambda address: True)  # as if it started Ray
+    monkeypatch.setattr(sweep_run, "check_cluster_resources", lambda spec, autoscale: None)
+    monkeypatch.setattr(sweep_run, "alive_nodes", lambda: 1)
+    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append("shutdown"))
+
+    def ctrl_c(sweep):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_run.Sweep, "stages", ctrl_c)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = smoke(
+        ROOT / "sweeps" / "quickstart.yaml",
+        [*_overrides(place), f"tracking.uri={uri}", f"storage={tmp_path / 'ray'}"],
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, root=ROOT, log=lambda _: None)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(spec.experiment_name).experiment_id])
+    assert [(r.data.tags["stage"], r.info.status) for r in runs] == [("sweep", "KILLED")]
+    assert shutdowns == ["shutdown"]
+
+
 def test_the_plan_is_made_without_importing_mlflow():
     """The driver opens MLflow (seconds to import) in a thread while Ray starts; that only
     overlaps if nothing before ``ray.init`` imports it."""
@@ -493,7 +524,8 @@ def test_the_plan_is_made_without_importing_mlflow():
     import sys
 
     code = (
-        "import sys; from pathlib import Path; from dakd.sweep.driver import plan; "
+        "import sys; from pathlib import Path; from dakd.sweep.plan import plan; "
+        "import dakd.sweep.run; "
         "from dakd.sweep.spec import load_spec; "
         f"plan(load_spec({str(ROOT / 'sweeps' / 'quickstart.yaml')!r}), Path({str(ROOT)!r})); "
         "print('mlflow' in sys.modules)"

@@ -17,7 +17,7 @@ import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
 from dakd import checkpoint as ckpt
 from dakd.sweep import trial as trial_module
 from dakd.sweep.context import SweepContext
-from dakd.sweep.driver import smoke
+from dakd.sweep.plan import smoke
 from dakd.sweep.spec import grid_variants
 from dakd.tracking.store import find_runs, prepare
 
@@ -176,7 +176,7 @@ def test_a_trial_stopped_at_its_last_report_still_keeps_its_final_artifacts(
 def test_a_trial_stopped_early_is_closed_by_the_driver(sweep, tmp_path, monkeypatch):
     """The stopped trial's thread ends at once (a reused actor waits for it); the driver's
     callback then tags the run early_stopped and closes it."""
-    from dakd.sweep.driver import _Closer
+    from dakd.sweep.tuner import _Closer
 
     spec, context, config = sweep
     (tmp_path / "store").mkdir()

@@ -1,5 +1,6 @@
-"""Sweeps: YAML specs (:mod:`dakd.sweep.spec`) run on Ray Tune (:mod:`dakd.sweep.driver`,
-:mod:`dakd.sweep.trial`), every trial tracked in MLflow (:mod:`dakd.tracking`)."""
+"""Sweeps: YAML specs (:mod:`dakd.sweep.spec`), planned (:mod:`dakd.sweep.plan`) and run on Ray
+Tune (:mod:`dakd.sweep.run`, :mod:`dakd.sweep.trial`), every trial tracked in MLflow
+(:mod:`dakd.tracking`)."""
 
 import os
 

@@ -1,0 +1,259 @@
+"""A sweep from its spec to its summary: spec -> plan -> stages -> Ray Tune -> summary, in MLflow.
+
+``python sweeps/run.py SPEC.yaml`` calls :func:`run_sweep`. The order follows DESIGN.md: the spec
+is validated before Ray starts; the stages the trials build on (teacher-DA, student-DA) are
+trained once as Ray tasks, keyed by their config, and reused by every later sweep; then the
+Tuner runs the trials; at the end the best trials are printed with where to look in MLflow.
+
+:class:`Sweep` names those phases. Ray and the sweep's MLflow parent run are held by one context
+manager (:meth:`Sweep.opened`): however a sweep ends (done, a failure, Ctrl-C), a Ray it started
+is shut down and its parent run is not left RUNNING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dakd.sweep.cluster import (
+    alive_nodes,
+    check_cluster_resources,
+    check_cluster_storage,
+    start_ray,
+)
+from dakd.sweep.context import SweepContext
+from dakd.sweep.parent import close_dead_runs, log_analysis, open_parent
+from dakd.sweep.plan import Plan, plan
+from dakd.sweep.spec import SpecError, SweepSpec
+from dakd.sweep.stages import build_caches, train_stages
+from dakd.sweep.state import resumed_attempt, write_state
+from dakd.sweep.summary import SweepResult, format_summary, headline_metrics, summarize
+from dakd.sweep.tuner import one_line_trial_errors, tuner_for
+from dakd.tracking.locations import git_commit, ui_command
+from dakd.tracking.tags import GIT_COMMIT, SWEEP
+
+if TYPE_CHECKING:
+    from dakd.tracking.runs import RunLogger
+
+
+class Sweep:
+    """One run (or, with ``resume``, the continuation) of a sweep spec, phase by phase: open,
+    stages, caches, trials, summary, close. :meth:`run` runs them inside :meth:`opened`.
+
+    ``autoscale``: the cluster adds nodes on demand, so trial resources it lacks now are not
+    an error (:func:`check_cluster_resources`)."""
+
+    plan: Plan  # what the sweep trains and reads, printed first
+    context: SweepContext  # what every stage and trial is given: where to log, what to read
+    experiment_id: str  # the MLflow experiment of the spec
+    grid: Any  # Tune's results (a ResultGrid)
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        *,
+        resume: bool = False,
+        address: str | None = None,
+        root: Path | None = None,
+        log: Callable[[str], None] = print,
+        autoscale: bool = False,
+    ):
+        self.spec = spec
+        self.resume = resume
+        self.address = address
+        self.root = (root or Path.cwd()).resolve()
+        self.log = log
+        self.autoscale = autoscale
+        self.previous: str | None = None  # the Tune experiment a resumed sweep continues
+        self.state: dict[str, Any] = {}  # its state file (empty for a new sweep)
+        self.name = ""  # of the Tune experiment: <spec name>-<start time>
+        self.tags: dict[str, str] = {}  # on the parent run and every run under it
+        self.started_ray = False  # a Ray this sweep started (one it joined stays up)
+        self.parent: RunLogger | None = None
+        self.failed_stages: list[str] = []
+        self.result: SweepResult | None = None
+        self.analysis: threading.Thread | None = None  # the result tables, logged to the parent
+
+    @property
+    def uri(self) -> str:
+        return self.plan.tracking_uri
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.plan.storage.rstrip('/')}/{self.name}"
+
+    def run(self) -> SweepResult:
+        """The phases in order; :meth:`opened` closes Ray and the parent run however they end."""
+        with self.opened():
+            self.stages()
+            self.caches()
+            self.trials()
+            self.summary()
+        return self.result
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[None]:
+        """Ray and the parent run, from :meth:`open` to :meth:`close`, for the phases between.
+
+        A sweep that gets through its summary ends its parent run FINISHED (FAILED when a trial
+        failed). A failure or Ctrl-C anywhere, opening and closing included, ends it KILLED;
+        the error goes on to the caller. Either way a Ray the sweep started is shut down."""
+        try:
+            self.open()
+            yield
+            self.close("FAILED" if self.result.errors else "FINISHED")
+        except BaseException:
+            self.close("KILLED")
+            raise
+
+    def open(self) -> None:
+        """The plan, printed, and the attempt a resumed sweep continues (a bad spec stops here,
+        before anything starts); then Ray and the parent run, and the attempts before taken over."""
+        spec = self.spec
+        self.plan = plan(spec, self.root)
+        self.log(self.plan.text())
+        if self.resume:
+            self.previous, self.state = resumed_attempt(spec, self.plan.storage, self.uri)
+        stamp = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.name = Path(self.previous).name if self.previous else stamp
+        self.tags = {SWEEP: spec.name, GIT_COMMIT: git_commit(self.root) or "unknown"}
+        self._start()
+        self.context = SweepContext(
+            spec=spec,
+            root=str(self.root),
+            tracking_uri=self.uri,
+            experiment_id=self.experiment_id,
+            parent_run_id=self.parent.run_id,
+            tags=self.tags,
+            storage=self.experiment_path,
+        )
+        self._take_over()
+
+    def _start(self) -> None:
+        """Start (or join) Ray, check that it can host a trial, and open the parent run.
+
+        Starting Ray (seconds, mostly spent in the processes it spawns: GCS, raylet, agents) and
+        opening the sweep's MLflow experiment and parent run (seconds: importing MLflow, the
+        store's schema) do not depend on each other: Ray starts here, MLflow opens in a thread."""
+        parent_run_id = self.state.get("parent_run_id")
+        with ThreadPoolExecutor(1, thread_name_prefix="dakd-mlflow") as pool:
+            opening = pool.submit(
+                open_parent, self.spec, self.plan, self.uri, self.name, self.tags, parent_run_id
+            )
+            try:
+                self.started_ray = start_ray(self.address)
+                check_cluster_resources(self.spec, self.autoscale)
+                self.experiment_id, self.parent = opening.result()
+            except BaseException as err:
+                self._drop_parent(opening, err)
+                raise
+
+    def _drop_parent(self, opening: Future, err: BaseException) -> None:
+        """The parent run, when it opened though Ray or its check failed, must not stay RUNNING:
+        it ends KILLED, and is deleted when bad input stopped a new sweep before it began."""
+        with contextlib.suppress(Exception):  # the error the user sees is ``err``
+            _, opened = opening.result()
+            opened.finish("KILLED")
+            if isinstance(err, SpecError) and not self.state.get("parent_run_id"):
+                # bad input: no sweep ran, so no record of one is left behind
+                opened.client.delete_run(opened.run_id)
+
+    def _take_over(self) -> None:
+        """What comes before any work: the runs of dead attempts closed, the state ``--resume``
+        needs written, the storage checked against the cluster."""
+        spec, uri, parent_run_id = self.spec, self.uri, self.parent.run_id
+        # runs a killed attempt left RUNNING: closed as KILLED (the runs this attempt continues,
+        # trials and stages, are reopened by their own ids and end FINISHED or FAILED)
+        closed = close_dead_runs(uri, spec, parent_run_id, self.log)
+        if closed:
+            self.log(f"closed {closed} run(s) of an interrupted attempt as KILLED")
+        if not self.state:
+            write_state(self.experiment_path, {"parent_run_id": parent_run_id, "tracking_uri": uri})
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        check_cluster_storage(spec, address, alive_nodes(), self.log)
+        if spec.resources.workers > 1 and not spec.tune.max_concurrent:
+            # a Train run starts once all its workers fit; trials beyond that only wait
+            self.log(
+                "note: tune.max_concurrent is unset; with resources.workers > 1 set it to the "
+                "number of Train runs the cluster fits at once (e.g. GPUs // (workers * gpu))"
+            )
+
+    def stages(self) -> None:
+        """The stages no earlier sweep trained; those that fail are listed in the summary."""
+        self.failed_stages = train_stages(self.plan.stages, self.context, self.log)
+
+    def caches(self) -> None:
+        build_caches(self.plan.caches, self.context, self.log)
+
+    def trials(self) -> None:
+        tuner = tuner_for(self.context, self.plan.storage, self.name, self.previous, self.log)
+        with one_line_trial_errors():
+            self.grid = tuner.fit()
+
+    def summary(self) -> None:
+        """The best trials against the baselines, printed and logged on the parent run (text and
+        headline metrics); the result tables start in a thread, to overlap Ray's shutdown."""
+        spec, uri, parent = self.spec, self.uri, self.parent
+        path = f"{self.plan.storage}/{self.name}"
+        self.result = summarize(self.grid, spec, self.plan, parent.run_id, uri, path)
+        self.result.failed_stages = self.failed_stages
+        text = format_summary(
+            self.result,
+            spec,
+            ui_command(uri),
+            spec.experiment_name,
+            experiment_id=self.experiment_id,
+        )
+        self.log(text)
+        parent.log_text(text, "summary.md")
+        parent.log_metrics(headline_metrics(self.result, spec), step=0)
+        # the result tables need MLflow only: they are built while Ray shuts down (close)
+        self.analysis = threading.Thread(
+            target=log_analysis,
+            args=(uri, spec.experiment_name, parent.run_id, self.log),
+            name="dakd-analysis",
+        )
+        self.analysis.start()
+
+    def close(self, status: str) -> None:
+        """End the parent run with ``status`` and shut down a Ray the sweep started. After the
+        summary Ray shuts down first, while the result tables are logged; after a failure the
+        parent run ends first. The parent run never ends while tables are being logged to it."""
+        try:
+            if status != "KILLED":
+                self._stop_ray()
+            if self.analysis is not None:
+                self.analysis.join()
+            if self.parent is not None:
+                self.parent.finish(status)
+        finally:
+            self._stop_ray()
+
+    def _stop_ray(self) -> None:
+        if self.started_ray:
+            import ray
+
+            self.started_ray = False
+            ray.shutdown()
+
+
+def run_sweep(
+    spec: SweepSpec,
+    resume: bool = False,
+    address: str | None = None,
+    root: Path | None = None,
+    log: Callable[[str], None] = print,
+    autoscale: bool = False,
+) -> SweepResult:
+    """Run (or with ``resume`` continue) a sweep; return its summary rows (best first).
+
+    ``autoscale``: the cluster adds nodes on demand, so trial resources it lacks now are not
+    an error (:func:`check_cluster_resources`)."""
+    sweep = Sweep(spec, resume=resume, address=address, root=root, log=log, autoscale=autoscale)
+    return sweep.run()

@@ -1,0 +1,186 @@
+"""What a sweep found: one row per trial, best first, set against the baselines.
+
+The rows are printed at the end of a sweep and logged on its MLflow parent run (the printed text
+as ``summary.md``, the headline metrics on the run itself, so the runs table shows them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dakd.config import ConfigError
+from dakd.pipeline import error_line
+from dakd.sweep.spec import SpecError, SweepSpec, resolve, trial_label, trial_overrides
+from dakd.tracking.locations import ui_link
+
+if TYPE_CHECKING:
+    from dakd.sweep.plan import Plan
+
+
+@dataclass
+class SweepResult:
+    experiment_path: str
+    parent_run_id: str
+    tracking_uri: str
+    rows: list[dict[str, Any]]
+    #: per (scenario, seed): ``student-DA`` and ``fair baseline`` final values
+    baselines: dict[tuple[str, int], dict[str, float]]
+    errors: int
+    failed_stages: list[str] = dataclasses.field(default_factory=list)
+
+
+def summarize(grid, spec: SweepSpec, the_plan: Plan, parent_run_id: str, uri: str, path: str):
+    """One row per trial: label, sampled values, final and best metric, steps, status."""
+    metric = spec.tune.metric
+    rows = []
+    errors = 0
+    for result in grid:
+        config = {k: v for k, v in (result.config or {}).items()}
+        metrics = result.metrics or {}
+        history = result.metrics_dataframe
+        best = (
+            float(history[metric].max()) if history is not None and metric in history else math.nan
+        )
+        if result.error is not None:
+            errors += 1
+        try:
+            trial_cfg = resolve(spec, config)
+            where = (trial_cfg.data.scenario, trial_cfg.seed)
+        except (ConfigError, SpecError):
+            where = None
+        rows.append(
+            {
+                "trial": trial_label(spec, config),
+                "where": where,
+                "values": trial_overrides(spec, config),
+                "final": float(metrics.get(metric, math.nan)),
+                "best": best,
+                "step": int(metrics.get("step", 0)),
+                "status": "error" if result.error is not None else "done",
+                "error": error_line(result.error) if result.error is not None else "",
+                "mlflow_run_id": metrics.get("mlflow_run_id", ""),
+            }
+        )
+    sign = -1.0 if spec.tune.mode == "max" else 1.0
+    rows.sort(key=lambda r: math.inf if math.isnan(r["final"]) else sign * r["final"])
+    return SweepResult(path, parent_run_id, uri, rows, baselines_of(the_plan, metric), errors)
+
+
+def headline_metrics(result: SweepResult, spec: SweepSpec) -> dict[str, float]:
+    """The parent run's metrics: the best trial's final value and, for a sweep of one scenario
+    and seed, the baselines and the gains over them (the runs table shows them unexpanded)."""
+    metric = spec.tune.metric
+    out = {f"best_{metric}": result.rows[0]["final"]} if result.rows else {}
+    heads = headline(result, spec.tune.mode)
+    if len(heads) == 1:
+        (row,) = heads.values()
+        names = {"student-DA": "student_da", "fair baseline": "fair_baseline"}
+        for key, value in row.items():
+            if key in names:
+                out[f"{names[key]}_{metric}"] = value  # the baselines' values
+            elif key != "best":
+                out[key] = value  # the gains over them
+    return {k: v for k, v in out.items() if not math.isnan(v)}
+
+
+def baselines_of(the_plan: Plan, metric: str = "miou") -> dict[tuple[str, int], dict[str, float]]:
+    """Per (scenario, seed), the final ``metric`` of the student-DA stage the trials start from
+    and of their fair baseline (student-DA trained on for their steps), where trained."""
+    from dakd import checkpoint as ckpt
+
+    out: dict[tuple[str, int], dict[str, float]] = {}
+    for stage in the_plan.stages:
+        kind = {"student_da": "student-DA", "fair baseline": "fair baseline"}.get(stage.kind)
+        if kind is None or not stage.checkpoint.exists():
+            continue
+        value = ckpt.load(stage.checkpoint)["metrics"].get(metric, math.nan)
+        where = (stage.config.data.scenario, stage.config.seed)
+        out.setdefault(where, {})[kind] = float(value)
+    return out
+
+
+def headline(result: SweepResult, mode: str = "max") -> dict[tuple[str, int], dict[str, float]]:
+    """Per (scenario, seed) with a fair baseline: the best trial's final value, the baselines
+    and the gains over each (``gain_over_student_da``, ``gain_over_fair_baseline``)."""
+    sign = 1.0 if mode == "max" else -1.0
+    out = {}
+    for where, values in result.baselines.items():
+        finals = [
+            r["final"]
+            for r in result.rows
+            if r.get("where") == where and not math.isnan(r["final"])
+        ]
+        if not finals:
+            continue
+        best = max(finals) if mode == "max" else min(finals)
+        row = {"best": best, **values}
+        if "student-DA" in values:
+            row["gain_over_student_da"] = sign * (best - values["student-DA"])
+        if "fair baseline" in values:
+            row["gain_over_fair_baseline"] = sign * (best - values["fair baseline"])
+        out[where] = row
+    return out
+
+
+def format_summary(
+    result: SweepResult,
+    spec: SweepSpec,
+    ui: str,
+    experiment: str,
+    top: int = 5,
+    experiment_id: str = "",
+):
+    metric = spec.tune.metric
+    lines = [
+        "",
+        f"best trials of {spec.name} by final {metric} (of {len(result.rows)}; "
+        f"{result.errors} failed):",
+        "",
+        f"| trial | final {metric} | best {metric} | steps | status |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result.rows[:top]:
+        lines.append(
+            f"| {row['trial']} | {row['final']:.2f} | {row['best']:.2f} | {row['step']} "
+            f"| {row['status']} |"
+        )
+    if result.failed_stages:
+        lines += ["", f"stages that failed ({len(result.failed_stages)}; their trials failed):"]
+        lines += [f"  {line}" for line in result.failed_stages]
+    causes = sorted({row["error"] for row in result.rows if row.get("error")})
+    if causes:
+        lines += ["", f"why trials failed ({result.errors}):"]
+        lines += [f"  {cause}" for cause in causes]
+    heads = headline(result, spec.tune.mode)
+    if heads:
+        lines += ["", f"the best trial against the baselines ({metric}):"]
+        for (scenario, seed), row in heads.items():
+            parts = [f"best trial {row['best']:.2f}"]
+            if "fair baseline" in row:
+                parts.append(
+                    f"{row['gain_over_fair_baseline']:+.2f} over the fair baseline "
+                    f"{row['fair baseline']:.2f} (student-DA trained on for the trials' steps)"
+                )
+            if "student-DA" in row:
+                parts.append(
+                    f"{row['gain_over_student_da']:+.2f} over student-DA {row['student-DA']:.2f}"
+                )
+            lines.append(f"  {scenario} seed={seed}: " + ", ".join(parts))
+    lines += [
+        "",
+        f"MLflow:   {result.tracking_uri}",
+        f"          experiment {experiment!r}, parent run {result.parent_run_id}",
+        f"          {ui}",
+    ]
+    if experiment_id:
+        # MLflow 3's UI opens an experiment on its GenAI overview (traces); this link opens
+        # the runs table, where the sweep's parent run expands into its trials and stages
+        lines += [
+            f"          then open {ui_link(experiment_id)}",
+            f"          (the sweep: {ui_link(experiment_id, result.parent_run_id)})",
+        ]
+    lines += [f"Ray Tune: {result.experiment_path} (continue with --resume)"]
+    return "\n".join(lines)
