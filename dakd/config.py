@@ -20,9 +20,8 @@ from typing import Any
 
 import yaml
 
-STAGES = ("source_only", "oracle", "teacher_da", "student_da", "dakd")
-PARADIGMS = ("a", "b", "c", "d")
-LEVELS = ("output", "feature")
+from dakd.paradigms import AUTO, DEFAULT_LEVELS, LEVELS, PARADIGMS, STAGES
+
 SCENARIOS = {"synth_to_real": ("game", "city"), "real_to_real": ("dashcam", "city")}
 
 
@@ -136,7 +135,7 @@ class LossConfig:
 class DistillConfig:
     """Distillation levels and, for paradigm (d), the share of steps spent in phase (c)."""
 
-    levels: list[str] = field(default_factory=lambda: ["output", "feature"])
+    levels: list[str] = field(default_factory=lambda: list(DEFAULT_LEVELS))
     sequential_split: float = 0.5
 
 
@@ -373,7 +372,7 @@ class ExperimentConfig:
             flat.update(fingerprint_roots(self))
         for key in ("models.teacher.pretrained", "models.student.pretrained", "teacher", "init"):
             value = flat.get(key)
-            if value and value != "auto":
+            if value and value != AUTO:
                 shipped = shipped_content(value)
                 if shipped:
                     flat[key] = shipped
@@ -614,11 +613,11 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(loss.temperature > 0, "loss.temperature", "must be > 0")
     _check(0 <= loss.pseudo_threshold < 1, "loss.pseudo_threshold", "must be in [0, 1)")
     levels = cfg.distill.levels
-    _check(len(levels) >= 1, "distill.levels", f"choose one or both of {list(LEVELS)}")
+    _check(len(levels) >= 1, "distill.levels", f"choose one or both of {list(DEFAULT_LEVELS)}")
     _check(
         all(lv in LEVELS for lv in levels),
         "distill.levels",
-        f"{levels} has a level not in {list(LEVELS)}",
+        f"{levels} has a level not in {list(DEFAULT_LEVELS)}",
     )
     _check(len(set(levels)) == len(levels), "distill.levels", f"{levels} repeats a level")
     _check(0 < cfg.distill.sequential_split < 1, "distill.sequential_split", "must be in (0, 1)")

@@ -39,6 +39,7 @@ from dakd.config import (
     parse_override,
     set_dotted,
 )
+from dakd.paradigms import AUTO
 
 #: Distribution kinds of ``search`` entries, and how many numbers the range kinds take.
 RANGES = {"uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
@@ -59,7 +60,6 @@ SECTIONS = (
 )
 #: Spec sections that hold a single value (an override names them without a sub-key).
 SCALAR_SECTIONS = ("name", "description", "storage")
-AUTO = "auto"
 TRIAL_INDEX = "__trial_index__"  # set by ray.tune.search.Repeater(set_index=True)
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
