@@ -52,8 +52,18 @@ def reject_unknown(keys: Iterable[Any], valid: Sequence[str], prefix: str = "") 
         fail(f"{prefix}{unknown[0]}", f"unknown key; valid keys{where}: {', '.join(valid)}")
 
 
+#: How a message names the items of a list.
+_ITEMS = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _items_name(tp: Any) -> str:
+    if typing.get_origin(tp) is dict:
+        return "mappings"
+    return _ITEMS.get(tp, _type_name(tp))
 
 
 def _coerce_union(value: Any, tp: Any, key: str) -> Any:
@@ -75,8 +85,11 @@ def _coerce_union(value: Any, tp: Any, key: str) -> Any:
 
 def _coerce_mapping(value: Any, tp: Any, key: str, default: Any) -> dict[str, Any]:
     """A mapping with string keys; a partial one keeps the default's other entries, as a
-    partial section does."""
+    partial section does, and null is an empty one (YAML reads a key with nothing under it as
+    null)."""
     _, item_tp = typing.get_args(tp)
+    if value is None:
+        value = {}
     if not isinstance(value, dict):
         fail(key, f"expected a mapping, got {value!r}")
     for name in value:
@@ -127,7 +140,7 @@ def coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
-            fail(key, f"expected a list of {_type_name(item_tp)}, got {value!r}")
+            fail(key, f"expected a list of {_items_name(item_tp)}, got {value!r}")
         return [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     return _coerce_scalar(value, tp, key)
 
