@@ -29,6 +29,7 @@ from dakd import checkpoint as ckpt  # noqa: E402
 from dakd import losses  # noqa: E402
 from dakd.config import load_config  # noqa: E402
 from dakd.data.scenes import render_scene  # noqa: E402
+from dakd.paradigms import LEVELS  # noqa: E402
 from dakd.train import Trainer, build_network, spec_of  # noqa: E402
 
 
@@ -78,7 +79,7 @@ def hand_loop(trainer: Trainer, batches, steps: int) -> float:
         discs.requires_grad_(True)
         d_opt.zero_grad()
         d_loss = 0.0
-        for level in ("feature", "output"):
+        for level in LEVELS:
             d = discs[level]
             d_loss = (
                 d_loss

@@ -173,3 +173,28 @@ def test_a_config_file_that_is_not_a_mapping_is_named(tmp_path):
         load_config(path)
     path.write_text("")
     assert load_config(path, ["stage=oracle"]).loss == ExperimentConfig().loss  # empty: defaults
+
+
+def test_the_vocabulary_has_one_home():
+    """Stages, paradigms, levels and auto are dakd.paradigms' words; the orders of the levels
+    are fixed (the trainer's module order; the default and stored order)."""
+    from dakd.models.registry import Segmenter
+    from dakd.paradigms import (
+        AUTO,
+        AUTO_STAGES,
+        DEFAULT_LEVELS,
+        LEVELS,
+        PARADIGMS,
+        STAGES,
+        paradigm_phases,
+    )
+    from dakd.teacher_cache import CacheSpec
+
+    assert LEVELS == ("feature", "output") and DEFAULT_LEVELS == ("output", "feature")
+    assert Segmenter.levels == LEVELS
+    assert ExperimentConfig().distill.levels == list(DEFAULT_LEVELS)
+    assert CacheSpec.__dataclass_fields__["levels"].default == DEFAULT_LEVELS
+    assert set(AUTO_STAGES.values()) <= set(STAGES) and AUTO == "auto"
+    assert all(paradigm_phases(p) for p in PARADIGMS)
+    with pytest.raises(ConfigError, match=r"^stage: 'x' is not one of source_only, oracle, "):
+        from_dict({"stage": "x"})
