@@ -161,7 +161,7 @@ class ExperimentConfig:
     # -- checks -------------------------------------------------------------------------------
     def check(self) -> None:
         """Reject impossible values, naming the key: the experiment's own keys, then each
-        section in tree order, then what a stage needs."""
+        section in tree order (what one key needs of another is :func:`validate`'s)."""
         require(self.stage in STAGES, "stage", f"{self.stage!r} is not one of {', '.join(STAGES)}")
         require(
             self.paradigm in PARADIGMS,
@@ -181,12 +181,6 @@ class ExperimentConfig:
             self.teacher_cache,
         ):
             section.check()
-        if self.stage == "dakd":
-            require(
-                bool(self.teacher),
-                "teacher",
-                "stage 'dakd' needs the frozen teacher's checkpoint path",
-            )
 
 
 def shipped_content(path: str) -> str:
@@ -214,9 +208,14 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Reject impossible values, naming the key (:meth:`ExperimentConfig.check`). Returns
-    ``cfg`` for chaining."""
+    """Reject impossible values, naming the key: every section checks itself
+    (:meth:`ExperimentConfig.check`), then what one key needs of another. Returns ``cfg`` for
+    chaining."""
     cfg.check()
+    if cfg.stage == "dakd":
+        require(
+            bool(cfg.teacher), "teacher", "stage 'dakd' needs the frozen teacher's checkpoint path"
+        )
     return cfg
 
 
