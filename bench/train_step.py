@@ -30,6 +30,7 @@ from dakd import losses  # noqa: E402
 from dakd.builders import build_network, spec_of  # noqa: E402
 from dakd.config import load_config  # noqa: E402
 from dakd.data.scenes import render_scene  # noqa: E402
+from dakd.paradigms import LEVELS  # noqa: E402
 from dakd.trainer import Trainer  # noqa: E402
 
 
@@ -79,7 +80,7 @@ def hand_loop(trainer: Trainer, batches, steps: int) -> float:
         discs.requires_grad_(True)
         d_opt.zero_grad()
         d_loss = 0.0
-        for level in ("feature", "output"):
+        for level in LEVELS:
             d = discs[level]
             d_loss = (
                 d_loss

@@ -75,7 +75,7 @@ def cmd_eval(args) -> int:
     print(metrics.table())
     from dakd.data.datasets import protocols
 
-    for name, classes in protocols(cfg).items():
+    for name, classes in protocols(cfg.data).items():
         print(f"{name:<14} {100 * metrics.miou_over(classes):6.2f}   ({len(classes)} classes)")
     return 0
 

@@ -31,14 +31,14 @@ def _scenes(cfg: ExperimentConfig) -> dict[str, Any]:
 def val_dataset(cfg: ExperimentConfig):
     """The target val split: embedded scenes, or the real target dataset (checked first)."""
     if cfg.data.dataset == "real":
-        return split_of(cfg, "target", "val")
+        return split_of(cfg.data, "target", "val")
     return SceneDataset(cfg.domains[1], "val", **_scenes(cfg))
 
 
 def training_dataset(cfg: ExperimentConfig, role: str):
     """The train split of the source or target domain (real datasets checked first)."""
     if cfg.data.dataset == "real":
-        return split_of(cfg, role, "train")
+        return split_of(cfg.data, role, "train")
     domain = cfg.domains[0 if role == "source" else 1]
     return SceneDataset(domain, "train", length=cfg.data.train_size or None, **_scenes(cfg))
 

@@ -1,23 +1,18 @@
-"""Training stages and DAKD paradigms, written down as data.
+"""Training stages, DAKD paradigms and distillation levels, written down as data.
 
 A *stage* says what is trained and with which terms: supervised on source or target labels,
 output-space adversarial adaptation on or off, distillation from a frozen teacher on or off.
 A *paradigm* (DAKD only) is a list of phases; each phase covers a share of the steps and says on
 which domains the distillation terms are computed (PAPER.md, "Training stages").
+A *level* is one of a segmenter's two predictions that adaptation and distillation read.
+
+This is the one home of these words: the config checks against them, the trainer iterates
+them, the sweep and the stage pipeline name them; nothing here imports torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-#: The two levels a segmenter predicts at, each with its adversarial and distillation terms: the
-#: auxiliary ``feature`` head and the ``output`` head (PAPER.md). Their order is the order the
-#: trainer builds their discriminators in, so it fixes a run's random stream.
-LEVELS = ("feature", "output")
-
-#: The value of ``teacher`` / ``init`` that names a reused stage, resolved before training
-#: (``dakd.pipeline.with_stages``).
-AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -41,6 +36,27 @@ STAGES: dict[str, Stage] = {
 }
 
 
+#: ``teacher: auto`` / ``init: auto``: the field names the reused stage of the same config
+#: (trained once, found again by its fingerprint) instead of a checkpoint file.
+AUTO = "auto"
+
+#: What an ``auto`` field stands for: config field -> the stage that provides its checkpoint.
+AUTO_STAGES = {"teacher": "teacher_da", "init": "student_da"}
+
+#: The DAKD paradigms: on which domains distillation runs, phase by phase (``paradigm_phases``).
+PARADIGMS = ("a", "b", "c", "d")
+
+#: The levels a segmenter predicts (``{"feature": ..., "output": ...}``), in the order the
+#: trainer builds its per-level modules and sums per-level terms: the order fixes the random
+#: initialisation of those modules and the float sums, so changing it changes every result.
+LEVELS = ("feature", "output")
+
+#: Both levels as a config chooses them by default (``distill.levels``) and as messages and
+#: stored teacher-output caches list them: output first, as the paper names them. The order is
+#: part of stored keys (stage fingerprints, cache folders), so it stays as it is.
+DEFAULT_LEVELS = ("output", "feature")
+
+
 @dataclass(frozen=True)
 class Phase:
     """Distillation domains for a share of the training steps."""
@@ -58,8 +74,8 @@ def paradigm_phases(paradigm: str, sequential_split: float = 0.5) -> tuple[Phase
         "c": (Phase(True, True),),
         "d": (Phase(True, True, sequential_split), Phase(False, True, 1.0 - sequential_split)),
     }
-    if paradigm not in phases:
-        raise ValueError(f"unknown paradigm {paradigm!r}; expected one of {', '.join(phases)}")
+    if paradigm not in PARADIGMS:
+        raise ValueError(f"unknown paradigm {paradigm!r}; expected one of {', '.join(PARADIGMS)}")
     return phases[paradigm]
 
 

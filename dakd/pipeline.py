@@ -18,6 +18,7 @@ from typing import Any
 from dakd import checkpoint as ckpt
 from dakd.config import ExperimentConfig, from_dict
 from dakd.hooks import Hook
+from dakd.paradigms import AUTO, AUTO_STAGES
 from dakd.train import train
 
 
@@ -28,9 +29,6 @@ def stage_config(base: ExperimentConfig, stage: str, **changes: Any) -> Experime
     cfg.name = f"{stage}-{cfg.fingerprint()}"
     return cfg
 
-
-AUTO = "auto"
-"""``teacher: auto`` / ``init: auto``: use the reused teacher-DA / student-DA stage of this config."""
 
 #: Keys only distillation reads. The stages a DAKD run depends on (teacher-DA, student-DA) are
 #: built with these at their defaults, so runs that differ only here share the same stages.
@@ -48,9 +46,6 @@ DISTILL_ONLY = (
     "distill.levels",
     "distill.sequential_split",
 )
-
-#: What an ``auto`` field stands for: config field -> the stage that provides its checkpoint.
-AUTO_STAGES = {"teacher": "teacher_da", "init": "student_da"}
 
 #: The network each reused stage does not train: its keys are reset to their defaults too, so
 #: a sweep over teachers shares one student-DA baseline and a sweep over students one teacher.

@@ -56,9 +56,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dakd.paradigms import DEFAULT_LEVELS
+
 FORMAT = "dakd-teacher-cache/1"
 MANIFEST = "manifest.json"
-LEVELS = ("output", "feature")
 SHARD_ENTRIES = 256
 MODES = ("auto", "on", "off")
 DTYPES = ("float32", "float16")
@@ -177,7 +178,7 @@ class CacheSpec:
     bn: str  # the BatchNorm statistics the teacher predicts this domain with
     compute: dict[str, Any]  # device type, threads (CPU), amp, memory format
     storage: Storage = field(default_factory=Storage)
-    levels: tuple[str, ...] = LEVELS
+    levels: tuple[str, ...] = DEFAULT_LEVELS  # stored in this order: it is part of the key
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -608,7 +609,6 @@ def cache_size(spec: CacheSpec, shapes: dict[str, tuple[int, int, int]]) -> str:
 __all__ = [
     "DTYPES",
     "IF_FULL",
-    "LEVELS",
     "MODES",
     "CacheError",
     "CacheFullError",

@@ -25,7 +25,7 @@ def metrics_of(result: SegMetrics, cfg: ExperimentConfig) -> dict[str, float]:
     """An evaluation's metrics in percent, plus the source dataset's class-subset protocols
     (SYNTHIA: ``miou16``, ``miou13``)."""
     out = result.as_dict()
-    for name, classes in protocols(cfg).items():
+    for name, classes in protocols(cfg.data).items():
         out[name] = 100.0 * result.miou_over(classes)
     return out
 
@@ -48,7 +48,7 @@ def reported_metrics(cfg: ExperimentConfig) -> list[str]:
     pixel accuracy, the step, learning rate and seconds per step, per-class IoU, the source
     dataset's protocols (SYNTHIA: ``miou16``, ``miou13``) and the loss terms."""
     names = ["miou", "pixel_acc", "step", "lr", "sec_per_step", "raw/miou", "raw/pixel_acc"]
-    names += list(protocols(cfg))
+    names += list(protocols(cfg.data))
     names += [f"iou/{name.replace(' ', '_')}" for name in CLASS_NAMES]
     return names + [f"loss/{term}" for term in LOSS_TERMS]
 

@@ -32,8 +32,8 @@ def test_ints_accepted_for_floats_but_not_the_reverse():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"loss": {"kk": 1.0}}, r"unknown key loss\.kk"),
-        ({"los": {}}, r"unknown key los"),
+        ({"loss": {"kk": 1.0}}, r"^loss\.kk: unknown key; valid keys under loss: adv_feature"),
+        ({"los": {}}, r"^los: unknown key; valid keys: data, distill"),
         ({"loss": {"kl": "big"}}, r"loss\.kl: expected a number"),
         ({"loss": {"kl": -1.0}}, r"loss\.kl: must be >= 0"),
         ({"paradigm": "e"}, r"paradigm: 'e' is not one of"),
@@ -67,7 +67,7 @@ def test_file_errors_name_the_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("stage: student_da\ntrain: {stepz: 3}\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key train\.stepz"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: train\.stepz: unknown key"):
         load_config(bad)
     bad.write_text("stage: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -137,3 +137,64 @@ def test_teacher_cache_keys_are_checked_and_yaml_booleans_mean_on_off():
             config({key: value})
     with pytest.raises(ConfigError, match="data.train_size: must be in 0..2000"):
         from_dict({"stage": "student_da", "data": {"train_size": 2001}})
+
+
+def test_each_section_checks_itself_naming_the_dotted_key():
+    from dakd.config import (
+        DataConfig,
+        DistillConfig,
+        LossConfig,
+        ModelConfig,
+        OptimConfig,
+        TeacherCacheConfig,
+        TrainConfig,
+    )
+
+    for section, message in (
+        (DataConfig(batch_size=0), r"^data\.batch_size: must be >= 1"),
+        (DataConfig(dataset="real", target="moon"), r"^data\.target: 'moon' is not a real dataset"),
+        (LossConfig(temperature=0.0), r"^loss\.temperature: must be > 0"),
+        (DistillConfig(levels=["middle"]), r"^distill\.levels: \['middle'\] has a level not in"),
+        (OptimConfig(disc_betas=[0.9]), r"^optim\.disc_betas: must be two numbers"),
+        (TrainConfig(cudnn_benchmark=True), r"^train\.cudnn_benchmark: needs"),
+        (TeacherCacheConfig(topk=19), r"^teacher_cache\.topk: must be 0"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            section.check()
+    with pytest.raises(ConfigError, match=r"^models\.student\.name: 'vgg' is not registered"):
+        ModelConfig("vgg").check("models.student")
+    ExperimentConfig(stage="student_da").check()  # the defaults pass
+
+
+def test_a_config_file_that_is_not_a_mapping_is_named(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- stage: dakd\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml: expected a mapping at the top level"):
+        load_config(path)
+    path.write_text("")
+    assert load_config(path, ["stage=oracle"]).loss == ExperimentConfig().loss  # empty: defaults
+
+
+def test_the_vocabulary_has_one_home():
+    """Stages, paradigms, levels and auto are dakd.paradigms' words; the orders of the levels
+    are fixed (the trainer's module order; the default and stored order)."""
+    from dakd.models.registry import Segmenter
+    from dakd.paradigms import (
+        AUTO,
+        AUTO_STAGES,
+        DEFAULT_LEVELS,
+        LEVELS,
+        PARADIGMS,
+        STAGES,
+        paradigm_phases,
+    )
+    from dakd.teacher_cache import CacheSpec
+
+    assert LEVELS == ("feature", "output") and DEFAULT_LEVELS == ("output", "feature")
+    assert Segmenter.levels == LEVELS
+    assert ExperimentConfig().distill.levels == list(DEFAULT_LEVELS)
+    assert CacheSpec.__dataclass_fields__["levels"].default == DEFAULT_LEVELS
+    assert set(AUTO_STAGES.values()) <= set(STAGES) and AUTO == "auto"
+    assert all(paradigm_phases(p) for p in PARADIGMS)
+    with pytest.raises(ConfigError, match=r"^stage: 'x' is not one of source_only, oracle, "):
+        from_dict({"stage": "x"})

@@ -240,16 +240,35 @@ def test_roots_from_the_config_or_dakd_data(tiny, trees, monkeypatch):
     cfg = _real(tiny)
     assert cfg.domains == ("gta5", "cityscapes")
     with pytest.raises(ConfigError, match=r"data.source_root: .*gta5.*DAKD_DATA"):
-        datasets.data_root(cfg, "source")
+        cfg.data.root("source")
     monkeypatch.setenv("DAKD_DATA", str(trees))
-    assert datasets.data_root(cfg, "source") == trees / "gta5"
+    assert cfg.data.root("source") == trees / "gta5"
     by_env = cfg.fingerprint()
     explicit = _real(tiny, data__source_root=str(trees / "gta5"))
     assert explicit.fingerprint() == by_env  # the same folder: the same stage
     other = _real(tiny, data__source_root=str(trees / "synthia"), data__source="synthia")
     assert other.fingerprint() != by_env
     with pytest.raises(ConfigError, match=r"data.target_root: .*nowhere.*not a folder"):
-        datasets.data_root(_real(tiny, data__target_root=str(trees / "nowhere")), "target")
+        _real(tiny, data__target_root=str(trees / "nowhere")).data.root("target")
+
+
+def test_splits_and_protocols_come_from_the_data_section(tiny, trees, monkeypatch):
+    """The readers take the data section and import nothing of the config (the config imports
+    the readers' names; an experiment config is still taken for its data section)."""
+    import subprocess
+    import sys
+
+    code = "import sys, dakd.data.datasets; print('dakd.config' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    monkeypatch.setenv("DAKD_DATA", str(trees))
+    cfg = _real(tiny, data__source="synthia")
+    val = datasets.split_of(cfg.data, "target", "val")
+    assert (val.name, val.split, val.full_label) == ("cityscapes", "val", True)
+    train = datasets.split_of(cfg.data, "source", "train")
+    assert (train.name, train.crop, train.random_scale) == ("synthia", (32, 64), (0.75, 1.25))
+    assert set(datasets.protocols(cfg.data)) == {"miou16", "miou13"} == set(datasets.protocols(cfg))
+    assert datasets.protocols(tiny().data) == {}
 
 
 def test_training_on_real_trees_and_the_synthia_protocols(tiny, trees, monkeypatch):

@@ -525,7 +525,7 @@ def test_bad_overrides_name_file_and_key(write, override, message):
         ({"tune": {"num_samples": 0}}, r"tune\.num_samples: must be >= 1"),
         ({"tune": {"num_samples": True}}, r"tune\.num_samples: expected an integer"),
         ({"tune": {"seeds": []}}, r"tune\.seeds: expected a non-empty list"),
-        ({"tune": {"seeds": 3}}, r"tune\.seeds: expected a non-empty list"),
+        ({"tune": {"seeds": 3}}, r"tune\.seeds: expected a list of integers, got 3"),
         ({"tune": {"seeds": [0, 0]}}, r"tune\.seeds: .*repeats a seed"),
         ({"tune": {"seeds": [0, -1]}}, r"tune\.seeds\[1\]: must be >= 0"),
         ({"tune": {"asha": {"grace": 1}}}, r"tune\.asha\.grace: unknown key"),
@@ -538,7 +538,8 @@ def test_bad_overrides_name_file_and_key(write, override, message):
         ({"resources": {"gpu": -1}}, r"resources\.gpu: must be >= 0"),
         ({"resources": {"workers": 1.5}}, r"resources\.workers: expected an integer"),
         ({"resources": {"gpus": 1}}, r"resources\.gpus: unknown key"),
-        ({"tracking": {"uri": 3}}, r"tracking\.uri: expected a non-empty string"),
+        ({"tracking": {"uri": 3}}, r"tracking\.uri: expected a string, got 3"),
+        ({"tracking": {"uri": ""}}, r"tracking\.uri: expected a non-empty string"),
         ({"storage": ""}, r"storage: expected a non-empty string"),
         ({"storage": "ftp://host/x"}, r"storage: 'ftp://host/x': Ray Tune's storage is a folder"),
         ({"tracking": {"uri": "runs/mlflow.db"}}, r"tracking\.uri: 'runs/mlflow\.db' is not an"),
@@ -632,5 +633,8 @@ def test_points_to_evaluate_need_optuna_and_a_list(write):
     spec["tune"]["search"] = "random"
     with pytest.raises(SpecError, match=r"tune\.points_to_evaluate: needs tune\.search optuna"):
         load_spec(write(spec))
-    with pytest.raises(SpecError, match=r"tune\.points_to_evaluate: expected a non-empty list"):
+    with pytest.raises(SpecError, match=r"tune\.points_to_evaluate: expected a list of mappings"):
         load_spec(write(_searched(points_to_evaluate={"paradigm": "a"})))
+    with pytest.raises(SpecError, match=r"tune\.points_to_evaluate: expected a non-empty list"):
+        load_spec(write(_searched(points_to_evaluate=[])))
+    assert load_spec(write(_searched(points_to_evaluate=None))).tune.points_to_evaluate == []

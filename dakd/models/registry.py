@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from dakd.paradigms import LEVELS
+
 __all__ = [
     "Segmenter",
     "count_parameters",
@@ -60,7 +62,7 @@ class Segmenter(nn.Module):
     ``output_stride``); see :meth:`output_size`. Logits are not upsampled: losses and evaluation resize them.
     """
 
-    levels: tuple[str, str] = ("feature", "output")
+    levels: tuple[str, ...] = LEVELS
     #: Output stride of the encoder's two maps (and of both levels without a decoder).
     encoder_stride: int = 8
 

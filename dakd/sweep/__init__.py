@@ -1,5 +1,7 @@
-"""Sweeps: YAML specs (:mod:`dakd.sweep.spec`), planned (:mod:`dakd.sweep.plan`) and run on Ray
-Tune (:mod:`dakd.sweep.run`, :mod:`dakd.sweep.trial`), every trial tracked in MLflow
+"""Sweeps: YAML specs (:mod:`dakd.sweep.spec`, with the search space in :mod:`dakd.sweep.space`
+and the Tune, resources and tracking sections in :mod:`dakd.sweep.settings`), planned
+(:mod:`dakd.sweep.plan`) and run on Ray Tune (:mod:`dakd.sweep.run`, :mod:`dakd.sweep.trial`),
+every trial tracked in MLflow
 (:mod:`dakd.tracking`)."""
 
 import os

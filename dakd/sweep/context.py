@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from dakd.config import ExperimentConfig, from_dict
+from dakd.paradigms import AUTO, AUTO_STAGES
 from dakd.pipeline import (
-    AUTO,
-    AUTO_STAGES,
     dependency_config,
     fair_baseline_config,
     requirements,

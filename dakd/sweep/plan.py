@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from dakd.config import ConfigError, ExperimentConfig
-from dakd.pipeline import AUTO, AUTO_STAGES, is_fair_baseline
+from dakd.paradigms import AUTO, AUTO_STAGES
+from dakd.pipeline import is_fair_baseline
 from dakd.sweep.context import SweepContext, stages_of, trial_config
 from dakd.sweep.spec import (
     SpecError,
@@ -177,7 +178,7 @@ def check_inputs(cfg: ExperimentConfig) -> list[str]:
     lines = []
     if cfg.data.dataset == "real":
         for role, split in (("source", "train"), ("target", "train"), ("target", "val")):
-            data = split_of(cfg, role, split)
+            data = split_of(cfg.data, role, split)
             lines.append(f"{data.name} {split} ({data.root}): {len(data)} pairs, check passed")
     model = cfg.trained_model
     if not cfg.init and model.pretrained and not Path(model.pretrained).is_file():
@@ -185,12 +186,12 @@ def check_inputs(cfg: ExperimentConfig) -> list[str]:
         raise ConfigError(f"models.{role}.pretrained: {model.pretrained} does not exist")
     for key in ("teacher", "init"):
         path = getattr(cfg, key)
-        if path and path != "auto" and not Path(path).is_file():
+        if path and path != AUTO and not Path(path).is_file():
             raise ConfigError(
                 f"{key}: checkpoint {path} does not exist (give a model.pt, or auto for the "
                 "stage the sweep trains)"
             )
-    if cfg.stage == "dakd" and cfg.teacher and cfg.teacher != "auto":
+    if cfg.stage == "dakd" and cfg.teacher and cfg.teacher != AUTO:
         from dakd.checkpoint import CheckpointError
         from dakd.da_teacher import check_teacher
 

@@ -44,6 +44,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from dakd.paradigms import AUTO
 from dakd.tracking.store import retry_locked, search_runs
 from dakd.tracking.tags import (
     LEVELS,
@@ -325,7 +326,7 @@ def _stage_names(runs: Iterable[Run]) -> set[str]:
     for run in runs:
         for key in ("init", "teacher"):
             value = run.data.params.get(key, "")
-            if value and value != "auto":
+            if value and value != AUTO:
                 names.add(Path(value).parent.name)
     return names
 

@@ -19,6 +19,7 @@ import pyarrow.csv
 import pyarrow.parquet as pq
 
 from dakd.data.labels import CLASS_NAMES
+from dakd.paradigms import DEFAULT_LEVELS
 from dakd.tracking.groups import (
     CLASS_KEYS,
     ROW_ORDER,
@@ -48,7 +49,7 @@ __all__ = [
 FORMATS = ("md", "tex", "csv", "parquet")
 #: Distillation terms of the loss ablation: param -> column header.
 LOSS_TERMS = {"loss.kl": "KL", "loss.mse": "MSE", "loss.pseudo": "pseudo-T"}
-LEVEL_ORDER = ("output", "feature", "output+feature")
+LEVEL_ORDER = (*DEFAULT_LEVELS, "+".join(DEFAULT_LEVELS))
 DASH = "–"
 
 

@@ -1,0 +1,247 @@
+"""The whole experiment: its sections, its fingerprint (stage reuse), and loading it from YAML
+with dotted overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dakd.config.build import (
+    ConfigError,
+    build,
+    flatten,
+    parse_override,
+    read_yaml,
+    require,
+    set_dotted,
+)
+from dakd.config.data import DataConfig
+from dakd.config.sections import (
+    DistillConfig,
+    LossConfig,
+    ModelConfig,
+    ModelsConfig,
+    OptimConfig,
+    TeacherCacheConfig,
+    TrainConfig,
+)
+from dakd.paradigms import AUTO, PARADIGMS, STAGES
+
+#: Keys added after stages were first stored, at the values that reproduce the behaviour from
+#: before they existed; left out of fingerprints while at those values, so stored stages stay valid.
+FINGERPRINT_NEUTRAL = {
+    "train.amp": "fp32",
+    "train.channels_last": False,
+    "train.compile": False,
+    "train.cudnn_benchmark": False,
+    "train.sync_bn": False,
+    "train.ema": 0.0,
+    "train.ema_warmup": False,
+    "models.teacher.pretrained": "",
+    "models.student.pretrained": "",
+    "models.teacher.output_stride": 8,
+    "models.student.output_stride": 8,
+    "data.source_root": "",
+    "data.target_root": "",
+    "data.source_resize": [720, 1280],
+    "data.source_crop": [512, 1024],
+    "data.target_resize": [512, 1024],
+    "data.target_crop": [512, 1024],
+    "data.val_resize": [512, 1024],
+    "data.random_scale": [1.0, 1.0],
+    "data.check_sample": 8,
+    "data.train_size": 0,
+    "teacher_cache.mode": "auto",
+    "teacher_cache.dtype": "float32",
+    "teacher_cache.topk": 0,
+    "teacher_cache.if_full": "stop",
+}
+
+
+@dataclass
+class ExperimentConfig:
+    """The whole experiment. ``stage`` picks what is trained (see ``dakd.paradigms``).
+
+    ``init``: checkpoint whose weights start the trained network (DAKD starts from student-DA).
+    ``teacher``: checkpoint of the frozen teacher (stage ``dakd``).
+    ``network``: which of ``models.teacher``/``models.student`` the source-only and oracle stages train.
+    """
+
+    name: str = "experiment"
+    stage: str = "dakd"
+    paradigm: str = "c"
+    network: str = "student"
+    seed: int = 0
+    init: str = ""
+    teacher: str = ""
+    out_dir: str = "runs/experiments"
+    data: DataConfig = field(default_factory=DataConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
+
+    # -- derived --------------------------------------------------------------------------
+    @property
+    def domains(self) -> tuple[str, str]:
+        """(source, target): embedded domains, or real dataset names when ``data.dataset`` is real."""
+        return self.data.domains
+
+    @property
+    def trained_model(self) -> ModelConfig:
+        if self.stage == "teacher_da" or (
+            self.stage in ("source_only", "oracle") and self.network == "teacher"
+        ):
+            return self.models.teacher
+        return self.models.student
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"loss.kl": 0.1, ...}``: the dotted view used for sweep axes and tracking params."""
+        return flatten(self.to_dict())
+
+    def fingerprint(
+        self,
+        exclude: tuple[str, ...] = (
+            "name",
+            "out_dir",
+            "data.cache_dir",
+            "teacher_cache.dir",
+            "train.progress",
+            "train.log_interval",
+            "data.prefetch",
+        ),
+    ) -> str:
+        """A short hash of everything that changes the trained weights (for stage reuse).
+
+        ``train.threads`` is part of it: on CPU the thread count changes the order of float
+        reductions, and a run with 1 thread does not reproduce a run with 2 bit for bit. So is
+        the embedded renderer's version: a changed scene generator is different data. So are the
+        speed switches when they are on (they change float arithmetic); see ``FINGERPRINT_NEUTRAL``.
+        Real datasets enter with their absolute folders (the same config on other data is another
+        stage). Weight files shipped with a manifest (the embedded backbones and teachers) enter
+        by their content's sha256, so a clone at another path, or another node of a cluster,
+        finds the same stages; other backbone weights by their absolute path.
+        """
+        flat = {
+            k: v
+            for k, v in self.flat().items()
+            if k not in exclude and not (k in FINGERPRINT_NEUTRAL and FINGERPRINT_NEUTRAL[k] == v)
+        }
+        if self.data.dataset == "scenes":
+            from dakd.data.scenes import renderer_version
+
+            flat["data.renderer"] = renderer_version()
+        else:
+            flat.update(self.data.fingerprint_roots())
+        for key in ("models.teacher.pretrained", "models.student.pretrained", "teacher", "init"):
+            value = flat.get(key)
+            if value and value != AUTO:
+                shipped = shipped_content(value)
+                if shipped:
+                    flat[key] = shipped
+                elif key.endswith("pretrained"):
+                    flat[key] = os.path.abspath(value)
+        return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
+
+    # -- checks -------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Reject impossible values, naming the key: the experiment's own keys, then each
+        section in tree order (what one key needs of another is :func:`validate`'s)."""
+        require(self.stage in STAGES, "stage", f"{self.stage!r} is not one of {', '.join(STAGES)}")
+        require(
+            self.paradigm in PARADIGMS,
+            "paradigm",
+            f"{self.paradigm!r} is not one of {', '.join(PARADIGMS)}",
+        )
+        require(self.network in ("student", "teacher"), "network", "must be 'student' or 'teacher'")
+        require(self.seed >= 0, "seed", "must be >= 0")
+        require(bool(self.name.strip()), "name", "must not be empty")
+        for section in (
+            self.data,
+            self.models,
+            self.loss,
+            self.distill,
+            self.optim,
+            self.train,
+            self.teacher_cache,
+        ):
+            section.check()
+
+
+def shipped_content(path: str) -> str:
+    """``sha256:<hex>`` of a weights file listed in the ``manifest.json`` beside it (a shipped
+    file: its identity is its content, wherever the checkout is); "" for any other path."""
+    path = os.path.abspath(path)
+    manifest = os.path.join(os.path.dirname(path), "manifest.json")
+    try:
+        if os.path.basename(path) not in json.loads(Path(manifest).read_text()):
+            return ""
+        stat = os.stat(path)
+    except (OSError, ValueError, TypeError):
+        return ""
+    return "sha256:" + _file_sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256, remembered per (path, size, modification time)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Reject impossible values, naming the key: every section checks itself
+    (:meth:`ExperimentConfig.check`), then what one key needs of another. Returns ``cfg`` for
+    chaining."""
+    cfg.check()
+    if cfg.stage == "dakd":
+        require(
+            bool(cfg.teacher), "teacher", "stage 'dakd' needs the frozen teacher's checkpoint path"
+        )
+    return cfg
+
+
+def from_dict(
+    data: dict[str, Any] | None, overrides: dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """Build and validate a config from nested plain data plus ``{dotted.key: value}`` overrides."""
+    tree = json.loads(json.dumps(data or {}))  # a deep, plain copy
+    if not isinstance(tree, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}")
+    for key, value in (overrides or {}).items():
+        set_dotted(tree, key, value)
+    return validate(build(ExperimentConfig, tree))
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """Load YAML (``yaml.safe_load``) and apply ``--set`` overrides; errors name the file and key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        data = read_yaml(path)
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(item) for item in overrides)
+    try:
+        return from_dict(data, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None

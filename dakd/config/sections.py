@@ -1,0 +1,287 @@
+"""The sections of an experiment besides data: networks, loss weights, distillation,
+optimiser, training loop and teacher-output cache.
+
+Each section checks its own values (``check``), naming the dotted key; the builder
+(:mod:`dakd.config.build`) has checked keys and types before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dakd.config.build import require
+from dakd.paradigms import DEFAULT_LEVELS, LEVELS
+
+
+@dataclass
+class ModelConfig:
+    """``pretrained``: a local file of backbone weights (e.g. ImageNet DRN or ResNet weights,
+    or the embedded benchmark's shipped weights, ``python -m dakd pretrain``) the network starts
+    from when no ``init`` checkpoint is given; tensors are matched by name and shape, and the
+    match is reported; an encoder tensor the file lacks or has in another shape is an error.
+    Nothing is downloaded.
+
+    ``output_stride``: stride of the output-level logits. 8 is the paper's DRN; 4 or 2 add a
+    light decoder that fuses an early stage (DRN only), so that thin and small classes survive
+    on the logit grid of small inputs. The feature level stays at stride 8.
+    """
+
+    name: str = "drn_d_22"
+    width: float = 1.0
+    pretrained: str = ""
+    output_stride: int = 8
+
+    def check(self, key: str) -> None:
+        """Reject impossible values, naming the key; ``key`` is where the network sits
+        (``models.teacher``, ``models.student``)."""
+        from dakd.models import list_models
+
+        models = sorted(list_models())
+        require(
+            self.name in models,
+            f"{key}.name",
+            f"{self.name!r} is not registered ({', '.join(models)})",
+        )
+        require(0 < self.width <= 4, f"{key}.width", f"must be in (0, 4], got {self.width}")
+        require(
+            self.output_stride in (8, 4, 2),
+            f"{key}.output_stride",
+            f"must be 8, 4 or 2, got {self.output_stride}",
+        )
+        require(
+            self.output_stride == 8 or self.name.startswith("drn_"),
+            f"{key}.output_stride",
+            f"{self.output_stride} needs a decoder, which only the DRN networks have ({self.name} "
+            "has output stride 8)",
+        )
+
+
+@dataclass
+class ModelsConfig:
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig("drn_d_38", 0.25))
+    student: ModelConfig = field(default_factory=lambda: ModelConfig("drn_d_22", 0.125))
+    discriminator_ndf: int = 16
+
+    def check(self) -> None:
+        self.teacher.check("models.teacher")
+        self.student.check("models.student")
+        require(self.discriminator_ndf >= 1, "models.discriminator_ndf", "must be >= 1")
+
+
+@dataclass
+class LossConfig:
+    """Loss weights (PAPER.md). ``kl``, ``mse``, ``pseudo`` are lambda_KL, lambda_MSE, lambda_pseudoT."""
+
+    seg_aux: float = 0.1
+    adv_output: float = 1e-3
+    adv_feature: float = 2e-4
+    adv_kind: str = "bce"
+    kl: float = 0.1
+    mse: float = 0.01
+    pseudo: float = 1.0
+    target: float = 1.0
+    temperature: float = 1.0
+    pseudo_threshold: float = 0.0
+
+    def check(self) -> None:
+        for name in ("seg_aux", "adv_output", "adv_feature", "kl", "mse", "pseudo", "target"):
+            value = getattr(self, name)
+            require(value >= 0, f"loss.{name}", f"must be >= 0, got {value}")
+        require(self.adv_kind in ("bce", "lsgan"), "loss.adv_kind", "must be 'bce' or 'lsgan'")
+        require(self.temperature > 0, "loss.temperature", "must be > 0")
+        require(0 <= self.pseudo_threshold < 1, "loss.pseudo_threshold", "must be in [0, 1)")
+
+
+@dataclass
+class DistillConfig:
+    """Distillation levels and, for paradigm (d), the share of steps spent in phase (c)."""
+
+    levels: list[str] = field(default_factory=lambda: list(DEFAULT_LEVELS))
+    sequential_split: float = 0.5
+
+    def check(self) -> None:
+        levels = self.levels
+        require(len(levels) >= 1, "distill.levels", f"choose one or both of {list(DEFAULT_LEVELS)}")
+        require(
+            all(lv in LEVELS for lv in levels),
+            "distill.levels",
+            f"{levels} has a level not in {list(DEFAULT_LEVELS)}",
+        )
+        require(len(set(levels)) == len(levels), "distill.levels", f"{levels} repeats a level")
+        require(0 < self.sequential_split < 1, "distill.sequential_split", "must be in (0, 1)")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    disc_lr: float = 1e-4
+    disc_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+
+    def check(self) -> None:
+        require(self.lr > 0, "optim.lr", "must be > 0")
+        require(self.disc_lr > 0, "optim.disc_lr", "must be > 0")
+        require(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)")
+        require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        require(self.poly_power >= 0, "optim.poly_power", "must be >= 0")
+        require(
+            len(self.disc_betas) == 2 and all(0 <= b < 1 for b in self.disc_betas),
+            "optim.disc_betas",
+            "must be two numbers in [0, 1)",
+        )
+
+
+@dataclass
+class TeacherCacheConfig:
+    """The teacher-output cache (``dakd.teacher_cache``): the frozen teacher's outputs on every
+    training image, computed once and read by every DAKD run with the same teacher and data.
+
+    ``mode``: ``auto`` (default) reads a cache wherever it gives exactly the live teacher's
+    numbers (no photometric augmentation, no random crop of real data) and builds one where
+    that saves teacher passes (a sweep builds it as a stage before its trials; a single run
+    when its steps read more samples than the cache holds); ``on`` builds and reads it always
+    (with photometric augmentation or random crops it is an approximation, said in one line);
+    ``off`` runs the teacher at every step. ``dtype``: ``float32`` (exact) or ``float16``;
+    ``topk``: 0 keeps all 19 logits per pixel, k keeps the k largest (ReLabel). ``dir``: where
+    caches live, one folder per key (node-local by default; a shared filesystem path on a
+    cluster with shared storage). ``if_full``: a disk without room stops the run (``stop``)
+    or the run goes on with the live teacher (``live``).
+    """
+
+    mode: str | bool = "auto"  # YAML reads on/off as booleans: they mean "on"/"off"
+    dtype: str = "float32"
+    topk: int = 0
+    dir: str = "runs/cache/teacher"
+    if_full: str = "stop"
+
+    def __post_init__(self):
+        if isinstance(self.mode, bool):
+            self.mode = "on" if self.mode else "off"
+
+    def check(self) -> None:
+        require(
+            self.mode in ("auto", "on", "off"),
+            "teacher_cache.mode",
+            f"{self.mode!r} is not one of auto, on, off",
+        )
+        require(
+            self.dtype in ("float32", "float16"),
+            "teacher_cache.dtype",
+            f"{self.dtype!r} is not one of float32, float16",
+        )
+        require(
+            0 <= self.topk < 19,
+            "teacher_cache.topk",
+            f"must be 0 (all 19 logits) or 1..18 (the k largest), got {self.topk}",
+        )
+        require(
+            self.if_full in ("stop", "live"),
+            "teacher_cache.if_full",
+            f"{self.if_full!r} is not one of stop, live",
+        )
+        require(bool(self.dir.strip()), "teacher_cache.dir", "must not be empty")
+        require(
+            "://" not in self.dir,
+            "teacher_cache.dir",
+            f"{self.dir!r}: caches are memory-mapped files; give a local or shared filesystem path",
+        )
+
+
+AMP_MODES = ("fp32", "bf16", "fp16")
+#: ``train.bn_stats`` values (dakd.models.domain_bn.BN_MODES; the core config imports no torch).
+BN_MODES = ("domain", "target", "blended")
+
+
+@dataclass
+class TrainConfig:
+    """The loop, the device and the speed switches.
+
+    ``device``: auto (CUDA when present), cpu, cuda or cuda:N. Under torchrun rank r uses
+    ``cuda:LOCAL_RANK`` (auto or cuda) or the CPU (gloo).
+    ``threads``: torch CPU threads per process (0 = torch's default).
+    ``deterministic``: deterministic kernels where torch has them (CUDA's bilinear-upsampling
+    backward has none; torch warns about it instead of failing).
+
+    Speed switches (off by default; where the hardware lacks one it stays off and a one-line
+    notice says so):
+
+    * ``amp``: automatic mixed precision of a step's forward passes: ``fp32`` (none; the
+      values are named so that YAML reads none of them as a boolean); ``bf16`` (autocast to
+      bfloat16, on CUDA GPUs that support it and on CPU); ``fp16`` (autocast to float16 with
+      a GradScaler, CUDA only). Weights, optimiser state and evaluation stay in float32.
+    * ``channels_last``: NHWC memory format for the networks and input images (faster
+      convolutions on tensor-core GPUs).
+    * ``compile``: ``torch.compile`` the student (after its DDP wrapper) and the teacher; the
+      first steps pay the compilation.
+    * ``cudnn_benchmark``: let cuDNN time its kernels and keep the fastest (CUDA only); needs
+      ``deterministic: false``, since the choice may differ from run to run.
+    * ``sync_bn``: SyncBatchNorm in the student, so that BatchNorm normalises over the global
+      batch rather than each process's share (CUDA only, data-parallel runs only).
+
+    ``bn_stats``: which batches update BatchNorm running statistics in stages that see both
+    domains (``dakd.models.domain_bn``): ``domain`` (default; a source pair and a target pair
+    of statistics with shared affine parameters, DSBN; a network is evaluated on the target
+    with the target pair, and the frozen teacher predicts on each domain with that domain's
+    pair), ``target`` (only target batches update them) or ``blended`` (every batch: plain
+    PyTorch, which evaluates the target with a mixture of both domains' statistics).
+    ``precise_bn``: before each evaluation, re-estimate those statistics with the current
+    weights from this many training images per pair (0: off, the running averages are used as
+    they are); see ``Trainer.precise_bn``.
+    ``ema``: decay of an exponential moving average of the trained network's weights (0: off;
+    e.g. 0.998, a window of about 500 steps). When on, evaluations, reports and the final
+    ``model.pt`` use the averaged weights (their BatchNorm statistics are the raw network's,
+    re-estimated for the averaged weights when ``precise_bn`` is on); the raw weights are
+    still evaluated and reported as ``raw/miou`` and ``raw/pixel_acc``. Training itself never
+    reads the average, so the trajectory of the raw weights is unchanged. Adversarial
+    alignment swings by a few mIoU from one evaluation to the next; the average does not (the
+    mean teacher of UDA self-training frameworks, Polyak averaging).
+    ``ema_warmup``: ramp the decay up as the mean teacher does (Tarvainen & Valpola, 2017;
+    DAFormer): the t-th update uses min(ema, 1 - 1/(t + 1)), an exact mean of the weights so
+    far until that reaches ``ema``; so the first step's weights (the random heads of a
+    pretrained start) keep a share of 1/t instead of ema^t (0.30 after 600 steps at 0.998).
+    """
+
+    steps: int = 1000
+    eval_interval: int = 250
+    log_interval: int = 50
+    device: str = "auto"
+    threads: int = 0
+    deterministic: bool = True
+    progress: bool = True
+    amp: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = False
+    sync_bn: bool = False
+    bn_stats: str = "domain"
+    precise_bn: int = 0
+    ema: float = 0.0
+    ema_warmup: bool = False
+
+    def check(self) -> None:
+        require(self.steps >= 1, "train.steps", "must be >= 1")
+        require(self.eval_interval >= 1, "train.eval_interval", "must be >= 1")
+        require(self.log_interval >= 1, "train.log_interval", "must be >= 1")
+        require(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "train.device",
+            "must be auto, cpu, cuda or cuda:N",
+        )
+        require(self.precise_bn >= 0, "train.precise_bn", "must be >= 0 (0: off)")
+        require(0.0 <= self.ema < 1.0, "train.ema", "must be in [0, 1) (0: off; e.g. 0.998)")
+        require(self.threads >= 0, "train.threads", "must be >= 0 (0 = torch's default)")
+        require(
+            self.amp in AMP_MODES, "train.amp", f"{self.amp!r} is not one of {', '.join(AMP_MODES)}"
+        )
+        require(
+            self.bn_stats in BN_MODES,
+            "train.bn_stats",
+            f"{self.bn_stats!r} is not one of {', '.join(BN_MODES)}",
+        )
+        require(
+            not (self.cudnn_benchmark and self.deterministic),
+            "train.cudnn_benchmark",
+            "needs train.deterministic=false (cuDNN picks kernels by timing them, so runs differ)",
+        )

@@ -1,0 +1,242 @@
+"""The sections of a sweep spec besides the experiment and the search space: the Ray Tune
+settings (``tune``), per-trial ``resources``, MLflow ``tracking`` and the Tune ``storage``.
+
+They are dataclasses built by the config's own builder (:func:`dakd.config.coerce`: keys and
+types), each checking its own values as the config's sections do; a problem is a ConfigError
+naming the dotted key, which :func:`dakd.sweep.spec.load_spec` reports with the spec file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from dakd.config import ExperimentConfig, coerce, fail, reject_unknown, require
+from dakd.sweep.values import number
+
+SEARCHERS = ("grid", "random", "optuna")
+SCHEDULERS = ("fifo", "asha")
+#: What Ray Tune adds to every result a trial reports.
+TUNE_METRICS = ("training_iteration", "time_total_s", "time_this_iter_s")
+#: Tracking stores MLflow opens: a SQLite file, a server, a database, a folder.
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
+#: Storage URIs pyarrow opens for Ray Tune (a plain path is a folder).
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
+
+
+@dataclass
+class TuneSettings:
+    """``tune`` section: what is optimised and how trials are searched, scheduled and repeated.
+
+    ``asha`` holds ``grace_period`` and ``reduction_factor`` in evaluations (training_iteration).
+    Every configuration runs once per entry of ``seeds``.
+    """
+
+    metric: str = "miou"
+    mode: str = "max"
+    num_samples: int = 1
+    search: str = "grid"
+    search_seed: int = 0
+    scheduler: str = "fifo"
+    asha: dict[str, Any] = field(default_factory=lambda: {"grace_period": 1, "reduction_factor": 2})
+    seeds: list[int] = field(default_factory=lambda: [0])
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    # off by default: with Ray 2.60, reusing a function-trainable actor after ASHA stopped its
+    # trial failed the next trial ("Could not re-use actor ... reset_config") and once hung
+    reuse_actors: bool = True
+    #: Optuna only: configurations TPE tries first (e.g. the paper's weights), each giving
+    #: every search axis a value; stored as Tune sees them (labels of choice options)
+    points_to_evaluate: list[dict[str, Any]] | None = field(default_factory=list)
+
+    def check(self) -> None:
+        """Reject impossible values, naming the key (types were checked when it was built)."""
+        require(
+            bool(self.metric.strip()),
+            "tune.metric",
+            f"expected a non-empty string, got {self.metric!r}",
+        )
+        require(self.mode in ("max", "min"), "tune.mode", f"{self.mode!r} is not one of max, min")
+        require(self.num_samples >= 1, "tune.num_samples", f"must be >= 1, got {self.num_samples}")
+        require(
+            self.search in SEARCHERS,
+            "tune.search",
+            f"{self.search!r} is not one of {', '.join(SEARCHERS)}",
+        )
+        require(self.search_seed >= 0, "tune.search_seed", f"must be >= 0, got {self.search_seed}")
+        require(
+            self.scheduler in SCHEDULERS,
+            "tune.scheduler",
+            f"{self.scheduler!r} is not one of {', '.join(SCHEDULERS)}",
+        )
+        self._check_asha()
+        self._check_seeds()
+        if self.max_concurrent is not None:
+            require(
+                self.max_concurrent >= 1,
+                "tune.max_concurrent",
+                f"must be >= 1, got {self.max_concurrent}",
+            )
+        require(
+            self.max_failures >= -1, "tune.max_failures", f"must be >= -1, got {self.max_failures}"
+        )
+
+    def _check_asha(self) -> None:
+        reject_unknown(self.asha, ("grace_period", "reduction_factor"), "tune.asha.")
+        if "grace_period" in self.asha:
+            grace = coerce(self.asha["grace_period"], int, "tune.asha.grace_period")
+            require(grace >= 1, "tune.asha.grace_period", f"must be >= 1, got {grace}")
+        if "reduction_factor" in self.asha:
+            factor = number(self.asha["reduction_factor"], "tune.asha.reduction_factor")
+            require(factor > 1, "tune.asha.reduction_factor", f"must be > 1, got {factor:g}")
+
+    def _check_seeds(self) -> None:
+        problem = "expected a non-empty list of distinct integers >= 0, e.g. [0, 1, 2]"
+        require(bool(self.seeds), "tune.seeds", f"{problem}, got {self.seeds!r}")
+        for i, seed in enumerate(self.seeds):
+            require(seed >= 0, f"tune.seeds[{i}]", f"must be >= 0, got {seed}")
+        require(
+            len(set(self.seeds)) == len(self.seeds),
+            "tune.seeds",
+            f"{problem}; {self.seeds} repeats a seed",
+        )
+
+
+@dataclass
+class Resources:
+    """Per trial: CPUs, GPUs (fractional allowed) and data-parallel workers.
+
+    With ``workers`` 1 the trial trains in its own process with ``cpu`` and ``gpu``. With more,
+    the trial drives a Ray Train run of ``workers`` data-parallel processes, each with ``cpu``
+    CPUs and ``gpu`` GPUs (``data.batch_size`` is the global batch, split between them).
+    """
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+    workers: int = 1
+
+    def check(self) -> None:
+        require(
+            number(self.cpu, "resources.cpu") > 0, "resources.cpu", f"must be > 0, got {self.cpu:g}"
+        )
+        require(
+            number(self.gpu, "resources.gpu") >= 0,
+            "resources.gpu",
+            f"must be >= 0, got {self.gpu:g}",
+        )
+        require(self.workers >= 1, "resources.workers", f"must be >= 1, got {self.workers}")
+
+
+def _scheme(value: str) -> str | None:
+    match = re.match(r"([a-zA-Z][a-zA-Z0-9+.-]*):", value)
+    if match is None or len(match.group(1)) == 1:  # no scheme, or a Windows drive letter
+        return None
+    return match.group(1).lower().split("+", 1)[0]
+
+
+@dataclass
+class Tracking:
+    """MLflow: ``uri`` None -> the default SQLite store; ``experiment`` None -> the spec's name."""
+
+    uri: str | None = None
+    experiment: str | None = None
+
+    def check(self) -> None:
+        if self.uri is not None:
+            require(
+                bool(self.uri.strip()),
+                "tracking.uri",
+                f"expected a non-empty string, got {self.uri!r}",
+            )
+            require(
+                _scheme(self.uri) in TRACKING_SCHEMES,
+                "tracking.uri",
+                f"{self.uri!r} is not an MLflow tracking URI: use sqlite:///PATH, "
+                "http(s)://HOST:PORT (a tracking server), postgresql://... or mysql://... "
+                "(a database)",
+            )
+        if self.experiment is not None:
+            require(
+                bool(self.experiment.strip()),
+                "tracking.experiment",
+                "must not be empty (leave it out: the spec's name)",
+            )
+
+
+def section(raw: Any, cls: type, key: str, defaults: Any = None) -> Any:
+    """A spec section built by the config's builder and checked; a section left empty (null)
+    holds the defaults."""
+    built = coerce({} if raw is None else raw, cls, key, defaults)
+    built.check()
+    return built
+
+
+def tune_settings(raw: Any) -> TuneSettings:
+    """The ``tune`` section. ``points_to_evaluate`` is built from None ("not given", as null is)
+    so that an empty list, given by mistake, is told apart; either way no points is []."""
+    tune = section(raw, TuneSettings, "tune", TuneSettings(points_to_evaluate=None))
+    points = tune.points_to_evaluate
+    require(
+        points != [],
+        "tune.points_to_evaluate",
+        f"expected a non-empty list of {{axis: value}} mappings, got {points!r}",
+    )
+    tune.points_to_evaluate = points or []
+    return tune
+
+
+def storage_of(raw: Any) -> str:
+    """The Tune storage: a folder, or a URI pyarrow opens."""
+    storage = coerce(raw, str, "storage")
+    require(bool(storage.strip()), "storage", f"expected a non-empty string, got {storage!r}")
+    scheme = _scheme(storage)
+    require(
+        "://" not in storage or scheme in STORAGE_SCHEMES,
+        "storage",
+        f"{storage!r}: Ray Tune's storage is a folder or a URI of {', '.join(STORAGE_SCHEMES)}",
+    )
+    return storage
+
+
+def check_metric(tune: TuneSettings, base: ExperimentConfig) -> None:
+    """``tune.metric`` must be something a trial reports (a typo would leave every trial
+    unranked and ASHA without a signal)."""
+    from dakd.validation import reported_metrics
+
+    known = [*reported_metrics(base), *TUNE_METRICS]
+    if tune.metric in known:
+        return
+    plain = [k for k in known if "/" not in k]
+    fail(
+        "tune.metric",
+        f"{tune.metric!r} is not reported by the trials; they report {', '.join(plain)}, "
+        "iou/<class> (e.g. iou/road) and loss/<term> (e.g. loss/total, loss/kl_target)",
+    )
+
+
+def check_workers(r: Resources, base: ExperimentConfig, axes: dict[str, Any]) -> None:
+    """Data-parallel trials split ``data.batch_size`` between ``workers`` processes, each on its
+    own device: the batch sizes the spec can give must divide, and no one GPU may be pinned."""
+    if r.workers == 1:
+        return
+    require(
+        base.train.device in ("auto", "cpu", "cuda"),
+        "experiment.train.device",
+        f"{base.train.device!r} pins one GPU, but each of the resources.workers "
+        f"({r.workers}) processes needs its own; use auto, cuda or cpu",
+    )
+    axis = axes.get("data.batch_size")
+    if axis is None:
+        sizes = [("experiment.data.batch_size", base.data.batch_size)]
+    elif axis.categorical:
+        sizes = [("search.data.batch_size", value) for _, value in axis.options]
+    else:  # a range: the trainer names a batch that does not split when a trial samples it
+        sizes = []
+    for key, size in sizes:
+        require(
+            not isinstance(size, int) or size % r.workers == 0,
+            key,
+            f"the global batch {size} does not split between resources.workers "
+            f"({r.workers}) data-parallel processes",
+        )
