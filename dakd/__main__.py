@@ -118,7 +118,8 @@ def cmd_calibrate(args) -> int:
 
 def _pretrain_teachers(args, command: str) -> int:
     """``pretrain --teacher-da SCENARIO ...``: the shipped domain-adapted teachers."""
-    from dakd.da_teacher import make_teacher, teacher_file
+    from dakd.da_teacher import make_teacher
+    from dakd.models.pretrained import teacher_file
 
     overrides = [f"train.threads={args.threads}", f"seed={args.seed}"]
     if args.steps:
@@ -203,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_train, _eval, _calibrate, _pretrain, _scenes, _models, _data):
+        add(sub)
+    return parser
 
+
+def _train(sub) -> None:
     p = sub.add_parser("train", help="train one stage from a YAML config")
     p.add_argument("config", help="experiment YAML (see configs/)")
     p.add_argument(
@@ -212,11 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_overrides(p)
     p.set_defaults(func=cmd_train)
 
+
+def _eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on the target val split")
     p.add_argument("checkpoint", help="a model.pt or last.pt written by train")
     add_overrides(p)
     p.set_defaults(func=cmd_eval)
 
+
+def _calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="the embedded benchmark's calibration table")
     p.add_argument("config", nargs="?", default="configs/embedded.yaml")
     p.add_argument("--scenarios", nargs="+", default=["synth_to_real", "real_to_real"])
@@ -244,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_overrides(p)
     p.set_defaults(func=cmd_calibrate)
 
+
+def _pretrain(sub) -> None:
     p = sub.add_parser(
         "pretrain",
         help="pretrain the embedded backbones on domain-randomised scenes (ImageNet analogue)",
@@ -274,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_overrides(p)
     p.set_defaults(func=cmd_pretrain)
 
+
+def _scenes(sub) -> None:
     p = sub.add_parser("scenes", help="write sample images and labels of an embedded domain")
     p.add_argument("--domain", required=True)
     p.add_argument("--out", required=True)
@@ -283,10 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs=2, default=[64, 128], metavar=("H", "W"))
     p.set_defaults(func=cmd_scenes)
 
+
+def _models(sub) -> None:
     p = sub.add_parser("models", help="list the registered segmenters and their sizes")
     p.add_argument("--width", type=float, default=1.0)
     p.set_defaults(func=cmd_models)
 
+
+def _data(sub) -> None:
     p = sub.add_parser("data", help="real datasets (docs/datasets.md)")
     data = p.add_subparsers(dest="data_command", required=True)
     p = data.add_parser(
@@ -311,7 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4, help="decoding threads (default 4)")
     p.add_argument("--all", action="store_true", help="list every problem (default: first 50)")
     p.set_defaults(func=cmd_data_check)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

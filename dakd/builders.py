@@ -7,18 +7,20 @@ functions, so every path reads the config the same way.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from dakd import checkpoint as ckpt
-from dakd.config import ExperimentConfig, ModelConfig
+from dakd.config import ConfigError, ExperimentConfig, ModelConfig
 from dakd.data.datasets import split_of
 from dakd.data.labels import NUM_CLASSES
 from dakd.data.loader import Prefetcher, StepSampler
 from dakd.data.scenes import SceneDataset
 from dakd.models import create_model
+from dakd.models.pretrained import check_manifest, manifest_entry, network_of, teacher_file
 
 # -- data ----------------------------------------------------------------------------------------
 
@@ -99,8 +101,6 @@ def network_from_checkpoint(path) -> tuple[torch.nn.Module, dict[str, Any]]:
 def load_teacher(cfg: ExperimentConfig, device: torch.device) -> torch.nn.Module:
     """The frozen teacher: weights from ``cfg.teacher``, eval mode, no gradients. A shipped
     teacher is checked against its manifest first (``dakd.da_teacher.check_teacher``)."""
-    from dakd.da_teacher import check_teacher
-
     check_teacher(cfg)
     spec = spec_of(cfg.models.teacher)
     state = ckpt.load(cfg.teacher)
@@ -140,3 +140,21 @@ def weight_average(cfg: ExperimentConfig, model: torch.nn.Module) -> AveragedMod
         else get_ema_multi_avg_fn(cfg.train.ema)
     )
     return AveragedModel(model, multi_avg_fn=average, use_buffers=False)
+
+
+def check_teacher(cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """Refuse a teacher file that does not match its manifest (when it has one: shipped
+    teachers do, a stage's ``model.pt`` does not): another sha256, network or scenario than
+    ``cfg`` asks for. One line naming the file (and both scenarios). Returns the entry."""
+    path = Path(cfg.teacher)
+    if not path.is_file() or manifest_entry(path) is None:
+        return None
+    entry = check_manifest(path, network_of(cfg.models.teacher), "teacher")
+    adapted = entry.get("scenario")
+    if adapted is not None and adapted != cfg.data.scenario:
+        raise ConfigError(
+            f"teacher: {path} is adapted to {adapted} ({' -> '.join(entry.get('domains', []))}), "
+            f"but data.scenario is {cfg.data.scenario}: name "
+            f"{path.parent / teacher_file(cfg.data.scenario)} (or teacher: auto to train one)"
+        )
+    return entry

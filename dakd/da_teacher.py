@@ -33,7 +33,7 @@ import torch
 
 from dakd import checkpoint as ckpt
 from dakd.config import SCENARIOS, ConfigError, ExperimentConfig, load_config
-from dakd.models.pretrained import MANIFEST, check_manifest, manifest_entry, network_of, sha256
+from dakd.models.pretrained import MANIFEST, SHIPPED_DIR, network_of, sha256, teacher_file
 from dakd.pretrain import machine
 
 #: The recipe of the shipped teachers (dotted overrides of ``configs/embedded.yaml``).
@@ -44,14 +44,6 @@ RECIPE: dict[str, Any] = {
     "train.threads": 1,
     "seed": 0,
 }
-
-#: Where the shipped teachers live, relative to the project root.
-SHIPPED_DIR = "weights/embedded"
-
-
-def teacher_file(scenario: str) -> str:
-    """File name of a scenario's shipped teacher, e.g. ``teacher_da-synth_to_real.pt``."""
-    return f"teacher_da-{scenario}.pt"
 
 
 def recipe_config(
@@ -233,22 +225,4 @@ def write_teacher(
         manifest[path.name] = entry
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     Path(str(out_dir / MANIFEST) + ".lock").unlink(missing_ok=True)
-    return entry
-
-
-def check_teacher(cfg: ExperimentConfig) -> dict[str, Any] | None:
-    """Refuse a teacher file that does not match its manifest (when it has one: shipped
-    teachers do, a stage's ``model.pt`` does not): another sha256, network or scenario than
-    ``cfg`` asks for. One line naming the file (and both scenarios). Returns the entry."""
-    path = Path(cfg.teacher)
-    if not path.is_file() or manifest_entry(path) is None:
-        return None
-    entry = check_manifest(path, network_of(cfg.models.teacher), "teacher")
-    adapted = entry.get("scenario")
-    if adapted is not None and adapted != cfg.data.scenario:
-        raise ConfigError(
-            f"teacher: {path} is adapted to {adapted} ({' -> '.join(entry.get('domains', []))}), "
-            f"but data.scenario is {cfg.data.scenario}: name "
-            f"{path.parent / teacher_file(cfg.data.scenario)} (or teacher: auto to train one)"
-        )
     return entry

@@ -100,6 +100,41 @@ def _recipe(cfg: PretrainConfig) -> dict[str, Any]:
     return recipe
 
 
+def _resume(last: Path, recipe, model_cfg: ModelConfig, model, optimizer):
+    """Step, history and seconds of a pretraining run, from ``last`` when it exists (the same
+    recipe and network only: the weights, optimiser and random stream are restored)."""
+    if not last.exists():
+        return 0, [], 0.0
+    state = ckpt.load(last)
+    if state.get("recipe") != recipe or state.get("network") != network_of(model_cfg):
+        raise ckpt.CheckpointError(
+            f"{last} is a pretraining run with another recipe or network; remove "
+            f"{last.parent} to start again"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), list(state["history"]), state["seconds"]
+
+
+def _proxy_step(model, optimizer, batch, cfg: PretrainConfig, step: int, name: str):
+    """One SGD step on the proxy labels (both levels, poly learning rate); the total loss."""
+    lr = cfg.lr * (1 - step / cfg.steps) ** cfg.poly_power
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    out = model(batch["image"])
+    size = batch["image"].shape[-2:]
+    loss = losses.seg_ce(losses.upsample(out["output"], size), batch["label"])
+    aux = losses.seg_ce(losses.upsample(out["feature"], size), batch["label"])
+    total = loss + cfg.aux_weight * aux
+    if not math.isfinite(total.item()):
+        raise FloatingPointError(f"pretraining {name}: loss not finite at step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return total
+
+
 def pretrain(
     model_cfg: ModelConfig,
     cfg: PretrainConfig,
@@ -130,18 +165,8 @@ def pretrain(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     recipe = _recipe(cfg)
-    step, history, seconds = 0, [], 0.0
-    if last.exists():
-        state = ckpt.load(last)
-        if state.get("recipe") != recipe or state.get("network") != network_of(model_cfg):
-            raise ckpt.CheckpointError(
-                f"{last} is a pretraining run with another recipe or network; remove {work} "
-                "to start again"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        step, history, seconds = int(state["step"]), list(state["history"]), state["seconds"]
+    step, history, seconds = _resume(last, recipe, model_cfg, model, optimizer)
+    if step:
         log(f"{name}: resuming at step {step}")
     train_set, val_set = CategoryScenes("train", cfg), CategoryScenes("val", cfg)
     sampler = StepSampler(train_set, cfg.batch_size, cfg.seed, "pretrain", hflip=True)
@@ -165,20 +190,7 @@ def pretrain(
     try:
         while step < stop:
             tic = time.perf_counter()
-            lr = cfg.lr * (1 - step / cfg.steps) ** cfg.poly_power
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = sampler.batch(step)
-            out = model(batch["image"])
-            size = batch["image"].shape[-2:]
-            loss = losses.seg_ce(losses.upsample(out["output"], size), batch["label"])
-            aux = losses.seg_ce(losses.upsample(out["feature"], size), batch["label"])
-            total = loss + cfg.aux_weight * aux
-            if not math.isfinite(total.item()):
-                raise FloatingPointError(f"pretraining {name}: loss not finite at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            total = _proxy_step(model, optimizer, sampler.batch(step), cfg, step, name)
             step += 1
             seconds += time.perf_counter() - tic
             bar.update(1)

@@ -11,17 +11,10 @@ import torch
 import yaml
 
 from dakd import checkpoint as ckpt
+from dakd.builders import check_teacher
 from dakd.config import SCENARIOS, ConfigError, from_dict, load_config
-from dakd.da_teacher import (
-    CHECK_STEPS,
-    SHIPPED_DIR,
-    check_teacher,
-    first_steps_digest,
-    make_teacher,
-    recipe_config,
-    teacher_file,
-)
-from dakd.models.pretrained import MANIFEST, sha256
+from dakd.da_teacher import CHECK_STEPS, first_steps_digest, make_teacher, recipe_config
+from dakd.models.pretrained import MANIFEST, SHIPPED_DIR, sha256, teacher_file
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]

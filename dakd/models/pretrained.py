@@ -57,6 +57,15 @@ class PretrainedReport:
         )
 
 
+#: Where the shipped teachers live, relative to the project root.
+SHIPPED_DIR = "weights/embedded"
+
+
+def teacher_file(scenario: str) -> str:
+    """File name of a scenario's shipped teacher, e.g. ``teacher_da-synth_to_real.pt``."""
+    return f"teacher_da-{scenario}.pt"
+
+
 def network_of(model) -> dict[str, Any]:
     """The architecture a weights file is made for, from a ``models.<network>`` config."""
     return {"name": model.name, "width": float(model.width), "output_stride": model.output_stride}

@@ -192,8 +192,8 @@ def check_inputs(cfg: ExperimentConfig) -> list[str]:
                 "stage the sweep trains)"
             )
     if cfg.stage == "dakd" and cfg.teacher and cfg.teacher != AUTO:
+        from dakd.builders import check_teacher
         from dakd.checkpoint import CheckpointError
-        from dakd.da_teacher import check_teacher
 
         try:
             check_teacher(cfg)  # a shipped teacher: its manifest, network and scenario

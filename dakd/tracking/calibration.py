@@ -115,7 +115,8 @@ def calibration_configs(
 def shipped_teacher(base: ExperimentConfig) -> dict[str, Any]:
     """The calibration row of the scenario's shipped teacher: evaluated, not trained (it is
     the same for every seed)."""
-    from dakd.da_teacher import SHIPPED_DIR, check_teacher, teacher_file
+    from dakd.builders import check_teacher
+    from dakd.models.pretrained import SHIPPED_DIR, teacher_file
     from dakd.validation import evaluate_checkpoint
 
     path = str(Path(SHIPPED_DIR) / teacher_file(base.data.scenario))
