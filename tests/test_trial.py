@@ -194,7 +194,7 @@ def test_a_trial_stopped_early_is_closed_by_the_driver(sweep, tmp_path, monkeypa
 
 
 def test_the_trial_time_split_adds_up_from_the_loop_hook_times(monkeypatch):
-    """``time/*_s``: setup until the loop starts, the Tune and MLflow hooks' own time as
+    """``time/*_s``: setup until ``train`` is called, the Tune and MLflow hooks' own time as
     ``report`` and ``logging``, the trainer alone as the rest of ``train``, the artifacts, and a
     total that covers them all; then the run is FINISHED."""
     from dakd.sweep import hooks
@@ -207,12 +207,11 @@ def test_the_trial_time_split_adds_up_from_the_loop_hook_times(monkeypatch):
     now = iter([1.0, 20.0, 21.0, 22.0])
     monkeypatch.setattr(hooks.time, "perf_counter", lambda: next(now))
     monkeypatch.setattr(hooks, "log_final_artifacts", lambda *args: None)
-    tracking = hooks.TrialTracking(logger, None, started=0.0)
+    tracking = hooks.TrialTracking(logger, None, started=0.0)  # made at 1.0: setup
     loop = SimpleNamespace(
         cfg=SimpleNamespace(train=SimpleNamespace(steps=4)),
         seconds={"TuneReport": 2.5, "TrialTracking": 1.0, "Checkpointer": 0.5},
     )
-    tracking.before_train(loop)  # at 1.0
     tracking.after_train(loop, SimpleNamespace(seconds={"train": 10.0}))
     assert logged == [
         (

@@ -39,10 +39,7 @@ class TrialTracking(Hook):
         self.teacher = teacher
         self.started = started
         self.driver_closes_stops = driver_closes_stops
-        self.setup = 0.0
-
-    def before_train(self, loop) -> None:
-        self.setup = time.perf_counter() - self.started
+        self.setup = time.perf_counter() - started  # made just before train() is called
 
     def after_evaluation(self, loop, metrics, checkpoint) -> None:
         if self.logger is not None:
