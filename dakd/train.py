@@ -44,7 +44,8 @@ class TrainResult:
     evaluation: SegMetrics | None = None
     #: the domains whose teacher outputs came from the cache (DAKD; the others ran the teacher)
     cached_domains: tuple[str, ...] = ()
-    #: seconds this call spent in each hook (by class name) and in all of ``train``
+    #: seconds this call spent in each hook (by class name) and in ``train`` up to its
+    #: ``after_train`` hooks (what they read; the trial's time split)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -90,7 +91,6 @@ class Loop:
             for hook in self.hooks:
                 hook.on_exception(self, error)
             raise
-        result.seconds = dict(self.seconds, train=time.perf_counter() - start)
         return result
 
     def _steps(self, stop_after: int | None) -> TrainResult:
