@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from dakd.__main__ import main
 from dakd.config import ConfigError, ModelConfig, build
 from dakd.deploy import (
     DEPLOY_METRICS,
@@ -186,3 +187,14 @@ def test_cuda_without_cuda_is_named(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeployError, match="deploy.device is 'cuda'"):
         measure(ModelConfig("drn_d_22", 0.0625), DeploySettings([64, 128], device="cuda"))
+
+
+def test_the_command_line_prints_the_figures(capsys):
+    argv = ["deploy", "--size", "32", "64", "--repeats", "1", "--device", "cpu"]
+    assert main([*argv, "--threads", "1", "--set", "models.student.width=0.0625"]) == 0
+    out = capsys.readouterr().out
+    assert "student drn_d_22 w0.0625 os2 at 32x64, batch 1, on cpu, 1 thread" in out
+    for word in ("parameters", "peak memory", "latency", "GFLOPs"):
+        assert word in out
+    assert main([*argv[:1], "--size", "33", "64", "--device", "cpu"]) == 2
+    assert "at 33x64: the height 33 is not a multiple of 8" in capsys.readouterr().err
