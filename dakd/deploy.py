@@ -26,7 +26,7 @@ Every figure is measured, none is estimated from the architecture:
   network and the input are put on the device, one untimed pass runs, the peak statistics are
   reset, and the peak of the measured pass minus that baseline is the figure. Counted: every
   tensor the allocator hands out, cuDNN's workspaces and what the first pass leaves allocated
-  (a cuBLAS workspace) included; not counted: the CUDA context, kernels, and memory the
+  (such as a cuBLAS workspace) included; not counted: the CUDA context, kernels, and memory the
   allocator reserves but has not handed out.
 
   On CPU it is read from the allocations torch's CPU allocator reports to the profiler
@@ -40,8 +40,9 @@ Every figure is measured, none is estimated from the architecture:
   convolution and oneDNN's copies of the weights and input in its blocked layouts (oneDNN
   allocates through torch's allocator) are in the figure; not counted: what oneDNN, MKL or
   OpenMP allocate on their own (JIT kernels, primitive caches, thread stacks), Python objects
-  and the allocator's unused pages. Allocations of other threads running Python at the same
-  time would be counted with the pass: measure in a quiet process.
+  and the allocator's unused pages. Allocations of other Python threads are not recorded (the
+  profiler follows the thread that runs the pass); a DRN's figure is the same with 1 and 2
+  intra-op threads.
 
 A measurement that runs out of memory raises :class:`DeployOutOfMemory` (the caller records
 the setting as infeasible); any other failure of the network raises :class:`DeployError`, one
