@@ -1,4 +1,4 @@
-"""Command line: ``python -m dakd {train,eval,calibrate,pretrain,scenes,models,data} ...``."""
+"""Command line: ``python -m dakd {train,eval,calibrate,pretrain,scenes,models,deploy,data} ...``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   python -m dakd pretrain configs/embedded.yaml --networks student teacher
   python -m dakd scenes --domain city --out samples/
   python -m dakd models
+  python -m dakd deploy configs/embedded.yaml --network student --size 1024 2048 --device cpu
   python -m dakd data check --dataset cityscapes --root /data/cityscapes
 """
 
@@ -196,6 +197,35 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_deploy(args) -> int:
+    from dakd.config import load_config
+    from dakd.deploy import DeploySettings, measure, network_label
+
+    cfg = load_config(args.config, args.overrides)
+    model = getattr(cfg.models, args.network)
+    settings = DeploySettings(
+        size=list(args.size),
+        batch=args.batch,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        device=args.device or cfg.train.device,
+    )
+    threads = args.threads if args.threads is not None else cfg.train.threads
+    figures = measure(model, settings, threads=threads or None)
+    height, width = settings.size
+    where = f"on {figures.device}"
+    if threads:
+        where += f", {threads} thread" + ("s" if threads > 1 else "")
+    print(
+        f"{args.network} {network_label(model)} at {height}x{width}, batch {settings.batch}, {where}"
+    )
+    print(f"parameters   {figures.params_m:10.3f} M")
+    print(f"peak memory  {figures.peak_memory_mb:10.1f} MiB  (weights and input included)")
+    print(f"latency      {figures.latency_ms:10.2f} ms   (median of {settings.repeats})")
+    print(f"compute      {figures.gflops:10.2f} GFLOPs")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dakd",
@@ -204,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_train, _eval, _calibrate, _pretrain, _scenes, _models, _data):
+    for add in (_train, _eval, _calibrate, _pretrain, _scenes, _models, _deploy, _data):
         add(sub)
     return parser
 
@@ -302,6 +332,32 @@ def _models(sub) -> None:
     p = sub.add_parser("models", help="list the registered segmenters and their sizes")
     p.add_argument("--width", type=float, default=1.0)
     p.set_defaults(func=cmd_models)
+
+
+def _deploy(sub) -> None:
+    p = sub.add_parser(
+        "deploy",
+        help="measure a network's deployment figures: parameters, peak memory, latency, FLOPs",
+        description="Build the config's student or teacher with random weights and measure, at "
+        "a deployment input, its parameters, the peak memory of one inference pass (weights "
+        "and input included), the median latency and the FLOPs (dakd.deploy).",
+    )
+    p.add_argument("config", nargs="?", default="configs/embedded.yaml")
+    p.add_argument("--network", choices=["student", "teacher"], default="student")
+    p.add_argument(
+        "--size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"), help="input size"
+    )
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2, help="untimed passes (default 2)")
+    p.add_argument("--repeats", type=int, default=10, help="timed passes (default 10)")
+    p.add_argument(
+        "--device", default=None, help="auto, cpu, cuda or cuda:N (default: train.device)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: train.threads)"
+    )
+    add_overrides(p)
+    p.set_defaults(func=cmd_deploy)
 
 
 def _data(sub) -> None:
