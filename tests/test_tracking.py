@@ -77,13 +77,29 @@ def test_default_uri_and_ui_command(tmp_path):
 
 
 def test_the_tag_vocabulary_is_mlflows_where_mlflow_names_it():
-    """The parent-run tag is MLflow's own (the UI nests runs by it); the tags module spells it
-    without importing MLflow, so the two must agree."""
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+    """The parent-run and description tags are MLflow's own (the UI nests runs by one, shows the
+    other as Markdown); the tags module spells them without importing MLflow, so the two must
+    agree."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
     assert tags.MLFLOW_PARENT_RUN_ID == MLFLOW_PARENT_RUN_ID
+    assert tags.MLFLOW_NOTE == MLFLOW_RUN_NOTE
     assert tags.tag_filter(tags.STAGE, tags.SWEEP_STAGE) == "tags.stage = 'sweep'"
     assert tags.tag_filter(tags.MLFLOW_PARENT_RUN_ID, "abc") == "tags.`mlflow.parentRunId` = 'abc'"
+
+
+def test_a_description_is_the_runs_markdown_note(store):
+    """The UI renders the tag ``mlflow.note.content`` as the run's description, Markdown; a text
+    over MLflow's limit ends at the last whole line that fits."""
+    logger = RunLogger(store.uri, store.experiment_id, run_name="sweep")
+    text = "best trials:\n\n| trial | miou |\n|---|---|\n| a | 16.00 |\n\n- seed=0: +2.50"
+    logger.set_description(text)
+    assert logger.client.get_run(logger.run_id).data.tags[tags.MLFLOW_NOTE] == text
+    row = "| trial with a long label | 16.00 |\n"
+    logger.set_description("| trial | miou |\n|---|---|\n" + row * 1000)
+    cut = logger.client.get_run(logger.run_id).data.tags[tags.MLFLOW_NOTE]
+    assert 7900 < len(cut) <= 8000 and cut.endswith("| 16.00 |")
+    assert cut.count("\n") == len(cut.splitlines()) - 1  # whole rows only
 
 
 def test_git_commit(tmp_path):

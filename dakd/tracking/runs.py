@@ -27,7 +27,7 @@ from mlflow.utils.validation import (
 
 from dakd.config import flatten
 from dakd.tracking.store import client_for, retry_locked
-from dakd.tracking.tags import MLFLOW_PARENT_RUN_ID
+from dakd.tracking.tags import MLFLOW_NOTE, MLFLOW_PARENT_RUN_ID
 
 if TYPE_CHECKING:
     from dakd.evaluate import SegMetrics
@@ -144,6 +144,15 @@ class RunLogger:
         items = [RunTag(str(k), self._tag_value(v)) for k, v in tags.items()]
         for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
             retry_locked(self.client.log_batch, self.run_id, tags=chunk)
+
+    def set_description(self, text: str) -> None:
+        """Set the run's description, Markdown the MLflow UI renders on the run's page (the tag
+        ``mlflow.note.content``); a text over MLflow's 8000 characters ends at its last line
+        that fits, so a table is cut between rows."""
+        if len(text) > MAX_TAG_VAL_LENGTH:
+            end = text.rfind("\n", 0, MAX_TAG_VAL_LENGTH + 1)
+            text = text[: end if end > 0 else MAX_TAG_VAL_LENGTH]
+        retry_locked(self.client.set_tag, self.run_id, MLFLOW_NOTE, text)
 
     # -- artifacts ------------------------------------------------------------------------------
 

@@ -16,6 +16,9 @@ from __future__ import annotations
 #: MLflow's own tag of a child run: the id of its parent run (the sweep's), which the MLflow UI
 #: nests runs by. The same string as ``mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID``.
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+#: MLflow's own tag of a run's description: Markdown the UI renders on the run's page (the
+#: sweep's summary on its parent run). ``mlflow.utils.mlflow_tags.MLFLOW_RUN_NOTE``.
+MLFLOW_NOTE = "mlflow.note.content"
 
 # -- what every run of a sweep carries ---------------------------------------------------------
 
