@@ -194,6 +194,114 @@ def test_the_summary_sets_the_best_trial_against_both_baselines():
     }
 
 
+def test_the_summary_is_markdown_the_console_adds_where_to_look():
+    """The summary's Markdown (the parent run's description) is a table of the best trials and
+    lists, without the console's lines on where to look; the console prints both, with the link
+    to the runs table best first beside the headline metrics, the view the driver saves."""
+    from dakd.sweep.summary import (
+        SweepResult,
+        format_summary,
+        headline_columns,
+        headline_metrics,
+        summary_markdown,
+        table_view,
+    )
+    from dakd.tracking.locations import ui_link
+
+    spec = load_spec(ROOT / "sweeps" / "loss_weights.yaml")
+    row = {"best": 16.5, "step": 300, "status": "done", "error": "", "values": {}}
+    failed = {**row, "trial": "c", "where": ("synth_to_real", 0), "final": float("nan")}
+    result = SweepResult(
+        "storage/loss_weights",
+        "parent",
+        "sqlite:///x.db",
+        rows=[
+            {**row, "trial": "a", "where": ("synth_to_real", 0), "final": 16.0},
+            {**failed, "status": "error", "error": "c: loss is NaN at step 3"},
+        ],
+        baselines={("synth_to_real", 0): {"student-DA": 12.0, "fair baseline": 13.5}},
+        errors=1,
+        failed_stages=["student_da lr=1e12: loss is NaN"],
+    )
+    text = summary_markdown(result, spec)
+    lines = text.splitlines()
+    header = lines.index("| trial | final miou | best miou | steps | status |")
+    assert lines[header - 1] == "" and lines[header + 1] == "|---|---|---|---|---|"
+    assert lines[header + 2 : header + 5] == [
+        "| a | 16.00 | 16.50 | 300 | done |",
+        "| c | nan | 16.50 | 300 | error |",
+        "",
+    ]
+    for heading, item in [
+        ("stages that failed (1; their trials failed):", "- student_da lr=1e12: loss is NaN"),
+        ("why trials failed (1):", "- c: loss is NaN at step 3"),
+        ("the best trial against the baselines (miou):", "- synth_to_real seed=0: best trial"),
+    ]:  # a list after a blank line: Markdown renders it as one
+        at = lines.index(heading)
+        assert lines[at + 1] == "" and lines[at + 2].startswith(item)
+    assert "MLflow" not in text and "Ray Tune" not in text
+    console = format_summary(result, spec, "mlflow ui", "loss_weights", experiment_id="3")
+    assert text in console and "Ray Tune: storage/loss_weights" in console
+    assert f"then open {ui_link('3', **table_view(spec))}" in console
+    assert table_view(spec) == {
+        "order_by": "miou",
+        "ascending": False,
+        "columns": ["miou", *headline_columns("miou")],
+    }
+    assert set(headline_metrics(result, spec)) == set(headline_columns("miou"))
+
+
+def test_the_driver_puts_the_summary_on_the_parent_run_and_saves_its_view(tmp_path, monkeypatch):
+    """:meth:`Sweep.summary` on a Tune result (faked: no Ray here): the parent run's description
+    is the summary's Markdown, the text is its ``summary.md``, and the link printed opens the
+    view it saved on the experiment."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from dakd.sweep import run as sweep_run
+    from dakd.sweep.summary import summary_markdown
+    from dakd.tracking.runs import RunLogger
+    from dakd.tracking.store import prepare
+    from dakd.tracking.tags import MLFLOW_NOTE, MLFLOW_SAVED_VIEW
+
+    spec = load_spec(ROOT / "sweeps" / "loss_weights.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = prepare(uri, spec.experiment_name)
+    monkeypatch.setattr(sweep_run, "log_analysis", lambda *args: None)  # tables: not this test's
+    lines = []
+    sweep = sweep_run.Sweep(spec, root=ROOT, log=lines.append)
+    sweep.plan = SimpleNamespace(tracking_uri=uri, storage=str(tmp_path / "ray"), stages=[])
+    sweep.name, sweep.experiment_id = "loss_weights-1", experiment_id
+    sweep.parent = RunLogger(uri, experiment_id, run_name="sweep loss_weights-1")
+    sweep.grid = [
+        SimpleNamespace(
+            config={"paradigm": paradigm, "loss.kl": 0.1},
+            metrics={"miou": miou, "step": 300},
+            metrics_dataframe=pd.DataFrame({"miou": [miou - 1, miou]}),
+            error=None,
+        )
+        for paradigm, miou in [("c", 14.0), ("d", 16.0)]
+    ]
+    sweep.summary()
+    sweep.analysis.join()
+
+    client = sweep.parent.client
+    parent = client.get_run(sweep.parent.run_id)
+    description = parent.data.tags[MLFLOW_NOTE]
+    assert description == summary_markdown(sweep.result, spec)
+    assert "| paradigm=d kl=0.1 seed=0 | 16.00 | 16.00 | 300 | done |" in description
+    assert parent.data.metrics["best_miou"] == 16.0
+    assert "summary.md" in {a.path for a in client.list_artifacts(sweep.parent.run_id)}
+    views = [
+        key[len(MLFLOW_SAVED_VIEW) :]
+        for key in client.get_experiment(experiment_id).tags
+        if key.startswith(MLFLOW_SAVED_VIEW)
+    ]
+    assert len(views) == 1
+    assert f"?viewStateShareKey={views[0]}&workflowType=machine_learning" in lines[-1]
+
+
 def test_a_spec_that_is_not_text_stops_in_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(b"name: x\n\xff\xfe\x00\x01 binary")

@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from dakd.tracking import locations, tags
 from dakd.tracking import store as tracking_store
 from dakd.tracking.locations import default_uri
-from dakd.tracking.runs import RunLogger, finish_run
+from dakd.tracking.runs import RunLogger, finish_run, save_view
 from dakd.tracking.store import find_runs, prepare, retry_locked
 
 
@@ -77,13 +77,89 @@ def test_default_uri_and_ui_command(tmp_path):
 
 
 def test_the_tag_vocabulary_is_mlflows_where_mlflow_names_it():
-    """The parent-run tag is MLflow's own (the UI nests runs by it); the tags module spells it
-    without importing MLflow, so the two must agree."""
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+    """The parent-run and description tags are MLflow's own (the UI nests runs by one, shows the
+    other as Markdown); the tags module spells them without importing MLflow, so the two must
+    agree."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
     assert tags.MLFLOW_PARENT_RUN_ID == MLFLOW_PARENT_RUN_ID
+    assert tags.MLFLOW_NOTE == MLFLOW_RUN_NOTE
     assert tags.tag_filter(tags.STAGE, tags.SWEEP_STAGE) == "tags.stage = 'sweep'"
     assert tags.tag_filter(tags.MLFLOW_PARENT_RUN_ID, "abc") == "tags.`mlflow.parentRunId` = 'abc'"
+
+
+def test_ui_links_sort_the_runs_table_by_url_and_show_columns_by_a_saved_view():
+    """MLflow 3.17's runs table reads its sort from the URL (``orderByKey``: the column as the UI
+    keys it, ``orderByAsc``) and its columns only from a saved view, named by the URL's
+    ``viewStateShareKey``; a URL that sorts too would make the UI pass over the view."""
+    base = f"{locations.UI_ADDRESS}/#/experiments/7"
+    assert locations.ui_link("7") == f"{base}/runs?workflowType=machine_learning"
+    assert locations.ui_link("7", "abc") == f"{base}/runs/abc?workflowType=machine_learning"
+    assert locations.ui_link("7", order_by="metrics.miou") == (
+        f"{base}/runs?orderByKey=metrics.%60miou%60&orderByAsc=false&workflowType=machine_learning"
+    )
+    assert "orderByKey=metrics.%60loss%60&orderByAsc=true&" in locations.ui_link(
+        "7", order_by="loss", ascending=True
+    )
+    view = locations.runs_view("miou", columns=["best_miou", "miou", "params.optim.lr"])
+    assert view == {
+        "orderByKey": "metrics.`miou`",
+        "orderByAsc": False,
+        "selectedColumns": ["metrics.`best_miou`", "metrics.`miou`", "params.`optim.lr`"],
+        "columnOrder": ["metrics.`best_miou`", "metrics.`miou`", "params.`optim.lr`"],
+    }
+    assert locations.runs_view("miou", columns=["best_miou"])["columnOrder"] == [
+        "metrics.`miou`",  # the sort column, first when not given
+        "metrics.`best_miou`",
+    ]
+    link = locations.ui_link("7", order_by="miou", columns=["best_miou", "miou", "params.optim.lr"])
+    key = locations.view_key(view)
+    assert link == f"{base}/runs?viewStateShareKey={key}&workflowType=machine_learning"
+    assert re.fullmatch(r"dakd-[0-9a-f]{12}", key)
+    assert key != locations.view_key(locations.runs_view("miou", True, ["best_miou", "miou"]))
+    assert [locations.ui_column(c) for c in ("miou", "metrics.`iou/road`", "tags.stage")] == [
+        "metrics.`miou`",
+        "metrics.`iou/road`",
+        "tags.`stage`",
+    ]
+    assert locations.ui_column("attributes.start_time") == "attributes.start_time"
+    with pytest.raises(ValueError, match="run's page"):
+        locations.ui_link("7", "abc", order_by="miou")
+
+
+def test_a_saved_view_is_the_experiment_tag_the_ui_reads(store):
+    """The UI lists a saved view under "Views" and opens it by its key: the tag
+    ``mlflow.sharedViewState.<key>`` holds its name, times and state (JSON in JSON). The same
+    view saved again overwrites its tag; the link names the tag's key."""
+    link = save_view(store.uri, store.experiment_id, "runs by miou", "miou", columns=["best_miou"])
+    save_view(store.uri, store.experiment_id, "runs by miou", "miou", columns=["best_miou"])
+    experiment = tracking_store.client_for(store.uri).get_experiment(store.experiment_id)
+    saved = {k: v for k, v in experiment.tags.items() if k.startswith(tags.MLFLOW_SAVED_VIEW)}
+    assert len(saved) == 1
+    ((name, value),) = saved.items()
+    assert link.endswith(
+        f"?viewStateShareKey={name[len(tags.MLFLOW_SAVED_VIEW) :]}&workflowType=machine_learning"
+    )
+    envelope = json.loads(value)
+    assert envelope["name"] == "runs by miou"
+    assert envelope["createdAt"] == envelope["updatedAt"] > 1.6e12  # ms
+    assert json.loads(envelope["state"]) == locations.runs_view("miou", columns=["best_miou"])
+    with pytest.raises(ValueError, match="needs columns"):
+        save_view(store.uri, store.experiment_id, "sorted", "miou")
+
+
+def test_a_description_is_the_runs_markdown_note(store):
+    """The UI renders the tag ``mlflow.note.content`` as the run's description, Markdown; a text
+    over MLflow's limit ends at the last whole line that fits."""
+    logger = RunLogger(store.uri, store.experiment_id, run_name="sweep")
+    text = "best trials:\n\n| trial | miou |\n|---|---|\n| a | 16.00 |\n\n- seed=0: +2.50"
+    logger.set_description(text)
+    assert logger.client.get_run(logger.run_id).data.tags[tags.MLFLOW_NOTE] == text
+    row = "| trial with a long label | 16.00 |\n"
+    logger.set_description("| trial | miou |\n|---|---|\n" + row * 1000)
+    cut = logger.client.get_run(logger.run_id).data.tags[tags.MLFLOW_NOTE]
+    assert 7900 < len(cut) <= 8000 and cut.endswith("| 16.00 |")
+    assert cut.count("\n") == len(cut.splitlines()) - 1  # whole rows only
 
 
 def test_git_commit(tmp_path):

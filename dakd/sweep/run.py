@@ -33,7 +33,14 @@ from dakd.sweep.plan import Plan, plan
 from dakd.sweep.spec import SpecError, SweepSpec
 from dakd.sweep.stages import build_caches, train_stages
 from dakd.sweep.state import resumed_attempt, write_state
-from dakd.sweep.summary import SweepResult, format_summary, headline_metrics, summarize
+from dakd.sweep.summary import (
+    SweepResult,
+    format_summary,
+    headline_metrics,
+    summarize,
+    summary_markdown,
+    table_view,
+)
 from dakd.sweep.tuner import one_line_trial_errors, tuner_for
 from dakd.tracking.locations import git_commit, ui_command
 from dakd.tracking.tags import GIT_COMMIT, SWEEP
@@ -197,12 +204,16 @@ class Sweep:
             self.grid = tuner.fit()
 
     def summary(self) -> None:
-        """The best trials against the baselines, printed and logged on the parent run (text and
-        headline metrics); the result tables start in a thread, to overlap Ray's shutdown."""
+        """The best trials against the baselines, printed and logged on the parent run (text,
+        description and headline metrics), with a link to the runs table best first, a view saved
+        on the experiment; the result tables start in a thread, to overlap Ray's shutdown."""
+        from dakd.tracking.runs import save_view
+
         spec, uri, parent = self.spec, self.uri, self.parent
         path = f"{self.plan.storage}/{self.name}"
         self.result = summarize(self.grid, spec, self.plan, parent.run_id, uri, path)
         self.result.failed_stages = self.failed_stages
+        save_view(uri, self.experiment_id, f"runs by {spec.tune.metric}", **table_view(spec))
         text = format_summary(
             self.result,
             spec,
@@ -212,6 +223,7 @@ class Sweep:
         )
         self.log(text)
         parent.log_text(text, "summary.md")
+        parent.set_description(summary_markdown(self.result, spec))
         parent.log_metrics(headline_metrics(self.result, spec), step=0)
         # the result tables need MLflow only: they are built while Ray shuts down (close)
         self.analysis = threading.Thread(

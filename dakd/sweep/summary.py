@@ -1,7 +1,8 @@
 """What a sweep found: one row per trial, best first, set against the baselines.
 
 The rows are printed at the end of a sweep and logged on its MLflow parent run (the printed text
-as ``summary.md``, the headline metrics on the run itself, so the runs table shows them).
+as ``summary.md``, its Markdown part as the run's description, the headline metrics on the run
+itself, so the runs table shows them: :func:`table_view` is the table the summary links to).
 """
 
 from __future__ import annotations
@@ -125,17 +126,34 @@ def headline(result: SweepResult, mode: str = "max") -> dict[tuple[str, int], di
     return out
 
 
-def format_summary(
-    result: SweepResult,
-    spec: SweepSpec,
-    ui: str,
-    experiment: str,
-    top: int = 5,
-    experiment_id: str = "",
-):
+def headline_columns(metric: str) -> list[str]:
+    """Every metric :func:`headline_metrics` may put on the parent run, in the summary's order."""
+    return [
+        f"best_{metric}",
+        f"fair_baseline_{metric}",
+        "gain_over_fair_baseline",
+        f"student_da_{metric}",
+        "gain_over_student_da",
+    ]
+
+
+def table_view(spec: SweepSpec) -> dict[str, Any]:
+    """The runs table the summary links to: the runs best first by the sweep's metric, which
+    the trials and stages carry, beside the headline metrics, which the parent runs carry (the
+    arguments of :func:`~dakd.tracking.locations.ui_link` and ``save_view``)."""
+    metric = spec.tune.metric
+    return {
+        "order_by": metric,
+        "ascending": spec.tune.mode == "min",
+        "columns": [metric, *headline_columns(metric)],
+    }
+
+
+def summary_markdown(result: SweepResult, spec: SweepSpec, top: int = 5) -> str:
+    """What the sweep found, as Markdown: the best trials as a table, the stages and trials that
+    failed and the best trial against the baselines as lists. The parent run's description."""
     metric = spec.tune.metric
     lines = [
-        "",
         f"best trials of {spec.name} by final {metric} (of {len(result.rows)}; "
         f"{result.errors} failed):",
         "",
@@ -149,14 +167,14 @@ def format_summary(
         )
     if result.failed_stages:
         lines += ["", f"stages that failed ({len(result.failed_stages)}; their trials failed):"]
-        lines += [f"  {line}" for line in result.failed_stages]
+        lines += ["", *(f"- {line}" for line in result.failed_stages)]
     causes = sorted({row["error"] for row in result.rows if row.get("error")})
     if causes:
-        lines += ["", f"why trials failed ({result.errors}):"]
-        lines += [f"  {cause}" for cause in causes]
+        lines += ["", f"why trials failed ({result.errors}):", ""]
+        lines += [f"- {cause}" for cause in causes]
     heads = headline(result, spec.tune.mode)
     if heads:
-        lines += ["", f"the best trial against the baselines ({metric}):"]
+        lines += ["", f"the best trial against the baselines ({metric}):", ""]
         for (scenario, seed), row in heads.items():
             parts = [f"best trial {row['best']:.2f}"]
             if "fair baseline" in row:
@@ -168,8 +186,24 @@ def format_summary(
                 parts.append(
                     f"{row['gain_over_student_da']:+.2f} over student-DA {row['student-DA']:.2f}"
                 )
-            lines.append(f"  {scenario} seed={seed}: " + ", ".join(parts))
-    lines += [
+            lines.append(f"- {scenario} seed={seed}: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def format_summary(
+    result: SweepResult,
+    spec: SweepSpec,
+    ui: str,
+    experiment: str,
+    top: int = 5,
+    experiment_id: str = "",
+):
+    """:func:`summary_markdown` and where to look: the MLflow store, the command that opens its
+    UI and, given ``experiment_id``, links to the runs table (:func:`table_view`, the view the
+    driver saves) and the sweep's parent run; the Ray Tune experiment to resume."""
+    lines = [
+        "",
+        summary_markdown(result, spec, top),
         "",
         f"MLflow:   {result.tracking_uri}",
         f"          experiment {experiment!r}, parent run {result.parent_run_id}",
@@ -177,9 +211,9 @@ def format_summary(
     ]
     if experiment_id:
         # MLflow 3's UI opens an experiment on its GenAI overview (traces); this link opens
-        # the runs table, where the sweep's parent run expands into its trials and stages
+        # the runs table, best first, with the headline metrics (the parent runs' row)
         lines += [
-            f"          then open {ui_link(experiment_id)}",
+            f"          then open {ui_link(experiment_id, **table_view(spec))}",
             f"          (the sweep: {ui_link(experiment_id, result.parent_run_id)})",
         ]
     lines += [f"Ray Tune: {result.experiment_path} (continue with --resume)"]

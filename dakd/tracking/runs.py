@@ -12,7 +12,7 @@ import io
 import math
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,13 +26,14 @@ from mlflow.utils.validation import (
 )
 
 from dakd.config import flatten
+from dakd.tracking.locations import runs_view, ui_link, view_tag
 from dakd.tracking.store import client_for, retry_locked
-from dakd.tracking.tags import MLFLOW_PARENT_RUN_ID
+from dakd.tracking.tags import MLFLOW_NOTE, MLFLOW_PARENT_RUN_ID
 
 if TYPE_CHECKING:
     from dakd.evaluate import SegMetrics
 
-__all__ = ["STATUSES", "RunLogger", "finish_run", "finite_float", "set_run_tags"]
+__all__ = ["STATUSES", "RunLogger", "finish_run", "finite_float", "save_view", "set_run_tags"]
 
 #: Terminal statuses accepted by :meth:`RunLogger.finish` and :func:`finish_run`.
 STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -145,6 +146,15 @@ class RunLogger:
         for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
             retry_locked(self.client.log_batch, self.run_id, tags=chunk)
 
+    def set_description(self, text: str) -> None:
+        """Set the run's description, Markdown the MLflow UI renders on the run's page (the tag
+        ``mlflow.note.content``); a text over MLflow's 8000 characters ends at its last line
+        that fits, so a table is cut between rows."""
+        if len(text) > MAX_TAG_VAL_LENGTH:
+            end = text.rfind("\n", 0, MAX_TAG_VAL_LENGTH + 1)
+            text = text[: end if end > 0 else MAX_TAG_VAL_LENGTH]
+        retry_locked(self.client.set_tag, self.run_id, MLFLOW_NOTE, text)
+
     # -- artifacts ------------------------------------------------------------------------------
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -238,3 +248,23 @@ def set_run_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
     client = client_for(uri)
     for key, value in tags.items():
         retry_locked(client.set_tag, run_id, key, str(value))
+
+
+def save_view(
+    uri: str,
+    experiment_id: str,
+    name: str,
+    order_by: str | None = None,
+    ascending: bool = False,
+    columns: Iterable[str] = (),
+) -> str:
+    """Save a view of experiment ``experiment_id``'s runs table, sorted by ``order_by`` and
+    showing ``columns`` (:func:`dakd.tracking.locations.runs_view`), as an experiment tag the
+    MLflow UI lists under "Views" as ``name``. The same view saved again overwrites it (its
+    name too). Returns its link, :func:`~dakd.tracking.locations.ui_link` with these arguments."""
+    columns = tuple(columns)
+    if not columns:
+        raise ValueError("a saved view needs columns; a link sorts the table by itself (ui_link)")
+    key, value = view_tag(runs_view(order_by, ascending, columns), name, int(time.time() * 1000))
+    retry_locked(client_for(uri).set_experiment_tag, str(experiment_id), key, value)
+    return ui_link(str(experiment_id), order_by=order_by, ascending=ascending, columns=columns)

@@ -16,6 +16,13 @@ from __future__ import annotations
 #: MLflow's own tag of a child run: the id of its parent run (the sweep's), which the MLflow UI
 #: nests runs by. The same string as ``mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID``.
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+#: MLflow's own tag of a run's description: Markdown the UI renders on the run's page (the
+#: sweep's summary on its parent run). ``mlflow.utils.mlflow_tags.MLFLOW_RUN_NOTE``.
+MLFLOW_NOTE = "mlflow.note.content"
+#: The prefix of the experiment tags MLflow 3's UI keeps the runs table's saved views in
+#: (``mlflow.sharedViewState.<key>``: the "Views" menu, and ``?viewStateShareKey=<key>``). The UI
+#: alone defines it: no MLflow Python constant names it.
+MLFLOW_SAVED_VIEW = "mlflow.sharedViewState."
 
 # -- what every run of a sweep carries ---------------------------------------------------------
 
