@@ -1,11 +1,13 @@
 """Result tables and plots from MLflow runs written with known values into a SQLite store.
 
-One store for the whole file (module fixture), three experiments:
+One store for the whole file (module fixture), four experiments:
 
 * ``study``: one sweep of both scenarios with every kind of row, several seeds, a failed and an
   unfinished run, two evaluations per run for some (final != best), a reused stage recorded
   twice (the stage run and its replay as a trial);
 * ``weights``: DAKD runs that switch the distillation terms on and off (ablation, best trials);
+* ``crowded``: a teacher, a student and DAKD (a)-(d) within a few tenths of mIoU, the KL
+  weight swept over about a decade (plots that must stay readable);
 * ``later``: a sweep whose DAKD run starts from a student-DA stage recorded in ``study``.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import math
 import statistics
 import subprocess
@@ -23,14 +26,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from matplotlib.colors import to_rgb
 from mlflow import MlflowClient
 
 from dakd.config import ExperimentConfig
 from dakd.data.labels import CLASS_NAMES
-from dakd.tracking.groups import aggregate
+from dakd.tracking.drawing import PARADIGM_COLOURS
+from dakd.tracking.groups import aggregate, dakd_groups
 from dakd.tracking.load import AnalysisError, load_runs, row_name, select, write_runs
 from dakd.tracking.locations import default_uri
-from dakd.tracking.plots import make_plots
+from dakd.tracking.plots import make_plots, parameters_figure, sensitivity_figure
 from dakd.tracking.report import log_sweep_analysis
 from dakd.tracking.runs import RunLogger
 from dakd.tracking.store import prepare
@@ -164,6 +169,24 @@ def store(tmp_path_factory):
             loss__kl=kl,
             loss__mse=mse,
             loss__pseudo=pseudo,
+        )
+
+    # teacher, student and DAKD (a)-(d) close together, DAKD's KL weight over about a decade
+    crowded = prepare(uri, "crowded")
+    ids["crowded"] = parent = _parent(uri, crowded, "sweep crowded")
+    _log_run(uri, crowded, parent, "teacher", [(2, 30.0)], stage="teacher_da")
+    _log_run(uri, crowded, parent, "student", [(2, 20.0)], stage="student_da")
+    for k, kl in enumerate(np.geomspace(0.05, 0.65, 8)):
+        paradigm = "abcd"[k % 4]
+        _log_run(
+            uri,
+            crowded,
+            parent,
+            f"paradigm={paradigm} kl={kl:.3f}",
+            [(2, 20.1 + 0.05 * k)],
+            stage="dakd",
+            paradigm=paradigm,
+            loss__kl=float(kl),
         )
 
     later = prepare(uri, "later")
@@ -454,6 +477,98 @@ def test_plots_are_png_and_missing_inputs_are_skipped(store, study, tmp_path):
     files = make_plots(aggregate(weights), tmp_path / "w", log=notices.append)
     assert [p.name for p in files] == ["sensitivity.png"]
     assert files[0].read_bytes().startswith(PNG)
+
+
+@pytest.fixture(scope="module")
+def crowded(store):
+    uri, ids = store
+    return aggregate(load_runs(select(uri, "crowded", ids["crowded"]))).to_pylist()
+
+
+def _tick_label_boxes(ax, renderer):
+    """Boxes of the x tick labels drawn: visible, with text, at a tick inside the view."""
+    lo, hi = sorted(ax.get_xlim())
+    boxes = []
+    for locs, ticks in (
+        (ax.xaxis.get_majorticklocs(), ax.xaxis.get_major_ticks),
+        (ax.xaxis.get_minorticklocs(), ax.xaxis.get_minor_ticks),
+    ):
+        for loc, tick in zip(locs, ticks(len(locs))):
+            label = tick.label1
+            if lo * (1 - 1e-9) <= loc <= hi * (1 + 1e-9) and label.get_visible():
+                if label.get_text():
+                    boxes.append(label.get_window_extent(renderer))
+    return boxes
+
+
+def _key(x, y) -> tuple[float, float]:
+    return round(float(x), 9), round(float(y), 9)
+
+
+def _marker_colours(ax) -> dict[tuple[float, float], tuple]:
+    """Each plotted point (the lines with a marker) and its colour."""
+    out = {}
+    for line in ax.get_lines():
+        if line.get_marker() in (None, "None", "", " "):
+            continue
+        for x, y in zip(line.get_xdata(), line.get_ydata()):
+            out[_key(x, y)] = to_rgb(line.get_color())
+    return out
+
+
+def test_sensitivity_ticks_are_readable_and_paradigms_coloured(crowded):
+    fig = sensitivity_figure(crowded)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "loss.kl"
+    boxes = _tick_label_boxes(ax, renderer)
+    assert len(boxes) >= 2
+    for a, b in itertools.combinations(boxes, 2):
+        assert not a.overlaps(b)
+    colours = _marker_colours(ax)
+    dakd = dakd_groups(crowded)
+    assert len(colours) == len(dakd) == 8
+    by_paradigm = {}
+    for g in dakd:
+        by_paradigm.setdefault(g["paradigm"], set()).add(
+            colours[_key(g["params.loss.kl"], g["miou_mean"])]
+        )
+    assert sorted(by_paradigm) == ["a", "b", "c", "d"]
+    assert all(len(c) == 1 for c in by_paradigm.values())
+    assert len(set.union(*by_paradigm.values())) == 4
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["DAKD (a)", "DAKD (b)", "DAKD (c)", "DAKD (d)", "student-DA synth_to_real"]
+
+
+def test_parameters_labels_do_not_overlap_and_paradigms_coloured(crowded):
+    fig = parameters_figure(crowded)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    texts = [t for t in ax.texts if t.get_text()]
+    assert sorted(t.get_text() for t in texts) == sorted(
+        ["teacher-DA", "student-DA", "DAKD (a)", "DAKD (b)", "DAKD (c)", "DAKD (d)"]
+    )
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    for a, b in itertools.combinations(boxes, 2):
+        assert not a.overlaps(b)
+    axes_box = ax.get_window_extent(renderer)
+    colours = _marker_colours(ax)
+    centres = ax.transData.transform(list(colours))
+    for box in boxes:
+        assert axes_box.x0 < box.x0 and box.x1 < axes_box.x1
+        assert axes_box.y0 < box.y0 and box.y1 < axes_box.y1
+        assert not any(box.contains(x, y) for x, y in centres)
+    assert len(colours) == 6 and len(set(colours.values())) == 6  # a colour per paradigm/row
+    # the same paradigm, the same colour in every plot
+    sensitivity = _marker_colours(sensitivity_figure(crowded).axes[0])
+    for paradigm in "abcd":
+        rows = [g for g in crowded if g["paradigm"] == paradigm]
+        best = max(g["miou_mean"] for g in rows)
+        here = {c for (_, y), c in colours.items() if y == _key(0, best)[1]}
+        there = {sensitivity[_key(g["params.loss.kl"], g["miou_mean"])] for g in rows}
+        assert here == there == {to_rgb(PARADIGM_COLOURS[paradigm])}
 
 
 def test_sweep_analysis_is_logged_to_the_parent_run(store):

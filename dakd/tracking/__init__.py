@@ -14,6 +14,10 @@ them; import what you use from its module:
   averaged), :mod:`~dakd.tracking.tables` (Markdown, LaTeX, CSV, Parquet),
   :mod:`~dakd.tracking.plots` (PNG), :mod:`~dakd.tracking.report` (all of it for a study, or
   into a sweep's parent run).
+- :mod:`~dakd.tracking.pareto`: the Pareto front of a search over students, its table, the best
+  trial under a budget, its plot; :mod:`~dakd.tracking.drawing` and
+  :mod:`~dakd.tracking.placement`: the figure, paradigm colours, ticks and point labels every
+  plot shares. Plain Python and matplotlib, like the calibration.
 - :mod:`~dakd.tracking.calibration`, :mod:`~dakd.tracking.calibration_targets`: the embedded
   benchmark's calibration (``python -m dakd calibrate``); plain Python, like the core.
 """
