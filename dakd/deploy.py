@@ -307,10 +307,29 @@ def _allocator_events(prof) -> list[tuple[int, int]]:
     ]
 
 
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """The process's stderr (file descriptor 2) sent to /dev/null: the profiler's C++ side
+    prints start/stop and device-probe lines there (``ERROR ... gpuGetDeviceCount failed`` on a
+    CUDA build without a GPU) that say nothing about the measurement."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _cpu_peak_bytes(model: nn.Module, x: torch.Tensor) -> int:
     """Peak live bytes of one pass on the CPU: the profiled allocator curve plus the weights
     and the input, which were allocated before it."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = model(x)
         del out
     return memory_curve_peak(_allocator_events(prof)) + _tensor_bytes([*_state(model), x])
