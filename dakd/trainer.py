@@ -35,7 +35,13 @@ from dakd.distributed import current_world
 from dakd.evaluate import SegMetrics
 from dakd.models import Discriminator
 from dakd.models.domain_bn import add_source_statistics, bn_domain, sync_batchnorm
-from dakd.models.pretrained import PretrainedReport, load_pretrained, network_of
+from dakd.models.pretrained import (
+    PretrainedReport,
+    load_pretrained,
+    network_of,
+    no_shipped,
+    resolve_pretrained,
+)
 from dakd.paradigms import LEVELS, STAGES, phase_at
 from dakd.runtime import check_world, resolve_device, seed_everything, set_threads, speed_settings
 from dakd.teacher_outputs import TeacherOutputs, image_size_outputs
@@ -110,11 +116,11 @@ class Trainer:
         elif trained.pretrained:
             role = "teacher" if trained is cfg.models.teacher else "student"
             key = f"models.{role}.pretrained"
-            self.pretrained = load_pretrained(
-                self.model, trained.pretrained, key, network_of(trained)
-            )
+            path = resolve_pretrained(trained)
+            if path:
+                self.pretrained = load_pretrained(self.model, path, key, network_of(trained))
             if self.world.is_main:
-                print(f"note: {self.pretrained}", file=sys.stderr)
+                print(f"note: {self.pretrained or no_shipped(trained, key)}", file=sys.stderr)
         # a stage that sees both domains keeps the target's BatchNorm statistics for the target
         # (train.bn_stats, dakd.models.domain_bn); one that sees a single domain has only those
         self.bn_stats = cfg.train.bn_stats

@@ -148,6 +148,12 @@ class ExperimentConfig:
             flat["data.renderer"] = renderer_version()
         else:
             flat.update(self.data.fingerprint_roots())
+        for role in ("teacher", "student"):
+            key = f"models.{role}.pretrained"
+            if flat.get(key) == AUTO:  # the shipped backbone it resolves to, by its content
+                from dakd.models.pretrained import resolve_pretrained
+
+                flat[key] = resolve_pretrained(getattr(self.models, role)) or "auto:none"
         for key in ("models.teacher.pretrained", "models.student.pretrained", "teacher", "init"):
             value = flat.get(key)
             if value and value != AUTO:

@@ -66,6 +66,51 @@ def teacher_file(scenario: str) -> str:
     return f"teacher_da-{scenario}.pt"
 
 
+#: ``models.<network>.pretrained: auto``: the shipped backbone of that network, if there is one.
+SHIPPED = "auto"
+
+
+def shipped_dir() -> Path:
+    """The folder of the shipped weights in this checkout."""
+    return Path(__file__).resolve().parents[2] / SHIPPED_DIR
+
+
+def shipped_backbone(model, folder: Path | None = None) -> Path | None:
+    """The shipped backbone weights of ``model`` (a ``models.<network>`` config): a file in the
+    shipped folder's manifest pretrained for the same network name and width, of the same output
+    stride when there is one (the encoder does not depend on it); None when none is shipped."""
+    folder = folder or shipped_dir()
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    found = []
+    for name, entry in sorted(manifest.items()):
+        network = entry.get("network") if isinstance(entry, dict) else None
+        if entry.get("stage") or not isinstance(network, dict):
+            continue  # a domain-adapted teacher, not a backbone
+        if network.get("name") == model.name and network.get("width") == float(model.width):
+            found.append((network.get("output_stride") != model.output_stride, name))
+    return folder / min(found)[1] if found else None
+
+
+def resolve_pretrained(model) -> str:
+    """The weights file a ``models.<network>`` config starts from: its ``pretrained`` file, the
+    shipped backbone for ``auto`` ("" when none is shipped: random initialisation), or ""."""
+    if model.pretrained != SHIPPED:
+        return model.pretrained
+    path = shipped_backbone(model)
+    return str(path) if path is not None else ""
+
+
+def no_shipped(model, key: str) -> str:
+    """The note of a network that ``auto`` found no shipped weights for."""
+    return (
+        f"{key}: no shipped weights for {model.name} width {model.width:g}: it starts from "
+        "random initialisation"
+    )
+
+
 def network_of(model) -> dict[str, Any]:
     """The architecture a weights file is made for, from a ``models.<network>`` config."""
     return {"name": model.name, "width": float(model.width), "output_stride": model.output_stride}
@@ -99,11 +144,12 @@ def manifest_entry(path: str | Path) -> dict[str, Any] | None:
 
 
 def check_manifest(
-    path: str | Path, network: dict[str, Any] | None, key: str
+    path: str | Path, network: dict[str, Any] | None, key: str, backbone: bool = False
 ) -> dict[str, Any] | None:
     """Refuse a weights file that does not match its manifest: another sha256 (changed or
-    corrupt) or another architecture than ``network`` (:func:`network_of`). Returns the entry
-    (None: the folder has no manifest)."""
+    corrupt) or another architecture than ``network`` (:func:`network_of`; with ``backbone``,
+    the encoder's: name and width, any output stride). Returns the entry (None: the folder
+    has no manifest)."""
     entry = manifest_entry(path)
     if entry is None:
         return None
@@ -115,7 +161,12 @@ def check_manifest(
             "restore it (git checkout) or remake it with python -m dakd pretrain"
         )
     wanted = network
-    if wanted is not None and entry.get("network") != wanted:
+    found_network = entry.get("network")
+    if backbone and isinstance(found_network, dict) and wanted is not None:
+        # the encoder does not depend on the output stride (only the decoder does)
+        found_network = {k: v for k, v in found_network.items() if k != "output_stride"}
+        wanted = {k: v for k, v in wanted.items() if k != "output_stride"}
+    if wanted is not None and found_network != wanted:
         raise CheckpointError(
             f"{key}: {path} holds weights for {entry.get('network')}, not for {wanted}"
         )
@@ -154,7 +205,7 @@ def load_pretrained(
             f"{key}: {path} does not exist (backbone weights are read from a local file; "
             "nothing is downloaded)"
         )
-    check_manifest(path, network, key)
+    check_manifest(path, network, key, backbone=True)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to unpickle means the same thing here

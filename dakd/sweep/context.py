@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dakd.config import ExperimentConfig, from_dict
+from dakd.deploy import network_label
 from dakd.paradigms import AUTO, AUTO_STAGES
 from dakd.pipeline import (
     dependency_config,
@@ -20,11 +21,13 @@ from dakd.pipeline import (
 from dakd.sweep.spec import SweepSpec
 from dakd.tracking.tags import (
     LEVELS,
+    NETWORK,
     NOT_SET,
     PARADIGM,
     SCENARIO,
     SEED,
     STAGE,
+    START,
 )
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -81,7 +84,11 @@ def input_paths(cfg: ExperimentConfig, context: SweepContext, overrides=None) ->
     """The dataset folders and weight files of ``cfg`` (or of ``overrides`` where it sets them)
     as absolute paths, and its ``teacher``/``init`` checkpoints unless they are ``auto``."""
     flat = cfg.flat()
-    out = {k: context.absolute((overrides or {}).get(k, flat[k])) for k in INPUT_PATHS}
+    out = {
+        k: context.absolute(value)
+        for k in INPUT_PATHS
+        if (value := (overrides or {}).get(k, flat[k])) != AUTO  # auto: the shipped weights
+    }
     for key in ("teacher", "init"):
         value = (overrides or {}).get(key, flat[key])
         if value and value != AUTO:
@@ -150,7 +157,24 @@ def run_tags(cfg: ExperimentConfig, context: SweepContext) -> dict[str, str]:
         LEVELS: "+".join(cfg.distill.levels) if cfg.stage == "dakd" else NOT_SET,
         SEED: str(cfg.seed),
         STAGE: cfg.stage,
+        NETWORK: network_label(cfg.trained_model),
+        START: start_of(cfg),
     }
+
+
+def start_of(cfg: ExperimentConfig) -> str:
+    """Where the trained network's weights start (the :data:`START` tag)."""
+    from dakd.models.pretrained import SHIPPED, resolve_pretrained
+
+    if cfg.init:
+        return "init checkpoint"
+    model = cfg.trained_model
+    path = resolve_pretrained(model)
+    if path:
+        return f"pretrained {Path(path).name}"
+    if model.pretrained == SHIPPED:
+        return f"random initialisation (no shipped weights for {network_label(model)})"
+    return "random initialisation"
 
 
 def run_logger(context: SweepContext, **kwargs):

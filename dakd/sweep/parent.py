@@ -59,7 +59,7 @@ def open_parent(spec: SweepSpec, the_plan: Plan, uri: str, name: str, tags: dict
                 "search": spec.tune.search,
                 "scheduler": spec.tune.scheduler,
                 "seeds": spec.tune.seeds,
-                "metric": spec.tune.metric,
+                "metric": ", ".join(spec.tune.objectives),
             }
         )
         parent.log_artifact(spec.path, "spec")

@@ -181,7 +181,7 @@ def check_inputs(cfg: ExperimentConfig) -> list[str]:
             data = split_of(cfg.data, role, split)
             lines.append(f"{data.name} {split} ({data.root}): {len(data)} pairs, check passed")
     model = cfg.trained_model
-    if not cfg.init and model.pretrained and not Path(model.pretrained).is_file():
+    if not cfg.init and model.pretrained not in ("", AUTO) and not Path(model.pretrained).is_file():
         role = "teacher" if model is cfg.models.teacher else "student"
         raise ConfigError(f"models.{role}.pretrained: {model.pretrained} does not exist")
     for key in ("teacher", "init"):

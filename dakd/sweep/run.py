@@ -213,7 +213,7 @@ class Sweep:
         path = f"{self.plan.storage}/{self.name}"
         self.result = summarize(self.grid, spec, self.plan, parent.run_id, uri, path)
         self.result.failed_stages = self.failed_stages
-        save_view(uri, self.experiment_id, f"runs by {spec.tune.metric}", **table_view(spec))
+        save_view(uri, self.experiment_id, f"runs by {spec.tune.primary}", **table_view(spec))
         text = format_summary(
             self.result,
             spec,
@@ -225,6 +225,8 @@ class Sweep:
         parent.log_text(text, "summary.md")
         parent.set_description(summary_markdown(self.result, spec))
         parent.log_metrics(headline_metrics(self.result, spec), step=0)
+        if spec.tune.multi:
+            self._front()
         # the result tables need MLflow only: they are built while Ray shuts down (close)
         self.analysis = threading.Thread(
             target=log_analysis,
@@ -232,6 +234,21 @@ class Sweep:
             name="dakd-analysis",
         )
         self.analysis.start()
+
+    def _front(self) -> None:
+        """Several objectives: the front's runs tagged, its plot on the parent run."""
+        import tempfile
+
+        from dakd.sweep.front import plot_front, tag_front
+
+        tag_front(self.uri, self.result)
+        with tempfile.TemporaryDirectory() as folder:
+            path = plot_front(self.result, self.spec, Path(folder) / "pareto_front.png")
+            if path is not None:
+                self.parent.log_artifact(path, "analysis")
+                self.log(
+                    f"the front's plot: analysis/pareto_front.png of parent run {self.parent.run_id}"
+                )
 
     def close(self, status: str) -> None:
         """End the parent run with ``status`` and shut down a Ray the sweep started. After the

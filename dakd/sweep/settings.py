@@ -8,6 +8,7 @@ naming the dotted key, which :func:`dakd.sweep.spec.load_spec` reports with the 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,11 @@ from dakd.config import ExperimentConfig, coerce, fail, reject_unknown, require
 from dakd.sweep.values import number
 
 SEARCHERS = ("grid", "random", "optuna")
-SCHEDULERS = ("fifo", "asha")
+SCHEDULERS = ("fifo", "asha", "pareto")
+#: Optuna's samplers a sweep can pick: TPE (one or several objectives) and NSGA-II (several).
+SAMPLERS = ("tpe", "nsga2")
+#: Bounds of a constraint: ``{peak_memory_mb: {max: 512}}``.
+BOUNDS = ("max", "min")
 #: What Ray Tune adds to every result a trial reports.
 TUNE_METRICS = ("training_iteration", "time_total_s", "time_this_iter_s")
 #: Tracking stores MLflow opens: a SQLite file, a server, a database, a folder.
@@ -31,10 +36,17 @@ class TuneSettings:
 
     ``asha`` holds ``grace_period`` and ``reduction_factor`` in evaluations (training_iteration).
     Every configuration runs once per entry of ``seeds``.
+
+    ``metric`` and ``mode`` are one name and direction, or lists of them (several objectives,
+    e.g. ``[miou, peak_memory_mb]`` with ``[max, min]``): Optuna then searches with a
+    multi-objective sampler (``sampler``), the ``pareto`` scheduler stops trials dominated at
+    the same evaluation, and the summary reports the Pareto front. ``constraints`` bound the
+    deployment figures (``{peak_memory_mb: {max: 512}}``): a trial outside a bound is
+    recorded as infeasible as soon as its figures are measured, before it trains.
     """
 
-    metric: str = "miou"
-    mode: str = "max"
+    metric: str | list[str] = "miou"
+    mode: str | list[str] = "max"
     num_samples: int = 1
     search: str = "grid"
     search_seed: int = 0
@@ -46,18 +58,41 @@ class TuneSettings:
     # off by default: with Ray 2.60, reusing a function-trainable actor after ASHA stopped its
     # trial failed the next trial ("Could not re-use actor ... reset_config") and once hung
     reuse_actors: bool = True
+    #: Optuna only: its sampler, ``tpe`` or ``nsga2`` (several objectives)
+    sampler: str = "tpe"
+    #: the pareto scheduler: evaluations before a trial may be stopped
+    pareto: dict[str, Any] = field(default_factory=lambda: {"grace_period": 1})
+    constraints: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Optuna only: configurations TPE tries first (e.g. the paper's weights), each giving
     #: every search axis a value; stored as Tune sees them (labels of choice options)
     points_to_evaluate: list[dict[str, Any]] | None = field(default_factory=list)
 
+    @property
+    def objectives(self) -> list[str]:
+        """The metrics optimised, in order (one, or several)."""
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def modes(self) -> list[str]:
+        return [self.mode] if isinstance(self.mode, str) else list(self.mode)
+
+    @property
+    def multi(self) -> bool:
+        """Several objectives: the result is a Pareto front, not one best trial."""
+        return len(self.objectives) > 1
+
+    @property
+    def primary(self) -> str:
+        """The first objective: what tables rank by and Tune's progress shows."""
+        return self.objectives[0]
+
+    @property
+    def primary_mode(self) -> str:
+        return self.modes[0]
+
     def check(self) -> None:
         """Reject impossible values, naming the key (types were checked when it was built)."""
-        require(
-            bool(self.metric.strip()),
-            "tune.metric",
-            f"expected a non-empty string, got {self.metric!r}",
-        )
-        require(self.mode in ("max", "min"), "tune.mode", f"{self.mode!r} is not one of max, min")
+        self._check_objectives()
         require(self.num_samples >= 1, "tune.num_samples", f"must be >= 1, got {self.num_samples}")
         require(
             self.search in SEARCHERS,
@@ -71,7 +106,16 @@ class TuneSettings:
             f"{self.scheduler!r} is not one of {', '.join(SCHEDULERS)}",
         )
         self._check_asha()
+        self._check_scheduler()
         self._check_seeds()
+        require(
+            not (self.multi and self.search == "optuna" and len(self.seeds) > 1),
+            "tune.seeds",
+            f"{len(self.seeds)} seeds: with several objectives Optuna takes one value per "
+            "objective from each trial, so repeats cannot be averaged; give one seed (or use "
+            "tune.search grid or random)",
+        )
+        self._check_constraints()
         if self.max_concurrent is not None:
             require(
                 self.max_concurrent >= 1,
@@ -90,6 +134,62 @@ class TuneSettings:
         if "reduction_factor" in self.asha:
             factor = number(self.asha["reduction_factor"], "tune.asha.reduction_factor")
             require(factor > 1, "tune.asha.reduction_factor", f"must be > 1, got {factor:g}")
+
+    def _check_objectives(self) -> None:
+        metrics, modes = self.objectives, self.modes
+        require(bool(metrics), "tune.metric", "expected a metric name or a list of them")
+        for i, name in enumerate(metrics):
+            key = "tune.metric" if isinstance(self.metric, str) else f"tune.metric[{i}]"
+            require(bool(name.strip()), key, f"expected a non-empty string, got {name!r}")
+        require(len(set(metrics)) == len(metrics), "tune.metric", f"{metrics} names a metric twice")
+        for i, mode in enumerate(modes):
+            key = "tune.mode" if isinstance(self.mode, str) else f"tune.mode[{i}]"
+            require(mode in ("max", "min"), key, f"{mode!r} is not one of max, min")
+        require(
+            len(modes) == len(metrics),
+            "tune.mode",
+            f"gives {len(modes)} direction(s) for the {len(metrics)} metric(s) {metrics}; "
+            "give one of max, min per metric",
+        )
+        require(
+            self.sampler in SAMPLERS,
+            "tune.sampler",
+            f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}",
+        )
+        require(
+            self.sampler == "tpe" or self.search == "optuna",
+            "tune.sampler",
+            f"{self.sampler} is an Optuna sampler; it needs tune.search optuna, not {self.search}",
+        )
+
+    def _check_scheduler(self) -> None:
+        reject_unknown(self.pareto, ("grace_period",), "tune.pareto.")
+        grace = coerce(self.pareto.get("grace_period", 1), int, "tune.pareto.grace_period")
+        require(grace >= 1, "tune.pareto.grace_period", f"must be >= 1, got {grace}")
+        if self.multi:
+            require(
+                self.scheduler != "asha",
+                "tune.scheduler",
+                f"asha ranks trials by one metric, but tune.metric has {len(self.objectives)} "
+                f"({', '.join(self.objectives)}); use pareto (stops trials dominated at the same "
+                "evaluation) or fifo",
+            )
+
+    def _check_constraints(self) -> None:
+        for name, bounds in self.constraints.items():
+            key = f"tune.constraints.{name}"
+            require(bool(bounds), key, "give a bound, e.g. {max: 512}")
+            reject_unknown(bounds, BOUNDS, key + ".")
+            for bound, value in bounds.items():
+                require(
+                    math.isfinite(value), f"{key}.{bound}", f"must be a finite number, got {value}"
+                )
+            if "max" in bounds and "min" in bounds:
+                require(
+                    bounds["min"] <= bounds["max"],
+                    key,
+                    f"min {bounds['min']:g} is above max {bounds['max']:g}: no trial can meet it",
+                )
 
     def _check_seeds(self) -> None:
         problem = "expected a non-empty list of distinct integers >= 0, e.g. [0, 1, 2]"
@@ -199,20 +299,38 @@ def storage_of(raw: Any) -> str:
     return storage
 
 
-def check_metric(tune: TuneSettings, base: ExperimentConfig) -> None:
-    """``tune.metric`` must be something a trial reports (a typo would leave every trial
-    unranked and ASHA without a signal)."""
+def check_metric(tune: TuneSettings, base: ExperimentConfig, deploy: Any = None) -> None:
+    """Every objective of ``tune.metric`` must be something a trial reports (a typo would leave
+    every trial unranked and the scheduler without a signal), and every constraint a deployment
+    figure the trials measure (``deploy``: the spec's deploy section, or None)."""
+    from dakd.deploy import DEPLOY_METRICS
     from dakd.validation import reported_metrics
 
     known = [*reported_metrics(base), *TUNE_METRICS]
-    if tune.metric in known:
-        return
-    plain = [k for k in known if "/" not in k]
-    fail(
-        "tune.metric",
-        f"{tune.metric!r} is not reported by the trials; they report {', '.join(plain)}, "
-        "iou/<class> (e.g. iou/road) and loss/<term> (e.g. loss/total, loss/kl_target)",
-    )
+    measured = "measured only when the spec has a deploy section (deploy: {size: [H, W]})"
+    for i, name in enumerate(tune.objectives):
+        key = "tune.metric" if isinstance(tune.metric, str) else f"tune.metric[{i}]"
+        if name in DEPLOY_METRICS:
+            require(deploy is not None, key, f"{name!r} is a deployment figure, {measured}")
+            continue
+        if name in known:
+            continue
+        plain = [k for k in known if "/" not in k]
+        fail(
+            key,
+            f"{name!r} is not reported by the trials; they report {', '.join(plain)}, "
+            "iou/<class> (e.g. iou/road), loss/<term> (e.g. loss/total, loss/kl_target) and, "
+            f"with a deploy section, {', '.join(DEPLOY_METRICS)}",
+        )
+    for name in tune.constraints:
+        key = f"tune.constraints.{name}"
+        require(
+            name in DEPLOY_METRICS,
+            key,
+            f"constraints bound the deployment figures measured before a trial trains "
+            f"({', '.join(DEPLOY_METRICS)}); {name!r} is not one",
+        )
+        require(deploy is not None, key, f"no trial reports {name!r}: it is {measured}")
 
 
 def check_workers(r: Resources, base: ExperimentConfig, axes: dict[str, Any]) -> None:

@@ -62,7 +62,9 @@ from dakd.sweep.space import (
     check_against_tune,
     search_space,
 )
+from dakd.sweep.students import check_students, deploy_settings, students_of
 from dakd.sweep.values import (
+    EXPLICIT_EMPTY,
     assignments,
     config_path,
     experiment_config,
@@ -97,6 +99,7 @@ SECTIONS = (
     "stages",
     "search",
     "tune",
+    "deploy",
     "resources",
     "tracking",
     "storage",
@@ -135,6 +138,12 @@ class SweepSpec:
     storage: str
     base_file: Path | None = None
     implicit_auto: tuple[str, ...] = ()
+    #: the ``deploy`` section (:class:`dakd.deploy.DeploySettings`): every trial measures its
+    #: student at this resolution before it trains; None: no deployment figures
+    deploy: Any = None
+    #: fields (teacher, init) the experiment section sets to "" itself: they stay empty in DAKD
+    #: trials (init: from the student's pretrained weights) where a left-out one is ``auto``
+    explicit_empty: tuple[str, ...] = ()
 
     @property
     def experiment_name(self) -> str:
@@ -226,7 +235,9 @@ def _experiment(raw: Any, extra: dict[str, Any], path: Path):
         require(
             config_path(key) is not None, f"experiment.{key}", "not a config key of the experiment"
         )
-    tree = merged(tree, assigned)
+    # written as "": empty for DAKD too (init: the student's pretrained weights, not a stage)
+    explicit = tuple(f for f in ("teacher", "init") if assigned.get(f) == "")
+    tree = merged(tree, {**assigned, **dict.fromkeys(explicit, EXPLICIT_EMPTY)})
     with within("experiment"):
         config = experiment_config(tree)
     # the fields experiment_config filled with auto stay empty for trials that change the stage
@@ -235,7 +246,8 @@ def _experiment(raw: Any, extra: dict[str, Any], path: Path):
     )
     tree = config.to_dict()
     tree.update(dict.fromkeys(implicit, ""))
-    return config, tree, implicit, base_file
+    tree.update(dict.fromkeys(explicit, EXPLICIT_EMPTY))
+    return config, tree, implicit, base_file, explicit
 
 
 def _stages(raw: Any, extra: dict[str, Any], base: ExperimentConfig) -> dict:
@@ -281,15 +293,26 @@ def _spec(path: Path, raw: dict, overrides: Sequence[str]) -> SweepSpec:
     reject_unknown(raw, SECTIONS)
     experiment_extra, stages_extra = _apply_overrides(raw, overrides)
     name, description = _header(raw)
-    base, tree, implicit, base_file = _experiment(raw["experiment"], experiment_extra, path)
+    base, tree, implicit, base_file, explicit = _experiment(
+        raw["experiment"], experiment_extra, path
+    )
     tune = tune_settings(raw.get("tune"))
     base, fixed, axes = search_space(raw.get("search"), tree, base)
     implicit = tuple(f for f in implicit if f not in fixed)
     check_against_tune(tune, axes)
-    check_metric(tune, base)
+    students = students_of(base, axes)
+    check_students(students, path.parent)
+    deploy = deploy_settings(raw.get("deploy"), students)
+    check_metric(tune, base, deploy)
     storage = raw.get("storage", "runs/ray")
     resources = section(raw.get("resources"), Resources, "resources")
     check_workers(resources, base, axes)
+    require(
+        deploy is None or resources.workers == 1,
+        "deploy",
+        f"a data-parallel trial (resources.workers {resources.workers}) has no device of its "
+        "own to measure its student on; measure with resources.workers 1",
+    )
     return SweepSpec(
         path=path,
         name=name,
@@ -304,6 +327,8 @@ def _spec(path: Path, raw: dict, overrides: Sequence[str]) -> SweepSpec:
         storage=storage_of(storage),
         base_file=base_file,
         implicit_auto=implicit,
+        deploy=deploy,
+        explicit_empty=explicit,
     )
 
 
@@ -407,6 +432,7 @@ def trial_overrides(spec: SweepSpec, sampled: Mapping) -> dict[str, Any]:
 def _base_tree(spec: SweepSpec) -> dict[str, Any]:
     tree = spec.base.to_dict()
     tree.update(dict.fromkeys(spec.implicit_auto, ""))
+    tree.update(dict.fromkeys(spec.explicit_empty, EXPLICIT_EMPTY))
     return tree
 
 
@@ -489,10 +515,18 @@ def describe(spec: SweepSpec) -> str:
     lines += [
         f"seeds: {t.seeds}",
         f"tune: {t.search} search, {t.num_samples} sample(s), {scheduler}; "
-        f"{t.mode} {t.metric}; {num_trials(spec)} trial(s)",
+        f"{_objectives(t)}; {num_trials(spec)} trial(s)",
         *(
             f"  tried first: {' '.join(f'{k}={label_of(v)}' for k, v in point.items())}"
             for point in t.points_to_evaluate
+        ),
+        *(
+            [
+                f"deploy: each student measured at {'x'.join(map(str, spec.deploy.size))}, "
+                f"batch {spec.deploy.batch}, on {spec.deploy.device} before it trains"
+            ]
+            if spec.deploy is not None
+            else []
         ),
         f"resources per trial: cpu {spec.resources.cpu:g}, gpu {spec.resources.gpu:g}, "
         f"workers {spec.resources.workers}",
@@ -500,3 +534,16 @@ def describe(spec: SweepSpec) -> str:
         f"experiment {spec.experiment_name}; storage: {spec.storage}",
     ]
     return "\n".join(lines)
+
+
+def _objectives(t: TuneSettings) -> str:
+    """``max miou`` or ``max miou, min peak_memory_mb (Pareto front)``, with the constraints."""
+    text = ", ".join(f"{mode} {metric}" for metric, mode in zip(t.objectives, t.modes))
+    if t.multi:
+        text += " (Pareto front)"
+    for name, bounds in t.constraints.items():
+        text += "; " + " and ".join(
+            f"{name} {'<=' if bound == 'max' else '>='} {value:g}"
+            for bound, value in bounds.items()
+        )
+    return text

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dakd.config import ConfigError
 from dakd.pipeline import error_line
+from dakd.sweep.front import figures_of, front_markdown, front_rows
 from dakd.sweep.spec import SpecError, SweepSpec, resolve, trial_label, trial_overrides
 from dakd.tracking.locations import ui_link
 
@@ -31,11 +32,13 @@ class SweepResult:
     baselines: dict[tuple[str, int], dict[str, float]]
     errors: int
     failed_stages: list[str] = dataclasses.field(default_factory=list)
+    #: several objectives: the rows on the Pareto front (:mod:`dakd.sweep.front`)
+    front: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def summarize(grid, spec: SweepSpec, the_plan: Plan, parent_run_id: str, uri: str, path: str):
     """One row per trial: label, sampled values, final and best metric, steps, status."""
-    metric = spec.tune.metric
+    metric = spec.tune.primary
     rows = []
     errors = 0
     for result in grid:
@@ -51,7 +54,12 @@ def summarize(grid, spec: SweepSpec, the_plan: Plan, parent_run_id: str, uri: st
             trial_cfg = resolve(spec, config)
             where = (trial_cfg.data.scenario, trial_cfg.seed)
         except (ConfigError, SpecError):
-            where = None
+            trial_cfg, where = None, None
+        status = "done"
+        if result.error is not None:
+            status = "error"
+        elif metrics.get("infeasible"):
+            status = "infeasible"
         rows.append(
             {
                 "trial": trial_label(spec, config),
@@ -60,22 +68,25 @@ def summarize(grid, spec: SweepSpec, the_plan: Plan, parent_run_id: str, uri: st
                 "final": float(metrics.get(metric, math.nan)),
                 "best": best,
                 "step": int(metrics.get("step", 0)),
-                "status": "error" if result.error is not None else "done",
+                "status": status,
                 "error": error_line(result.error) if result.error is not None else "",
                 "mlflow_run_id": metrics.get("mlflow_run_id", ""),
+                **figures_of(spec, trial_cfg, metrics),
             }
         )
-    sign = -1.0 if spec.tune.mode == "max" else 1.0
+    sign = -1.0 if spec.tune.primary_mode == "max" else 1.0
     rows.sort(key=lambda r: math.inf if math.isnan(r["final"]) else sign * r["final"])
-    return SweepResult(path, parent_run_id, uri, rows, baselines_of(the_plan, metric), errors)
+    out = SweepResult(path, parent_run_id, uri, rows, baselines_of(the_plan, metric), errors)
+    out.front = front_rows(rows, spec) if spec.tune.multi else []
+    return out
 
 
 def headline_metrics(result: SweepResult, spec: SweepSpec) -> dict[str, float]:
     """The parent run's metrics: the best trial's final value and, for a sweep of one scenario
     and seed, the baselines and the gains over them (the runs table shows them unexpanded)."""
-    metric = spec.tune.metric
+    metric = spec.tune.primary
     out = {f"best_{metric}": result.rows[0]["final"]} if result.rows else {}
-    heads = headline(result, spec.tune.mode)
+    heads = headline(result, spec.tune.primary_mode)
     if len(heads) == 1:
         (row,) = heads.values()
         names = {"student-DA": "student_da", "fair baseline": "fair_baseline"}
@@ -84,6 +95,8 @@ def headline_metrics(result: SweepResult, spec: SweepSpec) -> dict[str, float]:
                 out[f"{names[key]}_{metric}"] = value  # the baselines' values
             elif key != "best":
                 out[key] = value  # the gains over them
+    if spec.tune.multi:
+        out["front_size"] = float(len(result.front))
     return {k: v for k, v in out.items() if not math.isnan(v)}
 
 
@@ -141,18 +154,24 @@ def table_view(spec: SweepSpec) -> dict[str, Any]:
     """The runs table the summary links to: the runs best first by the sweep's metric, which
     the trials and stages carry, beside the headline metrics, which the parent runs carry (the
     arguments of :func:`~dakd.tracking.locations.ui_link` and ``save_view``)."""
-    metric = spec.tune.metric
+    metric = spec.tune.primary
+    others = [m for m in spec.tune.objectives[1:]]
     return {
         "order_by": metric,
-        "ascending": spec.tune.mode == "min",
-        "columns": [metric, *headline_columns(metric)],
+        "ascending": spec.tune.primary_mode == "min",
+        "columns": [
+            metric,
+            *others,
+            *headline_columns(metric),
+            *(["front_size"] if spec.tune.multi else []),
+        ],
     }
 
 
 def summary_markdown(result: SweepResult, spec: SweepSpec, top: int = 5) -> str:
     """What the sweep found, as Markdown: the best trials as a table, the stages and trials that
     failed and the best trial against the baselines as lists. The parent run's description."""
-    metric = spec.tune.metric
+    metric = spec.tune.primary
     lines = [
         f"best trials of {spec.name} by final {metric} (of {len(result.rows)}; "
         f"{result.errors} failed):",
@@ -172,7 +191,8 @@ def summary_markdown(result: SweepResult, spec: SweepSpec, top: int = 5) -> str:
     if causes:
         lines += ["", f"why trials failed ({result.errors}):", ""]
         lines += [f"- {cause}" for cause in causes]
-    heads = headline(result, spec.tune.mode)
+    lines += front_markdown(result, spec)
+    heads = headline(result, spec.tune.primary_mode)
     if heads:
         lines += ["", f"the best trial against the baselines ({metric}):", ""]
         for (scenario, seed), row in heads.items():

@@ -40,11 +40,14 @@ from dakd.sweep.context import (
     stages_of,
     trial_config,
 )
+from dakd.sweep.deployment import Deployment, measure_trial
 from dakd.sweep.hooks import TrialTracking, TuneReport, log_final_artifacts
 from dakd.sweep.spec import resolve, trial_label, trial_overrides
 from dakd.sweep.stage_tasks import ensure_stage
 from dakd.tracking.tags import (
+    DEPLOY,
     ERROR,
+    INFEASIBLE,
     RAY_NODE_ID,
     RAY_TRIAL_ID,
     REUSED,
@@ -107,6 +110,11 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     trial_dir = Path(tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolve(spec, config)
+    # the deployment figures first: a trial its figures rule out is recorded, not trained
+    deployment = measure_trial(spec, cfg, trial_label(spec, config), threads)
+    if deployment is not None and deployment.infeasible:
+        _record_infeasible(context, cfg, config, deployment)
+        return
     deps = stages_of(cfg, context)
     checkpoints = {}
     try:
@@ -135,18 +143,41 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     run_id = _restore(run_dir, trial_dir) or _trial_run_id(context, _trial_id())
     logger = _open_trial_run(context, cfg, config, run_id)
     (trial_dir / RUN_ID_FILE).write_text(logger.run_id)
+    figures = _log_deployment(logger, deployment)
 
     def send(metrics: dict[str, float], checkpoint: Path) -> None:
         with tempfile.TemporaryDirectory() as folder:
             shutil.copyfile(checkpoint, Path(folder) / "last.pt")
             (Path(folder) / RUN_ID_FILE).write_text(logger.run_id)
             tune.report(
-                {**metrics, "steps": cfg.train.steps, "mlflow_run_id": logger.run_id},
+                {**metrics, **figures, "steps": cfg.train.steps, "mlflow_run_id": logger.run_id},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
 
     tracking = TrialTracking(logger, checkpoints.get("teacher"), started)
     train(cfg, resume=True, hooks=[tracking, TuneReport(send)])
+
+
+def _log_deployment(logger, deployment: Deployment | None) -> dict[str, float]:
+    """Put a trial's deployment figures on its MLflow run; return them for its Tune results."""
+    if deployment is None:
+        return {}
+    logger.set_tags({DEPLOY: deployment.where})
+    logger.log_metrics(deployment.metrics, step=0)
+    return deployment.metrics
+
+
+def _record_infeasible(context, cfg: ExperimentConfig, config: dict, deployment: Deployment):
+    """An infeasible trial: its MLflow run holds the figures and why; Tune gets one result
+    (the figures, ``infeasible`` 1 and no training metric: Optuna counts it as pruned)."""
+    logger = _open_trial_run(context, cfg, config, _trial_run_id(context, _trial_id()))
+    logger.set_tags({INFEASIBLE: deployment.infeasible})
+    figures = _log_deployment(logger, deployment)
+    logger.finish("FINISHED")
+    print(f"trial {trial_label(context.spec, config)}: infeasible, {deployment.infeasible}")
+    tune.report(
+        {**figures, "infeasible": 1.0, "step": 0, "steps": 0, "mlflow_run_id": logger.run_id}
+    )
 
 
 # ------------------------------------------------------------------------------------------------

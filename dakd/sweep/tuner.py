@@ -24,20 +24,30 @@ def _evaluations(cfg: ExperimentConfig) -> int:
     return math.ceil(cfg.train.steps / cfg.train.eval_interval)
 
 
+def _sampler(t):
+    """Optuna's sampler: TPE (one or several objectives) or NSGA-II; seeded."""
+    import optuna
+
+    if t.sampler == "nsga2":
+        # a generation of half the samples (at least 2): a small sweep still evolves
+        population = max(2, min(50, t.num_samples // 2))
+        return optuna.samplers.NSGAIISampler(seed=t.search_seed, population_size=population)
+    return optuna.samplers.TPESampler(seed=t.search_seed)
+
+
 def build_tuner_parts(spec: SweepSpec):
     """(search algorithm, scheduler) for the spec's ``tune`` section."""
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, Repeater
-    from ray.tune.search.optuna import OptunaSearch
+
+    from dakd.sweep.objectives import ObjectivesSearch, ParetoScheduler
 
     t = spec.tune
     if t.search == "optuna":
-        import optuna
-
-        sampler = optuna.samplers.TPESampler(seed=t.search_seed)
         # copies: the searcher consumes its list
         points = [dict(p) for p in t.points_to_evaluate] or None
-        searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points)
+        objectives = {"metric": t.objectives, "mode": t.modes} if t.multi else {}
+        searcher = ObjectivesSearch(sampler=_sampler(t), points_to_evaluate=points, **objectives)
         search_alg = Repeater(searcher, repeat=len(t.seeds)) if len(t.seeds) > 1 else searcher
     else:
         # a SearchGenerator ignores TuneConfig.max_concurrent_trials: it takes its own limit
@@ -52,6 +62,10 @@ def build_tuner_parts(spec: SweepSpec):
             grace_period=int(t.asha.get("grace_period", 1)),
             reduction_factor=float(t.asha.get("reduction_factor", 2)),
         )
+    elif t.scheduler == "pareto":
+        scheduler = ParetoScheduler(
+            t.objectives, t.modes, grace_period=int(t.pareto.get("grace_period", 1))
+        )
     return search_alg, scheduler
 
 
@@ -60,12 +74,15 @@ def new_tuner(spec: SweepSpec, trainable, storage: str, name: str, uri: str):
 
     search_alg, scheduler = build_tuner_parts(spec)
     t = spec.tune
+    # several objectives under Optuna: the searcher holds the lists (Tune would overwrite them
+    # with one metric); grid and random searches rank by the first (the summary by the front)
+    single = not (t.multi and t.search == "optuna")
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
-            metric=t.metric,
-            mode=t.mode,
+            metric=t.primary if single else None,
+            mode=t.primary_mode if single else None,
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=t.num_samples * (len(t.seeds) if t.search == "optuna" else 1),

@@ -63,14 +63,23 @@ def merged(tree: dict[str, Any], overrides: Mapping[str, Any] = ()) -> dict[str,
     return tree
 
 
+#: A ``teacher``/``init`` the spec's experiment section sets to "" itself (DAKD from the student's
+#: ``pretrained`` weights, not from a stage): kept empty where a left-out one becomes ``auto``.
+EXPLICIT_EMPTY = "<empty>"
+
+
 def experiment_config(tree: dict[str, Any], overrides: Mapping[str, Any] = ()) -> ExperimentConfig:
-    """``tree`` with dotted ``overrides`` (leaf-expanded), DAKD's empty teacher/init set to auto,
-    built and checked by the config itself (ConfigError on a problem)."""
+    """``tree`` with dotted ``overrides`` (leaf-expanded), DAKD's empty teacher/init set to auto
+    (those :data:`EXPLICIT_EMPTY` stay empty), built and checked by the config itself
+    (ConfigError on a problem)."""
     tree = merged(tree, overrides)
     if tree.get("stage", ExperimentConfig.stage) == "dakd":
         for key in ("teacher", "init"):
             if tree.get(key, "") == "":
                 tree[key] = AUTO
+    for key in ("teacher", "init"):
+        if tree.get(key) == EXPLICIT_EMPTY:
+            tree[key] = ""
     return from_dict(tree)
 
 

@@ -82,6 +82,18 @@ TEACHER_CACHE = "teacher_cache"
 DOMAIN = "domain"
 #: Why a run failed, in one line.
 ERROR = "error"
+#: The trained network, e.g. ``drn_d_22 w0.125 os2``.
+NETWORK = "network"
+#: Where the trained network's weights started: ``init checkpoint``, ``pretrained <file>`` or
+#: ``random initialisation`` (with why, where ``pretrained: auto`` found no shipped weights).
+START = "start"
+#: Where and how a trial's deployment figures were measured (``512x1024 batch 1 on cpu``).
+DEPLOY = "deploy"
+#: Why a trial is infeasible (a constraint its figures break, or out of memory while measured);
+#: such a trial is recorded, not trained.
+INFEASIBLE = "infeasible"
+#: ``true`` on the trial runs on the sweep's Pareto front (several objectives).
+PARETO_FRONT = "pareto_front"
 
 
 def tag_filter(tag: str, value: str) -> str:

@@ -1,0 +1,73 @@
+"""Sweeps with several objectives: the Optuna searcher and the early stopping that stay correct.
+
+``tune.metric: [miou, peak_memory_mb]`` with ``mode: [max, min]`` asks for a Pareto front, not one
+best trial. Optuna searches it with a multi-objective sampler (TPE, or NSGA-II); Ray Tune's
+``OptunaSearch`` accepts the lists. What it does not handle is a trial without a value for every
+objective (one recorded infeasible before it trained): Optuna rejects the missing values and the
+trial stays RUNNING in its study. :class:`ObjectivesSearch` tells such a trial as pruned.
+
+ASHA ranks trials by one metric; :class:`ParetoScheduler` stops a trial whose objectives at an
+evaluation are dominated by another trial's at the same evaluation (after ``grace_period``
+evaluations): such a trial cannot be on the front of that evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from dakd.tracking.pareto import dominates
+
+
+class ObjectivesSearch(OptunaSearch):
+    """``OptunaSearch`` whose trials lacking an objective's value are told as pruned."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if result and any(_missing(result.get(m)) for m in metrics):
+            result = None  # Ray then tells Optuna PRUNED (or FAIL when the trial errored)
+        super().on_trial_complete(trial_id, result, error)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+class ParetoScheduler(FIFOScheduler):
+    """Stops a trial when another trial's objectives dominate its own at the same evaluation
+    (``training_iteration``), from evaluation ``grace_period`` on. Trials run in arrival order
+    (FIFO); a result without every objective never stops a trial."""
+
+    def __init__(self, metrics: Sequence[str], modes: Sequence[str], grace_period: int = 1):
+        super().__init__()
+        self.metrics = list(metrics)
+        self.modes = list(modes)
+        self.grace_period = grace_period
+        self.seen: dict[int, dict[str, tuple[float, ...]]] = {}  # evaluation -> trial -> values
+        self.stopped = 0
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        return self.decide(trial.trial_id, result)
+
+    def decide(self, trial_id: str, result: dict) -> str:
+        """CONTINUE or STOP for ``trial_id`` after ``result``."""
+        iteration = result.get("training_iteration")
+        values = tuple(result.get(m) for m in self.metrics)
+        if iteration is None or any(_missing(v) for v in values):
+            return TrialScheduler.CONTINUE
+        values = tuple(float(v) for v in values)
+        here = self.seen.setdefault(int(iteration), {})
+        here[trial_id] = values
+        if iteration < self.grace_period:
+            return TrialScheduler.CONTINUE
+        for other, theirs in here.items():
+            if other != trial_id and dominates(theirs, values, self.modes):
+                self.stopped += 1
+                return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def debug_string(self) -> str:
+        return f"Pareto stopping: {self.stopped} trial(s) stopped as dominated"
