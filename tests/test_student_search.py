@@ -341,3 +341,29 @@ def test_the_summary_prints_the_front_the_best_under_each_constraint_and_the_inf
     assert metrics["front_size"] == 3.0 and metrics["best_miou"] == 30.0
     view = table_view(spec)
     assert view["columns"][:2] == ["miou", "peak_memory_mb"] and "front_size" in view["columns"]
+
+
+def test_the_searcher_does_not_propose_a_configuration_twice():
+    import optuna
+
+    space = {
+        "w": optuna.distributions.CategoricalDistribution(["a", "b"]),
+        "s": optuna.distributions.CategoricalDistribution(["2", "8"]),
+    }
+    searcher = ObjectivesSearch(
+        space=space,
+        metric=["miou", "peak_memory_mb"],
+        mode=["max", "min"],
+        sampler=optuna.samplers.NSGAIISampler(seed=0, population_size=2),
+    )
+    seen = []
+    for i in range(4):  # the whole space: every suggestion new
+        params = searcher.suggest(f"t{i}")
+        seen.append((params["w"], params["s"]))
+        searcher.on_trial_complete(f"t{i}", {"miou": float(i), "peak_memory_mb": 10.0 - i})
+    assert len(set(seen)) == 4
+    # nothing new is left: the fifth is trained after RESAMPLES draws, not refused forever
+    assert isinstance(searcher.suggest("t4"), dict) and searcher.repeats >= 20
+    states = [t.state for t in searcher._ot_study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4
+    assert states.count(optuna.trial.TrialState.FAIL) == searcher.repeats

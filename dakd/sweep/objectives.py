@@ -13,6 +13,7 @@ evaluations): such a trial cannot be on the front of that evaluation.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 
@@ -22,8 +23,38 @@ from ray.tune.search.optuna import OptunaSearch
 from dakd.tracking.pareto import dominates
 
 
+#: How often a suggestion that repeats an earlier configuration is drawn again.
+RESAMPLES = 20
+
+
 class ObjectivesSearch(OptunaSearch):
-    """``OptunaSearch`` whose trials lacking an objective's value are told as pruned."""
+    """``OptunaSearch`` whose trials lacking an objective's value are told as pruned, and which
+    does not train a configuration twice: over a space of choices a sampler (NSGA-II's
+    crossover, TPE) often proposes one it already proposed, and a trial is deterministic for
+    its seed. Such a suggestion is told to Optuna as failed and drawn again (up to
+    :data:`RESAMPLES` times; then it is trained, since the sampler has nothing new to give)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.proposed: set[str] = set()
+        self.repeats = 0
+
+    def suggest(self, trial_id: str):
+        from optuna.trial import TrialState
+
+        params = super().suggest(trial_id)
+        for _ in range(RESAMPLES):
+            if not isinstance(params, dict):
+                return params
+            key = json.dumps(params, sort_keys=True, default=str)
+            if key not in self.proposed:
+                break
+            self.repeats += 1
+            self._ot_study.tell(self._ot_trials.pop(trial_id), state=TrialState.FAIL)
+            params = super().suggest(trial_id)
+        if isinstance(params, dict):
+            self.proposed.add(json.dumps(params, sort_keys=True, default=str))
+        return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
