@@ -22,7 +22,6 @@ from ray.tune.search.optuna import OptunaSearch
 
 from dakd.tracking.pareto import dominates
 
-
 #: How often a suggestion that repeats an earlier configuration is drawn again.
 RESAMPLES = 20
 
