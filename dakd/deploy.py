@@ -409,6 +409,24 @@ def measure_model(model: nn.Module, settings: DeploySettings, label: str) -> Dep
     )
 
 
+#: The figures known without running the network: :func:`static_figures` gives them.
+STATIC_METRICS = ("params_m", "gflops")
+
+
+def static_figures(
+    model_cfg: ModelConfig, settings: DeploySettings, num_classes: int = 19
+) -> dict[str, float]:
+    """``params_m`` and ``gflops`` of the network at ``settings``, from a network on the
+    ``meta`` device: known in a fraction of a second, before any pass runs (a constraint on
+    them rules a network out without timing it)."""
+    settings.check()
+    check_size(model_cfg, settings.size)
+    model = _build(model_cfg, num_classes, "meta")
+    with _classified(_where(network_label(model_cfg), settings, "meta"), torch.device("meta")):
+        flops = count_flops(model, settings)
+    return {"params_m": count_parameters(model) / 1e6, "gflops": flops / 1e9}
+
+
 def measure(
     model_cfg: ModelConfig,
     settings: DeploySettings,

@@ -367,3 +367,25 @@ def test_the_searcher_does_not_propose_a_configuration_twice():
     states = [t.state for t in searcher._ot_study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4
     assert states.count(optuna.trial.TrialState.FAIL) == searcher.repeats
+
+
+def test_a_bound_on_parameters_rules_a_student_out_before_it_is_timed(spec_file, monkeypatch):
+    import dakd.deploy
+    from dakd.sweep.deployment import measure_trial
+    from dakd.sweep.spec import resolve
+
+    spec = load_spec(spec_file(_with(tune__constraints={"params_m": {"max": 0.1}})))
+
+    def timed(*args, **kwargs):
+        raise AssertionError("a student over the parameter bound was run")
+
+    monkeypatch.setattr(dakd.deploy, "measure", timed)
+    cfg = resolve(spec, {"models.student.width": "0.125", "models.student.output_stride": "2"})
+    found = measure_trial(spec, cfg, "width=0.125", threads=1)
+    assert found.infeasible == "params_m 0.2552 > max 0.1"
+    assert set(found.metrics) == {"params_m", "gflops"}
+    assert found.where == "64x128 batch 1 (parameters and FLOPs only)"
+    # within the bound, the network is measured
+    cfg = resolve(spec, {"models.student.width": "0.0625", "models.student.output_stride": "8"})
+    with pytest.raises(AssertionError, match="was run"):
+        measure_trial(spec, cfg, "width=0.0625", threads=1)

@@ -45,12 +45,18 @@ def measure_trial(spec, cfg: ExperimentConfig, label: str, threads: int) -> Depl
     line naming the trial."""
     if spec.deploy is None:
         return None
-    from dakd.deploy import DeployError, DeployOutOfMemory, measure
+    from dakd.deploy import DeployError, DeployOutOfMemory, measure, static_figures
 
     settings = spec.deploy
     size = "x".join(str(v) for v in settings.size)
     where = f"{size} batch {settings.batch}"
     try:
+        # parameters and FLOPs first (no pass runs): a bound on them rules a student out
+        # before it is timed
+        static = static_figures(cfg.models.student, settings, num_classes=NUM_CLASSES)
+        if broken(static, spec.tune.constraints):
+            why = "; ".join(broken(static, spec.tune.constraints))
+            return Deployment(static, f"{where} (parameters and FLOPs only)", why)
         figures = measure(cfg.models.student, settings, num_classes=NUM_CLASSES, threads=threads)
     except DeployOutOfMemory as err:
         return Deployment({}, where, f"out of memory while measured: {err}")
