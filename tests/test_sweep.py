@@ -640,3 +640,49 @@ def test_the_plan_is_made_without_importing_mlflow():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_student_search_records_infeasible_students_and_tags_its_front(local_ray, place):
+    """A bound the wider student breaks: it is measured, recorded with why, and not trained;
+    the front is the feasible student, tagged, plotted, counted on the parent run."""
+    overrides = [
+        *_overrides(place),
+        "deploy.size=[64, 128]",
+        # parameters are the same on every machine, unlike a memory figure
+        "tune.constraints={params_m: {max: 0.1}}",
+        "tracking.experiment=student_search_bounded",
+    ]
+    spec = smoke(ROOT / "sweeps" / "student_search.yaml", overrides)
+    lines: list[str] = []
+    result = run_sweep(spec, root=ROOT, log=lines.append)
+    by_status = {r["status"]: r for r in result.rows}
+    assert sorted(by_status) == ["done", "infeasible"] and result.errors == 0
+    assert by_status["infeasible"]["trial"].startswith("width=0.125")
+    assert [r["trial"] for r in result.front] == [by_status["done"]["trial"]]
+
+    client = MlflowClient(place["uri"])
+    _, children = _finished_children(client, spec.experiment_name, result.parent_run_id)
+    trials = {r.data.tags["trial"]: r for r in children if "trial" in r.data.tags}
+    bounded = trials[by_status["infeasible"]["trial"]]
+    assert bounded.info.status == "FINISHED"
+    assert bounded.data.tags["infeasible"].startswith("params_m 0.2552 > max 0.1")
+    # ruled out by its parameters before any pass ran: not timed, not trained
+    assert {"params_m", "gflops"} <= set(bounded.data.metrics)
+    assert "latency_ms" not in bounded.data.metrics and "miou" not in bounded.data.metrics
+    assert bounded.data.tags["deploy"] == "64x128 batch 1 (parameters and FLOPs only)"
+    assert "early_stopped" not in bounded.data.tags
+    assert bounded.data.tags["start"] == "pretrained drn_d_22-w0.125-os2.pt"
+    kept = trials[by_status["done"]["trial"]]
+    assert kept.data.tags["pareto_front"] == "true"
+    assert kept.data.tags["deploy"].startswith("64x128 batch 1 on cpu")
+    assert kept.data.tags["start"] == "pretrained drn_d_22-w0.0625-os2.pt"
+    assert kept.data.metrics["params_m"] < 0.1 and "miou" in kept.data.metrics
+
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.metrics["front_size"] == 1.0
+    description = parent.data.tags["mlflow.note.content"]
+    assert "the Pareto front (1 of 2 trials; max miou, min peak_memory_mb)" in description
+    assert "- params_m <= 0.1: width=0.0625" in description
+    assert "infeasible, recorded and not trained (1):" in description
+    plots = {a.path for a in client.list_artifacts(result.parent_run_id, "analysis")}
+    assert "analysis/pareto_front.png" in plots
