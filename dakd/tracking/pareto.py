@@ -55,7 +55,7 @@ COLUMNS = ("label", "paradigm", "miou", "peak_memory_mb", "latency_ms", "params_
 DIGITS = {"miou": 2, "pixel_acc": 2, "peak_memory_mb": 0, "latency_ms": 2, "params_m": 3}
 AXIS_LABELS = {
     "miou": "target val mIoU (%)",
-    "peak_memory_mb": "peak memory (MB)",
+    "peak_memory_mb": "peak memory (MiB)",
     "latency_ms": "latency (ms)",
     "params_m": "parameters (M)",
     "gflops": "GFLOPs",
