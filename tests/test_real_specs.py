@@ -85,3 +85,22 @@ def test_dry_run_without_data_or_with_broken_data_fails_with_one_error(place, mo
     err = capsys.readouterr().err
     assert err.startswith(f"error: {spec}: experiment: models.teacher.pretrained: ")
     assert "drn_d_38-eebb45f0.pth does not exist" in err
+
+
+def test_the_student_search_on_real_data_checks_its_data_and_students(place, capsys):
+    """Its dry run checks the data, the weight files of the students that name one, and the
+    deployment resolution against every student; it shares synth_to_real's teacher-DA stage."""
+    spec = load_spec(ROOT / "sweeps" / "student_search_real.yaml")
+    assert spec.tune.objectives == ["miou", "peak_memory_mb"] and spec.deploy.size == [1024, 2048]
+    assert spec.base.data.scenario == "synth_to_real" and spec.resources.gpu == 1
+    paper = load_spec(ROOT / "sweeps" / "synth_to_real.yaml")
+    teacher_da = {"stage": "teacher_da", "teacher": "", "init": ""}
+    from dakd.sweep.values import experiment_config
+
+    ours = experiment_config(spec.base.to_dict(), {**spec.stages, **teacher_da})
+    theirs = experiment_config(paper.base.to_dict(), {**paper.stages, **teacher_da})
+    assert ours.fingerprint() == theirs.fingerprint()
+    assert _cli([str(ROOT / "sweeps" / "student_search_real.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "gta5 train" in out and "check passed" in out
+    assert "deploy: each student measured at 1024x2048, batch 1, on auto" in out
