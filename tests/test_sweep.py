@@ -81,7 +81,7 @@ def test_dry_run_prints_the_plan_without_ray(path, capsys):
     out = capsys.readouterr().out
     spec = load_spec(path)
     assert f"sweep {spec.name}" in out
-    assert "trials:" in out and "stages:" in out
+    assert "trials:" in out and "stages the trials build on or are measured against:" in out
     assert not ray.is_initialized()
 
 

@@ -16,6 +16,7 @@ the Train run under the same name and storage, which resumes it from its latest 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -168,15 +169,24 @@ def _log_deployment(logger, deployment: Deployment | None) -> dict[str, float]:
 
 
 def _record_infeasible(context, cfg: ExperimentConfig, config: dict, deployment: Deployment):
-    """An infeasible trial: its MLflow run holds the figures and why; Tune gets one result
-    (the figures, ``infeasible`` 1 and no training metric: Optuna counts it as pruned)."""
+    """An infeasible trial: its MLflow run holds the figures and why; Tune gets one result:
+    the figures, ``infeasible`` 1 and NaN for every objective it has no value of (Tune wants
+    each objective in a result; Optuna counts the trial as pruned)."""
     logger = _open_trial_run(context, cfg, config, _trial_run_id(context, _trial_id()))
     logger.set_tags({INFEASIBLE: deployment.infeasible})
     figures = _log_deployment(logger, deployment)
     logger.finish("FINISHED")
     print(f"trial {trial_label(context.spec, config)}: infeasible, {deployment.infeasible}")
+    missing = dict.fromkeys(context.spec.tune.objectives, math.nan)
     tune.report(
-        {**figures, "infeasible": 1.0, "step": 0, "steps": 0, "mlflow_run_id": logger.run_id}
+        {
+            **missing,
+            **figures,
+            "infeasible": 1.0,
+            "step": 0,
+            "steps": 0,
+            "mlflow_run_id": logger.run_id,
+        }
     )
 
 
