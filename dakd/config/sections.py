@@ -19,7 +19,9 @@ class ModelConfig:
     or the embedded benchmark's shipped weights, ``python -m dakd pretrain``) the network starts
     from when no ``init`` checkpoint is given; tensors are matched by name and shape, and the
     match is reported; an encoder tensor the file lacks or has in another shape is an error.
-    Nothing is downloaded.
+    Nothing is downloaded. ``auto``: the shipped backbone of this name and width in
+    ``weights/embedded/`` (any output stride: the encoder is the same), or random
+    initialisation where none is shipped (``dakd.models.pretrained.resolve_pretrained``).
 
     ``output_stride``: stride of the output-level logits. 8 is the paper's DRN; 4 or 2 add a
     light decoder that fuses an early stage (DRN only), so that thin and small classes survive

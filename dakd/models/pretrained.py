@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dakd.checkpoint import CheckpointError
+from dakd.paradigms import AUTO
 
 MANIFEST = "manifest.json"
 """Name of the file beside shipped weights that records each file's sha256 and network."""
@@ -66,10 +67,6 @@ def teacher_file(scenario: str) -> str:
     return f"teacher_da-{scenario}.pt"
 
 
-#: ``models.<network>.pretrained: auto``: the shipped backbone of that network, if there is one.
-SHIPPED = "auto"
-
-
 def shipped_dir() -> Path:
     """The folder of the shipped weights in this checkout."""
     return Path(__file__).resolve().parents[2] / SHIPPED_DIR
@@ -96,8 +93,9 @@ def shipped_backbone(model, folder: Path | None = None) -> Path | None:
 
 def resolve_pretrained(model) -> str:
     """The weights file a ``models.<network>`` config starts from: its ``pretrained`` file, the
-    shipped backbone for ``auto`` ("" when none is shipped: random initialisation), or ""."""
-    if model.pretrained != SHIPPED:
+    shipped backbone for ``auto`` (:func:`shipped_backbone`; "" when none is shipped: random
+    initialisation), or ""."""
+    if model.pretrained != AUTO:
         return model.pretrained
     path = shipped_backbone(model)
     return str(path) if path is not None else ""

@@ -164,7 +164,7 @@ def run_tags(cfg: ExperimentConfig, context: SweepContext) -> dict[str, str]:
 
 def start_of(cfg: ExperimentConfig) -> str:
     """Where the trained network's weights start (the :data:`START` tag)."""
-    from dakd.models.pretrained import SHIPPED, resolve_pretrained
+    from dakd.models.pretrained import resolve_pretrained
 
     if cfg.init:
         return "init checkpoint"
@@ -172,7 +172,7 @@ def start_of(cfg: ExperimentConfig) -> str:
     path = resolve_pretrained(model)
     if path:
         return f"pretrained {Path(path).name}"
-    if model.pretrained == SHIPPED:
+    if model.pretrained == AUTO:
         return f"random initialisation (no shipped weights for {network_label(model)})"
     return "random initialisation"
 

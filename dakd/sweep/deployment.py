@@ -54,8 +54,8 @@ def measure_trial(spec, cfg: ExperimentConfig, label: str, threads: int) -> Depl
         # parameters and FLOPs first (no pass runs): a bound on them rules a student out
         # before it is timed
         static = static_figures(cfg.models.student, settings, num_classes=NUM_CLASSES)
-        if broken(static, spec.tune.constraints):
-            why = "; ".join(broken(static, spec.tune.constraints))
+        why = "; ".join(broken(static, spec.tune.constraints))
+        if why:
             return Deployment(static, f"{where} (parameters and FLOPs only)", why)
         figures = measure(cfg.models.student, settings, num_classes=NUM_CLASSES, threads=threads)
     except DeployOutOfMemory as err:

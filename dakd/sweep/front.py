@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from dakd.config import ExperimentConfig
 from dakd.deploy import DEPLOY_METRICS
-from dakd.tracking.pareto import best_under, front_table, pareto_front, plot_pareto
+from dakd.tracking.pareto import best_under, front_table, plot_pareto
+from dakd.tracking.pareto import front_rows as pareto_rows
 
 if TYPE_CHECKING:
     from dakd.sweep.spec import SweepSpec
@@ -56,16 +57,9 @@ def _candidates(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def front_rows(rows: list[dict[str, Any]], spec: SweepSpec) -> list[dict[str, Any]]:
-    """The rows on the Pareto front of ``spec``'s objectives, the first minimised objective
-    ascending (memory, say), else the first objective best first."""
-    t = spec.tune
-    done = _candidates(rows)
-    front = [
-        done[i] for i in pareto_front([[r.get(m) for m in t.objectives] for r in done], t.modes)
-    ]
-    order = sorted(range(len(t.objectives)), key=lambda k: t.modes[k] != "min")
-    sign = [1.0 if m == "min" else -1.0 for m in t.modes]
-    return sorted(front, key=lambda r: [sign[k] * r[t.objectives[k]] for k in order])
+    """The finished rows on the Pareto front of ``spec``'s objectives, the first minimised
+    objective ascending (memory, say), else the first objective best first."""
+    return list(pareto_rows(_candidates(rows), spec.tune.objectives, spec.tune.modes))
 
 
 def _table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dakd.config import ExperimentConfig, fail
+from dakd.paradigms import AUTO
 from dakd.sweep.settings import section
 from dakd.sweep.space import Distribution
 from dakd.sweep.values import assignments, config_path
@@ -43,10 +44,10 @@ def check_students(students: list[tuple[str, Any]], root: Path) -> None:
     """A searched student that its ``pretrained`` file does not fit (another name or width)
     stops here; ``auto`` picks each student's shipped weights, or none."""
     from dakd.checkpoint import CheckpointError
-    from dakd.models.pretrained import SHIPPED, check_manifest, network_of
+    from dakd.models.pretrained import check_manifest, network_of
 
     for key, student in students:
-        if student.pretrained in ("", SHIPPED):
+        if student.pretrained in ("", AUTO):
             continue
         path = Path(student.pretrained)
         path = path if path.is_absolute() or path.is_file() else root / path
