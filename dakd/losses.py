@@ -21,7 +21,15 @@ DISTILL_TERMS = ("kl", "mse", "pseudo")
 
 
 def upsample(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinearly resize stride-8 logits to ``size`` (H, W), as AdaptSegNet does before its losses."""
+    """Bilinearly resize stride-8 logits to ``size`` (H, W), as AdaptSegNet does before its losses.
+
+    The result is float32 in the default (NCHW) memory format, converted on the logits' small
+    grid: mixed-precision logits (``train.amp``) and channels-last ones (``train.channels_last``)
+    would otherwise be cast and copied at full size by every loss that reads them (autocast
+    runs softmax, cross-entropy and MSE in float32, and they read NCHW). For float32 NCHW
+    logits, the CPU default, nothing changes.
+    """
+    logits = logits.contiguous().float()
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
@@ -91,6 +99,7 @@ def distill_terms(
     levels: Sequence[str],
     temperature: float = 1.0,
     threshold: float = 0.0,
+    pseudo: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The unweighted distillation terms on one batch, summed over the selected levels.
 
@@ -98,15 +107,32 @@ def distill_terms(
     shape. At each level: KL between the level's class distributions, MSE between the level's maps,
     and cross-entropy of the level's student logits against the teacher's *output-level* argmax
     (the teacher's final prediction is the pseudo ground truth for every student head, as ground
-    truth is for L_seg).
+    truth is for L_seg). ``pseudo`` gives that output-level prediction per level when the levels'
+    maps differ in size (:func:`at_logit_grid`); by default every level reads
+    ``teacher["output"]``.
     """
-    pseudo_source = teacher["output"]
     terms = {name: student[levels[0]].new_zeros(()) for name in DISTILL_TERMS}
     for level in levels:
+        pseudo_source = teacher["output"] if pseudo is None else pseudo[level]
         terms["kl"] = terms["kl"] + kl_divergence(student[level], teacher[level], temperature)
         terms["mse"] = terms["mse"] + mse(student[level], teacher[level])
         terms["pseudo"] = terms["pseudo"] + pseudo_ce(student[level], pseudo_source, threshold)
     return terms
+
+
+def at_logit_grid(
+    student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor], levels: Sequence[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``distill.resolution: logits``: the student's raw logits per level, the teacher's map of
+    the level resized to the student's grid, and the teacher's output-level map resized to it
+    (the pseudo labels' source), for :func:`distill_terms`. A map already on the student's grid
+    is used as it is; so with equal strides nothing is resized and no full-size map exists."""
+    maps, pseudo = {}, {}
+    for level in levels:
+        grid = student[level].shape[-2:]
+        maps[level] = upsample(teacher[level], grid)
+        pseudo[level] = upsample(teacher["output"], grid)
+    return {level: student[level].contiguous() for level in levels}, maps, pseudo
 
 
 def weighted_distill(

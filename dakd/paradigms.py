@@ -56,6 +56,10 @@ LEVELS = ("feature", "output")
 #: part of stored keys (stage fingerprints, cache folders), so it stays as it is.
 DEFAULT_LEVELS = ("output", "feature")
 
+#: Where the distillation terms compare student and teacher (``distill.resolution``): at the
+#: images' size (the paper's form) or on the student's logit grid.
+RESOLUTIONS = ("image", "logits")
+
 
 @dataclass(frozen=True)
 class Phase:

@@ -15,6 +15,7 @@ import torch
 
 from dakd.config import ConfigError, ExperimentConfig, TrainConfig
 from dakd.distributed import World, current_world
+from dakd.paradigms import AUTO
 
 
 def resolve_device(name: str, world: World | None = None) -> torch.device:
@@ -50,7 +51,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 @dataclass(frozen=True)
 class Speed:
-    """The speed switches of ``train`` as they apply on this device (see ``TrainConfig``)."""
+    """The speed switches of ``train`` as they apply on this device (see ``TrainConfig``):
+    ``auto`` resolved, and what the hardware cannot honour off."""
 
     amp_dtype: torch.dtype | None = None
     grad_scaling: bool = False
@@ -58,15 +60,35 @@ class Speed:
     compile: bool = False
     cudnn_benchmark: bool = False
     sync_bn: bool = False
+    deterministic: bool = True
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def _auto(value, cuda: bool) -> bool:
+    """A switch that is true, false or ``auto`` (on CUDA, off on the CPU)."""
+    return cuda if value == AUTO else bool(value)
 
 
 def speed_settings(t: TrainConfig, device: torch.device, world: World) -> tuple[Speed, list[str]]:
     """What ``t``'s speed switches do on ``device``, and a one-line notice per switch that the
-    hardware cannot honour (it stays off)."""
+    hardware cannot honour (it stays off).
+
+    ``auto`` is the fastest trustworthy setting of the device: on CUDA bf16 autocast (float32
+    on a GPU without bfloat16, with a notice), channels_last, cuDNN autotuning and
+    non-deterministic kernels (unless ``deterministic: true``); on the CPU none of them."""
     cuda = device.type == "cuda"
     notices = []
     amp_dtype = None
-    if t.amp == "bf16":
+    if t.amp == AUTO:
+        if cuda and torch.cuda.is_bf16_supported():
+            amp_dtype = torch.bfloat16
+        elif cuda:
+            name = torch.cuda.get_device_name(device)
+            notices.append(f"train.amp=auto: {name} lacks bfloat16; training in float32")
+    elif t.amp == "bf16":
         if cuda and not torch.cuda.is_bf16_supported():
             name = torch.cuda.get_device_name(device)
             notices.append(f"train.amp=bf16: {name} lacks bfloat16; training in float32")
@@ -77,7 +99,8 @@ def speed_settings(t: TrainConfig, device: torch.device, world: World) -> tuple[
             amp_dtype = torch.float16
         else:
             notices.append(f"train.amp=fp16 needs CUDA; training in float32 on {device.type}")
-    if t.cudnn_benchmark and not cuda:
+    deterministic = not cuda if t.deterministic == AUTO else t.deterministic
+    if t.cudnn_benchmark is True and not cuda:
         notices.append(f"train.cudnn_benchmark needs CUDA (cuDNN); off on {device.type}")
     if t.sync_bn and world.distributed and not cuda:
         notices.append(
@@ -87,12 +110,29 @@ def speed_settings(t: TrainConfig, device: torch.device, world: World) -> tuple[
     speed = Speed(
         amp_dtype=amp_dtype,
         grad_scaling=amp_dtype == torch.float16,
-        channels_last=t.channels_last,
+        channels_last=_auto(t.channels_last, cuda),
         compile=t.compile,
-        cudnn_benchmark=t.cudnn_benchmark and cuda,
+        cudnn_benchmark=_auto(t.cudnn_benchmark, cuda) and cuda and not deterministic,
         sync_bn=t.sync_bn and world.distributed and cuda,
+        deterministic=bool(deterministic),
     )
     return speed, notices
+
+
+def hold_in_amp_dtype(module: torch.nn.Module, speed: Speed) -> torch.nn.Module:
+    """A frozen network's convolution and linear weights held in the autocast dtype, cast once.
+
+    Autocast casts the float32 weights of every such layer on every call when they take no
+    gradient (it caches casts only for leaves that require one): a copy per layer per step for
+    the frozen teacher. Cast once here, the values are those autocast would compute, so the
+    outputs are unchanged, bit for bit; BatchNorm keeps float32 statistics as under autocast.
+    A network outside autocast (``amp`` off) is left as it is."""
+    if speed.amp_dtype is None:
+        return module
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Conv2d | torch.nn.ConvTranspose2d | torch.nn.Linear):
+            layer.to(speed.amp_dtype)
+    return module
 
 
 def check_world(cfg: ExperimentConfig, world: World) -> None:

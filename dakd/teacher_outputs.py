@@ -29,7 +29,7 @@ from dakd.config import ExperimentConfig
 from dakd.distributed import World, current_world
 from dakd.models.domain_bn import bn_domain
 from dakd.paradigms import LEVELS, STAGES, paradigm_phases, phase_at
-from dakd.runtime import Speed, resolve_device, set_threads, speed_settings
+from dakd.runtime import Speed, hold_in_amp_dtype, resolve_device, set_threads, speed_settings
 
 
 def distill_reads(cfg: ExperimentConfig) -> dict[str, int]:
@@ -220,7 +220,7 @@ def build_teacher_cache(
     cached = tcache.open_cache(root, spec)
     built = cached is None
     if built:
-        teacher = load_teacher(cfg, device)
+        teacher = hold_in_amp_dtype(load_teacher(cfg, device), speed)
         if speed.channels_last:
             teacher.to(memory_format=torch.channels_last)
         step = torch.compile(teacher) if speed.compile else teacher
@@ -330,7 +330,7 @@ class TeacherOutputs:
         """Load the frozen teacher (once)."""
         if self.teacher is not None:
             return
-        self.teacher = load_teacher(self.cfg, self.device)
+        self.teacher = hold_in_amp_dtype(load_teacher(self.cfg, self.device), self.speed)
         self.teacher.to(memory_format=self.memory_format)
         self.teacher_step = torch.compile(self.teacher) if self.speed.compile else self.teacher
 
@@ -346,9 +346,10 @@ class TeacherOutputs:
 
         return forward
 
-    def predict(self, role: str, batch) -> dict[str, torch.Tensor]:
-        """The teacher's predictions on a batch of ``role``'s domain, upsampled to the images:
-        read from the cache when the domain has one, else computed by the live teacher."""
+    def raw(self, role: str, batch) -> dict[str, torch.Tensor]:
+        """The teacher's maps on a batch of ``role``'s domain at its own strides (each level's
+        logit grid), on the trainer's device: read from the cache when the domain has one,
+        else computed by the live teacher."""
         cache = self.caches.get(role)
         if cache is None:
             bn = self.source_statistics if role == "source" else _no_switch
@@ -356,16 +357,17 @@ class TeacherOutputs:
                 self.device, non_blocking=True, memory_format=self.memory_format
             )
             with bn(self.teacher):
-                return image_size_outputs(self.teacher_step, images)
-        size = batch["image"].shape[-2:]
+                return self.teacher_step(images)
         if "geometry" in batch and tcache.geometry_of(self.datasets[role])[0] == "crop":
             raw = self.cached_crops(cache, role, batch)
         else:
             raw = cache.lookup(batch["index"], batch["flip"])
-        return {
-            level: losses.upsample(raw[level].to(self.device, non_blocking=True), size)
-            for level in LEVELS
-        }
+        return {level: raw[level].to(self.device, non_blocking=True) for level in LEVELS}
+
+    def predict(self, role: str, batch, levels=LEVELS) -> dict[str, torch.Tensor]:
+        """:meth:`raw` upsampled to the images' size (the ``levels`` asked for)."""
+        raw, size = self.raw(role, batch), batch["image"].shape[-2:]
+        return {level: losses.upsample(raw[level], size) for level in levels}
 
     def cached_crops(self, cache: tcache.TeacherCache, role: str, batch):
         """Stored maps cut as the real-data samples were cut (random scale, crop, flip)."""

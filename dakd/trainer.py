@@ -44,7 +44,7 @@ from dakd.models.pretrained import (
 )
 from dakd.paradigms import LEVELS, STAGES, phase_at
 from dakd.runtime import check_world, resolve_device, seed_everything, set_threads, speed_settings
-from dakd.teacher_outputs import TeacherOutputs, image_size_outputs
+from dakd.teacher_outputs import TeacherOutputs
 from dakd.validation import evaluate_on
 
 
@@ -71,8 +71,8 @@ class Trainer:
         check_world(cfg, world)
         self.device = device or resolve_device(cfg.train.device, world)
         set_threads(cfg.train.threads)
-        seed_everything(cfg.seed, cfg.train.deterministic)
         self.speed, notices = speed_settings(cfg.train, self.device, world)
+        seed_everything(cfg.seed, self.speed.deterministic)
         if world.is_main:
             for notice in notices:
                 print(f"note: {notice}", file=sys.stderr)
@@ -208,11 +208,12 @@ class Trainer:
         src = self.source.batch(step) if needs_source else None
         tgt = self.target.batch(step) if needs_target else None
         with self.autocast():
-            pred_s = None
+            raw_s = pred_s = raw_t = pred_t = None
             if src:
                 with self._source_statistics(self.model):
-                    pred_s = image_size_outputs(self.student, self.images(src))
-            pred_t = image_size_outputs(self.student, self.images(tgt)) if tgt else None
+                    raw_s, pred_s = self._predict(self.images(src))
+            if tgt:
+                raw_t, pred_t = self._predict(self.images(tgt))
             labelled = (pred_s, src) if needs_source else (pred_t, tgt)
             terms = self._segmentation(*labelled)
             lw = self.cfg.loss
@@ -222,7 +223,8 @@ class Trainer:
                 adv_output, adv_feature = terms["adv_output"], terms["adv_feature"]
                 total = total + lw.adv_output * adv_output + lw.adv_feature * adv_feature
             if stage.distill:
-                total = total + self._distillation(pred_s, pred_t, src, tgt, terms)
+                student = {"source": (raw_s, pred_s), "target": (raw_t, pred_t)}
+                total = total + self._distillation(student, src, tgt, terms)
         terms["total"] = total
         self._check_finite(total, terms)
         self.optimizer.zero_grad(set_to_none=True)
@@ -235,6 +237,13 @@ class Trainer:
             self.ema.update_parameters(self.model)
         self.step += 1
         return {k: v.detach() for k, v in terms.items()}
+
+    def _predict(self, images: torch.Tensor):
+        """The student's logits of both levels on ``images``: raw (each level's own grid) and
+        upsampled to the images' size (what L_seg and the discriminators read)."""
+        raw = self.student(images)
+        size = images.shape[-2:]
+        return raw, {level: losses.upsample(raw[level], size) for level in LEVELS}
 
     def _schedule_lr(self) -> None:
         cfg, step = self.cfg, self.step
@@ -267,22 +276,37 @@ class Trainer:
         }
         terms["adv_output"], terms["adv_feature"] = adv["output"], adv["feature"]
 
-    def _distillation(self, pred_s, pred_t, src, tgt, terms) -> torch.Tensor:
+    def _distillation(self, student, src, tgt, terms) -> torch.Tensor:
         """L_distill: KL, MSE and pseudo-teacher CE against the frozen teacher on the domains the
-        paradigm's current phase distils on, weighted per domain (``loss.target``)."""
+        paradigm's current phase distils on, weighted per domain (``loss.target``).
+
+        ``student`` maps a domain to the student's (raw, image-size) logits. The terms compare
+        the maps at the images' size (``distill.resolution: image``, the paper's form) or on
+        the student's logit grid (``logits``: the teacher's maps resized to it, no full-size
+        map materialised)."""
         cfg, lw = self.cfg, self.cfg.loss
         phase = phase_at(cfg.paradigm, self.step, cfg.train.steps, cfg.distill.sequential_split)
-        args = (cfg.distill.levels, lw.temperature, lw.pseudo_threshold)
+        levels = cfg.distill.levels
+        args = (levels, lw.temperature, lw.pseudo_threshold)
         weights = {"kl": lw.kl, "mse": lw.mse, "pseudo": lw.pseudo}
+        at_image = cfg.distill.resolution == "image"
+        read = [*levels, *(["output"] if "output" not in levels else [])]
         teacher_pred = {}
         with torch.no_grad():
             for name, on, batch in (("source", phase.source, src), ("target", phase.target, tgt)):
                 if on:
-                    teacher_pred[name] = self.teacher_outputs.predict(name, batch)
+                    outputs = self.teacher_outputs
+                    teacher_pred[name] = (
+                        outputs.predict(name, batch, read) if at_image else outputs.raw(name, batch)
+                    )
         per_domain = {}
-        for name, pred in (("source", pred_s), ("target", pred_t)):
+        for name, (raw, pred) in student.items():
             if name in teacher_pred:
-                per_domain[name] = losses.distill_terms(pred, teacher_pred[name], *args)
+                if at_image:
+                    per_domain[name] = losses.distill_terms(pred, teacher_pred[name], *args)
+                else:
+                    s_maps, t_maps, pseudo = losses.at_logit_grid(raw, teacher_pred[name], levels)
+                    per_domain[name] = losses.distill_terms(s_maps, t_maps, *args, pseudo=pseudo)
                 for term, value in per_domain[name].items():
                     terms[f"{term}_{name}"] = value
         distill = losses.distillation_objective(

@@ -46,12 +46,16 @@ def test_ints_accepted_for_floats_but_not_the_reverse():
             r"models\.student\.name: 'vgg' is not registered",
         ),
         ({"train": {"steps": 0}}, r"train\.steps: must be >= 1"),
-        ({"train": {"deterministic": "yes"}}, r"train\.deterministic: expected true or false"),
+        (
+            {"train": {"deterministic": "yes"}},
+            r"train\.deterministic: must be true, false or auto, got 'yes'",
+        ),
+        ({"train": {"channels_last": 1}}, r"train\.channels_last: 1 matches none of bool \| str"),
         ({"stage": "dakd"}, r"teacher: stage 'dakd' needs"),
-        ({"train": {"amp": "fp8"}}, r"train\.amp: 'fp8' is not one of fp32, bf16, fp16"),
+        ({"train": {"amp": "fp8"}}, r"train\.amp: 'fp8' is not one of auto, fp32, bf16, fp16"),
         ({"train": {"amp": False}}, r"train\.amp: expected a string"),
         (
-            {"train": {"cudnn_benchmark": True}},
+            {"train": {"cudnn_benchmark": True, "deterministic": True}},
             r"train\.cudnn_benchmark: needs train\.deterministic=false",
         ),
     ],
@@ -156,7 +160,7 @@ def test_each_section_checks_itself_naming_the_dotted_key():
         (LossConfig(temperature=0.0), r"^loss\.temperature: must be > 0"),
         (DistillConfig(levels=["middle"]), r"^distill\.levels: \['middle'\] has a level not in"),
         (OptimConfig(disc_betas=[0.9]), r"^optim\.disc_betas: must be two numbers"),
-        (TrainConfig(cudnn_benchmark=True), r"^train\.cudnn_benchmark: needs"),
+        (TrainConfig(cudnn_benchmark=True, deterministic=True), r"^train\.cudnn_benchmark: needs"),
         (TeacherCacheConfig(topk=19), r"^teacher_cache\.topk: must be 0"),
     ):
         with pytest.raises(ConfigError, match=message):

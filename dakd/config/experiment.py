@@ -43,6 +43,7 @@ FINGERPRINT_NEUTRAL = {
     "train.sync_bn": False,
     "train.ema": 0.0,
     "train.ema_warmup": False,
+    "distill.resolution": "image",
     "models.teacher.pretrained": "",
     "models.student.pretrained": "",
     "models.teacher.output_stride": 8,
@@ -61,6 +62,16 @@ FINGERPRINT_NEUTRAL = {
     "teacher_cache.dtype": "float32",
     "teacher_cache.topk": 0,
     "teacher_cache.if_full": "stop",
+}
+
+#: The speed switches' ``auto`` as fingerprints read it: the CPU's setting, the behaviour from
+#: before ``auto`` existed (as ``train.device: auto`` names the configuration, not the device a
+#: run lands on), so stored stages stay valid.
+FINGERPRINT_AUTO = {
+    "train.amp": "fp32",
+    "train.channels_last": False,
+    "train.cudnn_benchmark": False,
+    "train.deterministic": True,
 }
 
 
@@ -138,8 +149,12 @@ class ExperimentConfig:
         finds the same stages; other backbone weights by their absolute path.
         """
         flat = {
-            k: v
+            k: FINGERPRINT_AUTO[k] if k in FINGERPRINT_AUTO and v == AUTO else v
             for k, v in self.flat().items()
+        }
+        flat = {
+            k: v
+            for k, v in flat.items()
             if k not in exclude and not (k in FINGERPRINT_NEUTRAL and FINGERPRINT_NEUTRAL[k] == v)
         }
         if self.data.dataset == "scenes":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dakd.config.build import require
-from dakd.paradigms import DEFAULT_LEVELS, LEVELS
+from dakd.paradigms import DEFAULT_LEVELS, LEVELS, RESOLUTIONS
 
 
 @dataclass
@@ -96,10 +96,18 @@ class LossConfig:
 
 @dataclass
 class DistillConfig:
-    """Distillation levels and, for paradigm (d), the share of steps spent in phase (c)."""
+    """Distillation levels, where the terms compare the maps and, for paradigm (d), the share
+    of steps spent in phase (c).
+
+    ``resolution``: ``image`` (the paper's form, AdaptSegNet's: student and teacher logits
+    upsampled to the images' size, every term over every pixel) or ``logits`` (the terms on
+    the student's logit grid of each level, the teacher's maps resized to it: no full-size map
+    for distillation, 1/stride^2 of the arithmetic; L_seg keeps the labels' full size).
+    """
 
     levels: list[str] = field(default_factory=lambda: list(DEFAULT_LEVELS))
     sequential_split: float = 0.5
+    resolution: str = "image"
 
     def check(self) -> None:
         levels = self.levels
@@ -111,6 +119,11 @@ class DistillConfig:
         )
         require(len(set(levels)) == len(levels), "distill.levels", f"{levels} repeats a level")
         require(0 < self.sequential_split < 1, "distill.sequential_split", "must be in (0, 1)")
+        require(
+            self.resolution in RESOLUTIONS,
+            "distill.resolution",
+            f"{self.resolution!r} is not one of {', '.join(RESOLUTIONS)}",
+        )
 
 
 @dataclass
@@ -191,7 +204,7 @@ class TeacherCacheConfig:
         )
 
 
-AMP_MODES = ("fp32", "bf16", "fp16")
+AMP_MODES = ("auto", "fp32", "bf16", "fp16")
 #: ``train.bn_stats`` values (dakd.models.domain_bn.BN_MODES; the core config imports no torch).
 BN_MODES = ("domain", "target", "blended")
 
@@ -203,24 +216,36 @@ class TrainConfig:
     ``device``: auto (CUDA when present), cpu, cuda or cuda:N. Under torchrun rank r uses
     ``cuda:LOCAL_RANK`` (auto or cuda) or the CPU (gloo).
     ``threads``: torch CPU threads per process (0 = torch's default).
-    ``deterministic``: deterministic kernels where torch has them (CUDA's bilinear-upsampling
-    backward has none; torch warns about it instead of failing).
+    ``deterministic``: deterministic kernels where torch has them, and no kernel chosen by
+    timing (CUDA's bilinear-upsampling backward has none; torch warns about it instead of
+    failing). ``auto`` (default): on for the CPU, where every run is bit-reproducible for a
+    given thread count and costs nothing; off on CUDA, where it costs speed (see the speed
+    table in docs/gpu.md). ``true`` is the one switch for bit-exact CUDA runs.
 
-    Speed switches (off by default; where the hardware lacks one it stays off and a one-line
-    notice says so):
+    Speed switches. ``auto`` (the default of each) picks the fastest setting that keeps results
+    trustworthy on the device the run lands on: on CUDA bf16 autocast (where the GPU has
+    bfloat16), channels_last and cuDNN autotuning; on the CPU none of them, so CPU runs compute
+    exactly as before the switches existed. An explicit value is honoured where the hardware
+    can, and otherwise stays off with a one-line notice:
 
     * ``amp``: automatic mixed precision of a step's forward passes: ``fp32`` (none; the
       values are named so that YAML reads none of them as a boolean); ``bf16`` (autocast to
       bfloat16, on CUDA GPUs that support it and on CPU); ``fp16`` (autocast to float16 with
-      a GradScaler, CUDA only). Weights, optimiser state and evaluation stay in float32.
+      a GradScaler, CUDA only). Weights, optimiser state and evaluation stay in float32; the
+      frozen teacher's convolution weights are held in the autocast dtype (cast once, the
+      values autocast would compute on each call).
     * ``channels_last``: NHWC memory format for the networks and input images (faster
       convolutions on tensor-core GPUs).
     * ``compile``: ``torch.compile`` the student (after its DDP wrapper) and the teacher; the
-      first steps pay the compilation.
+      first steps pay the compilation (off by default: on an H200 it made the paper's step
+      slower).
     * ``cudnn_benchmark``: let cuDNN time its kernels and keep the fastest (CUDA only); needs
-      ``deterministic: false``, since the choice may differ from run to run.
+      deterministic off, since the choice may differ from run to run.
     * ``sync_bn``: SyncBatchNorm in the student, so that BatchNorm normalises over the global
       batch rather than each process's share (CUDA only, data-parallel runs only).
+
+    Fingerprints (stage reuse) read ``auto`` as the CPU's setting, as they read ``device:
+    auto``: they name the configuration, not the machine it ran on.
 
     ``bn_stats``: which batches update BatchNorm running statistics in stages that see both
     domains (``dakd.models.domain_bn``): ``domain`` (default; a source pair and a target pair
@@ -250,12 +275,12 @@ class TrainConfig:
     log_interval: int = 50
     device: str = "auto"
     threads: int = 0
-    deterministic: bool = True
+    deterministic: bool | str = "auto"
     progress: bool = True
-    amp: str = "fp32"
-    channels_last: bool = False
+    amp: str = "auto"
+    channels_last: bool | str = "auto"
     compile: bool = False
-    cudnn_benchmark: bool = False
+    cudnn_benchmark: bool | str = "auto"
     sync_bn: bool = False
     bn_stats: str = "domain"
     precise_bn: int = 0
@@ -282,8 +307,15 @@ class TrainConfig:
             "train.bn_stats",
             f"{self.bn_stats!r} is not one of {', '.join(BN_MODES)}",
         )
+        for key in ("deterministic", "channels_last", "cudnn_benchmark"):
+            value = getattr(self, key)
+            require(
+                isinstance(value, bool) or value == "auto",
+                f"train.{key}",
+                f"must be true, false or auto, got {value!r}",
+            )
         require(
-            not (self.cudnn_benchmark and self.deterministic),
+            not (self.cudnn_benchmark is True and self.deterministic is True),
             "train.cudnn_benchmark",
             "needs train.deterministic=false (cuDNN picks kernels by timing them, so runs differ)",
         )
