@@ -390,12 +390,13 @@ def _data(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     from dakd.checkpoint import CheckpointError
     from dakd.config import ConfigError
+    from dakd.performance import OutOfMemory
     from dakd.trainer import NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, NonFiniteLossError, ValueError) as err:
+    except (ConfigError, CheckpointError, NonFiniteLossError, OutOfMemory, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
