@@ -35,6 +35,7 @@ from dakd.evaluate import SegMetrics
 from dakd.hooks import Hook, Report, ReportCallback, default_hooks
 from dakd.paradigms import AUTO
 from dakd.performance import TIMING_KEYS, OutOfMemory, StepMeter, out_of_memory
+from dakd.runtime import check_device
 from dakd.trainer import NonFiniteLossError, Trainer
 from dakd.validation import metrics_of
 
@@ -86,6 +87,8 @@ class Loop:
     def run(self, resume: bool, stop_after: int | None) -> TrainResult:
         start = time.perf_counter()
         try:
+            # a device torch does not see stops here, before any data or network is built
+            check_device(self.cfg.train.device)
             _check_resolved(self.cfg)
             self.trainer = trainer = Trainer(self.cfg)
             try:

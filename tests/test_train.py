@@ -266,7 +266,34 @@ def test_the_meter_counts_once_and_leaves_the_counted_step_out_of_the_mean(monke
     assert meter.flops == 128 and meter.metrics()["sec_per_step"] == 2.0  # 20 -> 22 alone
 
 
-# -- running out of GPU memory -------------------------------------------------------------------------
+# -- faults: a device torch does not see, running out of GPU memory ---------------------------------
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_cuda_is_a_config_error_before_any_work(tiny, monkeypatch, device):
+    import dakd.trainer
+    from dakd.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dakd.trainer, "build_data", lambda *a: pytest.fail("data was built"))
+    cfg = tiny(train__device=device)
+    with pytest.raises(
+        ConfigError, match=rf"train.device: '{device}' but torch sees no CUDA device"
+    ):
+        train(cfg)
+    assert not cfg.run_dir.exists()
+
+
+def test_a_gpu_index_past_the_last_gpu_names_the_count(monkeypatch):
+    from dakd.config import ConfigError
+    from dakd.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"'cuda:2' but torch sees 2 CUDA devices \(cuda:0 to"):
+        resolve_device("cuda:2")
+    with pytest.raises(ConfigError, match="'cuda:x' is not a device"):
+        resolve_device("cuda:x")
+
+
 def _oom(self):
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 

@@ -32,6 +32,7 @@ from dakd.pipeline import (
     StageFailedError,
     with_stages,
 )
+from dakd.runtime import check_device
 from dakd.sweep.context import (
     RUN_ID_FILE,
     SELF,
@@ -111,6 +112,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     trial_dir = Path(tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolve(spec, config)
+    check_device(cfg.train.device)  # a GPU the trial does not see: one line, before any work
     # the deployment figures first: a trial its figures rule out is recorded, not trained
     deployment = measure_trial(spec, cfg, trial_label(spec, config), threads)
     if deployment is not None and deployment.infeasible:
