@@ -4,7 +4,9 @@ A trial is the DAKD trainer (:func:`dakd.train.train`) with a ``report`` callbac
 evaluation to Ray Tune (metrics plus the resumable checkpoint, for schedulers and retries) and to
 MLflow (a child run of the sweep's parent run). A retried or resumed trial gets its checkpoint
 back from Tune, copies it into its run directory and continues exactly where it stopped, in the
-same MLflow run.
+same MLflow run. A trial that trains on a GPU also logs MLflow's system metrics (its GPU's
+utilisation, memory and power, the machine's CPU and memory) to its run while it trains
+(``tracking.system_metrics``: auto, true or false; :class:`dakd.sweep.hooks.SystemMetrics`).
 
 With ``resources.workers`` > 1 the trial is the driver of a Ray Train run (``TorchTrainer``):
 Ray Train starts the workers and their torch process group, every worker runs the same trainer,
@@ -43,7 +45,7 @@ from dakd.sweep.context import (
     trial_config,
 )
 from dakd.sweep.deployment import Deployment, measure_trial
-from dakd.sweep.hooks import TrialTracking, TuneReport, log_final_artifacts
+from dakd.sweep.hooks import SystemMetrics, TrialTracking, TuneReport, log_final_artifacts
 from dakd.sweep.spec import resolve, trial_label, trial_overrides
 from dakd.sweep.stage_tasks import ensure_stage
 from dakd.tracking.tags import (
@@ -157,8 +159,9 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
 
+    system = SystemMetrics(context.tracking_uri, logger.run_id, spec.tracking)
     tracking = TrialTracking(logger, checkpoints.get("teacher"), started)
-    train(cfg, resume=True, hooks=[tracking, TuneReport(send)])
+    train(cfg, resume=True, hooks=[system, tracking, TuneReport(send)])
 
 
 def _log_deployment(logger, deployment: Deployment | None) -> dict[str, float]:
@@ -310,8 +313,10 @@ def train_worker(loop: dict[str, Any]) -> None:
             (Path(folder) / RUN_ID_FILE).write_text(run_id)
             ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
+    # every worker logs its own machine's system metrics to the trial's run, under rank<r>/
+    system = SystemMetrics(context.tracking_uri, run_id, context.spec.tracking, f"rank{rank}")
     tracking = TrialTracking(logger, loop["teacher"], time.perf_counter(), False)
-    train(cfg, resume=True, hooks=[tracking, TuneReport(send)])
+    train(cfg, resume=True, hooks=[system, tracking, TuneReport(send)])
 
 
 def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: SweepContext):
