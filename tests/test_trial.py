@@ -145,6 +145,38 @@ def test_a_failing_trial_marks_its_run_failed(sweep, tmp_path, monkeypatch):
     assert run.data.tags["trial"] == "levels=output seed=0"
 
 
+def test_a_trial_out_of_gpu_memory_says_what_to_change_in_one_line(sweep, tmp_path, monkeypatch):
+    """The trial's run is FAILED with the out-of-memory line as its error tag (what the sweep's
+    summary shows too); its retry, which trains, takes the tag off again."""
+    from dakd.pipeline import error_line
+    from dakd.train import OutOfMemory
+    from dakd.trainer import Trainer
+
+    spec, context, config = sweep
+    (tmp_path / "store").mkdir()
+    fake = FakeTune(tmp_path / "t", tmp_path / "store")
+    step = Trainer.train_step
+    with monkeypatch.context() as patch:
+
+        def oom(self):
+            if self.cfg.name != "run":  # the stage the trial starts from trains as it does
+                return step(self)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        patch.setattr(Trainer, "train_step", oom)
+        with pytest.raises(OutOfMemory) as caught:
+            _run(patch, fake, config, context)
+    line = error_line(caught.value)
+    assert line.startswith("OutOfMemory: out of memory on cpu in step 0; batch ")
+    assert "\n" not in line and line.endswith("smaller crops (data.crop_size)")
+    (run,) = _trial_runs(context, spec)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == line
+    retry = FakeTune(tmp_path / "retry", tmp_path / "store", trial_id=fake.trial_id)
+    _run(monkeypatch, retry, config, context)
+    (run,) = _trial_runs(context, spec)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+
+
 def _trial_runs(context, spec):
     return [
         r for r in find_runs(context.tracking_uri, spec.experiment_name) if "trial" in r.data.tags

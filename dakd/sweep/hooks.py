@@ -29,7 +29,8 @@ class TrialTracking(Hook):
     """A trial's MLflow run as a hook of its training loop: every evaluation's metrics; at the
     end the final artifacts, where the trial's time went (``time/<activity>_s``: ``setup``,
     ``train`` (the trainer alone), ``report``, ``logging``, ``artifacts``, ``total``; see
-    bench/sweep_overhead.py) and FINISHED; on an error FAILED. The scheduler's stop
+    bench/sweep_overhead.py) and FINISHED; on an error FAILED and the error in one line as its
+    ``error`` tag (an out-of-memory stop says what to change there). The scheduler's stop
     (``SystemExit`` at a Tune report) is left to the driver, which closes the run, so the thread
     ends at once and its actor can be reused (``driver_closes_stops``). ``logger`` None: a
     data-parallel worker other than rank 0, which logs nothing."""
@@ -65,6 +66,8 @@ class TrialTracking(Hook):
     def on_exception(self, loop, error) -> None:
         if self.logger is None or (self.driver_closes_stops and isinstance(error, SystemExit)):
             return
+        if not isinstance(error, KeyboardInterrupt | SystemExit):
+            self.logger.set_tags({ERROR: error_line(error)})
         self.logger.finish("FAILED")
 
 

@@ -75,6 +75,8 @@ def _open_trial_run(context, cfg: ExperimentConfig, config: dict, run_id=None, *
     logger = run_logger(
         context, run_name=label, tags={**run_tags(cfg, context), **tags}, run_id=run_id
     )
+    if run_id is not None:
+        _clear_error(logger)  # an earlier attempt's failure is not this attempt's
     if run_id is None:
         params = cfg.flat()
         params.update({f"sweep.{k}": v for k, v in trial_overrides(spec, config).items()})
@@ -83,6 +85,13 @@ def _open_trial_run(context, cfg: ExperimentConfig, config: dict, run_id=None, *
     if ray.is_initialized():  # where this attempt runs: trial placement on a cluster
         logger.set_tags({RAY_NODE_ID: ray.get_runtime_context().get_node_id()})
     return logger
+
+
+def _clear_error(logger) -> None:
+    from dakd.tracking.store import retry_locked
+
+    if ERROR in retry_locked(logger.client.get_run, logger.run_id).data.tags:
+        retry_locked(logger.client.delete_tag, logger.run_id, ERROR)
 
 
 def _restore(run_dir: Path, trial_dir: Path) -> str | None:
