@@ -39,9 +39,11 @@ def cmd_train(args) -> int:
     from dakd.config import load_config
     from dakd.distributed import torchrun_group
     from dakd.pipeline import requirements, run_stage, with_stages
+    from dakd.runtime import check_device
     from dakd.train import train
 
     cfg = load_config(args.config, args.overrides)
+    check_device(cfg.train.device)  # before the process group, the stages and the data
     # under torchrun: one process per rank, joined here; every rank runs the same calls below
     with torchrun_group(cfg.train.device) as world:
         say = print if world.is_main else (lambda *a, **k: None)
@@ -390,12 +392,13 @@ def _data(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     from dakd.checkpoint import CheckpointError
     from dakd.config import ConfigError
+    from dakd.performance import OutOfMemory
     from dakd.trainer import NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, NonFiniteLossError, ValueError) as err:
+    except (ConfigError, CheckpointError, NonFiniteLossError, OutOfMemory, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,8 +15,9 @@ The loop (:func:`dakd.train.train`) calls every hook, in list order, at these po
 
 As in detectron2's ``HookBase`` and Lightning's callbacks, a hook keeps its own state and reads
 the run through ``loop`` (``loop.cfg``, ``loop.trainer``, ``loop.world``, ``loop.run_dir``,
-``loop.last``, ``loop.pending_steps``). The sweep adds its Tune report and MLflow logging as hooks
-(``dakd.sweep.trial``); the core knows nothing of either.
+``loop.last``, ``loop.pending_steps``, ``loop.meter``: the steps' time, FLOPs and GPU memory).
+The sweep adds its Tune report and MLflow logging as hooks (``dakd.sweep.trial``); the core knows
+nothing of either.
 """
 
 from __future__ import annotations

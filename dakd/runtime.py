@@ -18,13 +18,45 @@ from dakd.distributed import World, current_world
 from dakd.paradigms import AUTO
 
 
+def check_device(name: str) -> None:
+    """``train.device`` must name a device torch sees: a ConfigError (one line) for CUDA on a
+    machine where torch sees none, or ``cuda:N`` past the last GPU. Cheap: the loop and the
+    command line call it before any data or network is built."""
+    if not name.startswith("cuda"):
+        return
+    try:
+        index = torch.device(name).index
+    except RuntimeError:
+        raise ConfigError(
+            f"train.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None and torch.version.hip is None:
+            why = "this torch is a CPU-only build"
+        else:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            why = "no GPU is visible" + (
+                f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+            )
+        raise ConfigError(
+            f"train.device: {name!r} but torch sees no CUDA device ({why}); use auto or cpu"
+        )
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        seen = f"{count} CUDA device" + ("s" if count != 1 else "")
+        raise ConfigError(
+            f"train.device: {name!r} but torch sees {seen} (cuda:0 to cuda:{count - 1}); "
+            "use auto, cuda or one of those"
+        )
+
+
 def resolve_device(name: str, world: World | None = None) -> torch.device:
-    """``train.device`` as a torch device; data-parallel CUDA ranks use their current GPU."""
+    """``train.device`` as a torch device; data-parallel CUDA ranks use their current GPU. A
+    device torch does not see is a ConfigError (:func:`check_device`)."""
     world = world or current_world()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but torch sees no CUDA device")
+    check_device(name)
     if world.distributed and name.startswith("cuda"):
         if name != "cuda":
             raise ConfigError(

@@ -6,6 +6,11 @@ target val split is evaluated and the hooks see the metrics and the checkpoint
 (``dakd.hooks``: checkpoints, the metrics file, progress and precise BN are hooks; so are the
 sweep's Tune report and MLflow logging). The core knows nothing of Ray or MLflow.
 
+Each evaluation's metrics hold, besides the evaluation and the mean loss terms, what the steps
+since the previous one cost (``dakd.performance``: the mean step time, the TFLOP/s achieved and,
+on CUDA, the peak GPU memory). Running out of GPU memory stops the run with
+:class:`~dakd.performance.OutOfMemory`, one line that says what to change.
+
 Data-parallel: when torch's default process group is initialised (``torchrun -m dakd train``,
 see ``dakd.distributed``), every process runs this same loop on its share of each global batch
 (``data.batch_size`` is global). Evaluation splits the val images between the processes and
@@ -29,6 +34,8 @@ from dakd.distributed import World
 from dakd.evaluate import SegMetrics
 from dakd.hooks import Hook, Report, ReportCallback, default_hooks
 from dakd.paradigms import AUTO
+from dakd.performance import TIMING_KEYS, OutOfMemory, StepMeter, out_of_memory
+from dakd.runtime import check_device
 from dakd.trainer import NonFiniteLossError, Trainer
 from dakd.validation import metrics_of
 
@@ -51,7 +58,8 @@ class TrainResult:
 
 class Loop:
     """One call of :func:`train`: what hooks read (``cfg``, ``trainer``, ``world``, ``run_dir``,
-    ``last``, ``pending_steps``: steps since the last evaluation) and the loop itself."""
+    ``last``, ``pending_steps``: steps since the last evaluation, ``meter``: the steps' time,
+    FLOPs and memory) and the loop itself."""
 
     def __init__(self, cfg: ExperimentConfig, hooks: Sequence[Hook]):
         self.cfg = cfg
@@ -61,6 +69,9 @@ class Loop:
         self.last = self.run_dir / "last.pt"
         self.pending_steps = 0
         self.seconds: dict[str, float] = defaultdict(float)
+        # the counter's module hooks would break torch.compile's graph: no count when compiled
+        self.count_flops = not cfg.train.compile
+        self.meter: StepMeter | None = None
 
     @property
     def world(self) -> World:
@@ -76,6 +87,8 @@ class Loop:
     def run(self, resume: bool, stop_after: int | None) -> TrainResult:
         start = time.perf_counter()
         try:
+            # a device torch does not see stops here, before any data or network is built
+            check_device(self.cfg.train.device)
             _check_resolved(self.cfg)
             self.trainer = trainer = Trainer(self.cfg)
             try:
@@ -99,22 +112,29 @@ class Loop:
         stop = t.steps if stop_after is None else min(t.steps, trainer.step + stop_after)
         sums: dict[str, torch.Tensor] = {}
         metrics: dict[str, float] = dict(trainer.history[-1]) if trainer.history else {}
-        step_time = 0.0
+        self.meter = meter = StepMeter(trainer.device, self.count_flops)
         evaluation: SegMetrics | None = None
         while trainer.step < stop:
-            tic = time.perf_counter()
-            terms = trainer.train_step()
-            step_time += time.perf_counter() - tic
+            try:
+                terms = meter.step(trainer.train_step)
+            except torch.cuda.OutOfMemoryError as error:
+                raise out_of_memory(self.cfg, trainer, f"step {trainer.step}") from error
             for k, v in terms.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             self.pending_steps += 1
             self.call("after_step", terms)
             if trainer.step % t.eval_interval == 0 or trainer.step == t.steps:
-                evaluation, raw = self._evaluate()
+                timing = meter.metrics()
+                try:
+                    evaluation, raw = self._evaluate()
+                except torch.cuda.OutOfMemoryError as error:
+                    where = f"the evaluation at step {trainer.step}"
+                    raise out_of_memory(self.cfg, trainer, where) from error
+                meter.reset()
                 metrics = {
                     "step": trainer.step,
                     "lr": trainer.optimizer.param_groups[0]["lr"],
-                    "sec_per_step": step_time / max(self.pending_steps, 1),
+                    **timing,
                     **metrics_of(evaluation, self.cfg),
                     **_mean_terms(sums, self.pending_steps, trainer.world),
                 }
@@ -122,7 +142,7 @@ class Loop:
                     metrics["raw/miou"] = 100.0 * raw.miou
                     metrics["raw/pixel_acc"] = 100.0 * raw.pixel_accuracy
                 trainer.history.append(metrics)
-                sums, self.pending_steps, step_time = {}, 0, 0.0
+                sums, self.pending_steps = {}, 0
                 self.call("after_evaluation", metrics, self.last if self.world.is_main else None)
         return TrainResult(
             metrics=metrics,
@@ -193,11 +213,12 @@ def train(
     metrics file, progress). ``report(metrics, checkpoint)``, the simplest hook, is called
     after every evaluation with the metrics in percent (``miou``, ``pixel_acc``,
     ``iou/<class>``), the mean loss terms since the last report (``loss/<term>``), ``step`` and
-    ``lr``. ``stop_after`` ends the call early after that many steps of this call (used to
+    ``lr``, and what the steps cost (:data:`~dakd.performance.TIMING_KEYS`: ``sec_per_step``,
+    ``step_ms``, ``tflops``, on CUDA ``gpu_peak_mb``; see ``dakd.performance``). ``stop_after`` ends the call early after that many steps of this call (used to
     test resumption); the checkpoint then holds the exact state.
 
     Data-parallel (an initialised default process group): every process calls ``train`` with
-    the same config; metrics (but ``sec_per_step``) are the same on every process (the
+    the same config; metrics (but the timing ones) are the same on every process (the
     confusion matrix and the loss terms are reduced over all of them); rank 0 alone writes
     ``run_dir`` and shows progress; hooks run on every process, with the checkpoint path on
     rank 0 and None elsewhere (a hook that logs somewhere should log where the path is given).
@@ -208,4 +229,4 @@ def train(
     return Loop(cfg, [*default_hooks(cfg), *extra]).run(resume, stop_after)
 
 
-__all__ = ["Loop", "NonFiniteLossError", "TrainResult", "train"]
+__all__ = ["TIMING_KEYS", "Loop", "NonFiniteLossError", "OutOfMemory", "TrainResult", "train"]

@@ -18,6 +18,7 @@ from dakd.data.labels import CLASS_NAMES
 from dakd.data.loader import eval_batches
 from dakd.distributed import World, current_world
 from dakd.evaluate import SegMetrics, evaluate
+from dakd.performance import TIMING_KEYS
 from dakd.runtime import resolve_device
 
 
@@ -45,9 +46,10 @@ LOSS_TERMS = (
 
 def reported_metrics(cfg: ExperimentConfig) -> list[str]:
     """Every metric name an evaluation of ``cfg`` may report (``report`` and Tune): mIoU,
-    pixel accuracy, the step, learning rate and seconds per step, per-class IoU, the source
-    dataset's protocols (SYNTHIA: ``miou16``, ``miou13``) and the loss terms."""
-    names = ["miou", "pixel_acc", "step", "lr", "sec_per_step", "raw/miou", "raw/pixel_acc"]
+    pixel accuracy, the step, learning rate, what a step costs (``dakd.performance``: time,
+    TFLOP/s, GPU memory), per-class IoU, the source dataset's protocols (SYNTHIA: ``miou16``,
+    ``miou13``) and the loss terms."""
+    names = ["miou", "pixel_acc", "step", "lr", *TIMING_KEYS, "raw/miou", "raw/pixel_acc"]
     names += list(protocols(cfg.data))
     names += [f"iou/{name.replace(' ', '_')}" for name in CLASS_NAMES]
     return names + [f"loss/{term}" for term in LOSS_TERMS]

@@ -34,6 +34,37 @@ def test_bad_config_and_checkpoint_exit_with_one_message(config_file, tmp_path, 
     assert "missing.pt does not exist" in capsys.readouterr().err
 
 
+def test_cuda_on_a_machine_without_it_stops_in_one_line_before_any_work(
+    config_file, tmp_path, capsys, monkeypatch
+):
+    """``train.device: cuda`` without CUDA: one line, no traceback, nothing written, and the
+    stages it builds on (``init: auto``) are not trained first."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["train", str(config_file), "--set", "train.device=cuda", "--set", "stage=dakd"]
+    assert main([*argv, "--set", "teacher=auto", "--set", "init=auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.device: 'cuda' but torch sees no CUDA device (")
+    assert err.endswith("; use auto or cpu\n") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_running_out_of_memory_stops_in_one_line(config_file, capsys, monkeypatch):
+    import torch
+
+    from dakd.trainer import Trainer
+
+    def oom(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train_step", oom)
+    assert main(["train", str(config_file), "--set", "name=oom"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory on cpu in step 0; ") and err.count("\n") == 1
+    assert "smaller crops (data.crop_size)" in err and "Traceback" not in err
+
+
 def test_scenes_writes_pngs(tmp_path, capsys):
     assert main(["scenes", "--domain", "game", "--out", str(tmp_path), "--n", "2"]) == 0
     overview = tmp_path / "game_overview.png"

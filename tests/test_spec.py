@@ -544,6 +544,11 @@ def test_bad_overrides_name_file_and_key(write, override, message):
         ({"storage": "ftp://host/x"}, r"storage: 'ftp://host/x': Ray Tune's storage is a folder"),
         ({"tracking": {"uri": "runs/mlflow.db"}}, r"tracking\.uri: 'runs/mlflow\.db' is not an"),
         ({"tracking": {"uri": "sqlite:///x.db", "experiment": " "}}, r"tracking\.experiment"),
+        (
+            {"tracking": {"system_metrics": "gpu"}},
+            r"tracking\.system_metrics: 'gpu' is not one of auto, true, false",
+        ),
+        ({"tracking": {"system_metrics_interval": 0}}, r"tracking\.system_metrics_interval: must"),
         ({"tune": {"metric": "mIoU"}}, r"tune\.metric: 'mIoU' is not reported by the trials"),
         ({"stages": {"train": {"steps": 0}}}, r"stages: on the teacher_da stage: train\.steps"),
         ({"stages": {"stage": "dakd"}}, r"stages\.stage: the sweep picks the stage"),

@@ -518,9 +518,11 @@ def test_trial_artifacts_and_per_evaluation_metrics(local_ray, place):
     client = MlflowClient(place["uri"])
     _, children = _finished_children(client, spec.experiment_name, result.parent_run_id)
     run = next(r for r in children if "trial" in r.data.tags)
-    # 4 steps evaluated every 2: two evaluations of mIoU, per-class IoU and every loss term
+    # 4 steps evaluated every 2: two evaluations of mIoU, per-class IoU, every loss term and
+    # what the steps cost
     assert [m.step for m in client.get_metric_history(run.info.run_id, "miou")] == [2, 4]
-    for name in ("iou/road", "pixel_acc", "loss/total", "loss/kl_target", "loss/seg"):
+    evaluated = ("iou/road", "pixel_acc", "loss/total", "loss/kl_target", "loss/seg")
+    for name in (*evaluated, "step_ms", "tflops"):
         assert client.get_metric_history(run.info.run_id, name), name
     # where the trial's time went (bench/sweep_overhead.py): parts that add up to at most the whole
     times = {k: v for k, v in run.data.metrics.items() if k.startswith("time/")}

@@ -10,7 +10,7 @@ import torch
 from dakd import checkpoint as ckpt
 from dakd import losses
 from dakd.paradigms import paradigm_phases, phase_at
-from dakd.train import train
+from dakd.train import TIMING_KEYS, train
 from dakd.trainer import NonFiniteLossError, Trainer
 
 
@@ -192,3 +192,162 @@ def test_channels_last_networks_and_inputs(tiny):
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     a, b = plain.train_step(), nhwc.train_step()
     assert b["total"].item() == pytest.approx(a["total"].item(), rel=1e-4)
+
+
+# -- what the steps cost: time, FLOPs, memory -----------------------------------------------------
+def test_evaluations_report_step_time_and_throughput(tiny):
+    """Every evaluation carries the mean step time (seconds and ms) and the TFLOP/s the step's
+    counted FLOPs give at that time; no GPU memory on CPU."""
+    result = train(tiny())
+    for metrics in result.history:
+        assert {"sec_per_step", "step_ms", "tflops"} <= set(metrics)
+        assert "gpu_peak_mb" not in metrics  # CUDA only
+        assert metrics["step_ms"] == pytest.approx(1000 * metrics["sec_per_step"])
+        assert metrics["sec_per_step"] > 0 and metrics["tflops"] > 0
+    assert set(TIMING_KEYS) - {"gpu_peak_mb"} <= set(
+        json.loads((result.checkpoint.parent / "metrics.jsonl").read_text().splitlines()[-1])
+    )
+
+
+def test_counting_the_flops_of_a_step_changes_no_number(tiny):
+    """The step run under the FLOP counter computes what it computes without it, bit for bit:
+    every step's loss terms, the weights, the discriminators and the optimiser state."""
+    from dakd.hooks import Hook, default_hooks
+    from dakd.train import Loop
+
+    class Terms(Hook):
+        def __init__(self):
+            self.steps = []
+
+        def after_step(self, loop, terms):
+            self.steps.append({k: v.clone() for k, v in terms.items()})
+
+    runs = {}
+    for counted in (True, False):
+        cfg = tiny(name=f"counted-{counted}", train__steps=3, train__eval_interval=3)
+        terms = Terms()
+        loop = Loop(cfg, [*default_hooks(cfg), terms])
+        loop.count_flops = counted
+        result = loop.run(resume=False, stop_after=None)
+        assert (loop.meter.flops is not None) == counted
+        runs[counted] = (terms.steps, ckpt.load(result.checkpoint), result.history)
+    (terms_a, state_a, history_a), (terms_b, state_b, history_b) = runs[True], runs[False]
+    assert len(terms_a) == len(terms_b) == 3
+    for a, b in zip(terms_a, terms_b):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for part in ("model", "discriminators"):
+        assert same_weights(state_a[part], state_b[part]), part
+    for key, state in state_a["optimizer"]["state"].items():
+        other = state_b["optimizer"]["state"][key]["momentum_buffer"]
+        assert torch.equal(state["momentum_buffer"], other)
+    assert "tflops" in history_a[-1] and "tflops" not in history_b[-1]
+    untimed = [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history_a]
+    assert untimed == [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history_b]
+
+
+def test_the_meter_counts_once_and_leaves_the_counted_step_out_of_the_mean(monkeypatch):
+    """FLOPs are counted in the first step only; the counted step (slower: the counter's Python
+    work per operation) is out of the mean step time unless it is the window's only step."""
+    from dakd import performance
+
+    clock = iter([0.0, 5.0, 10.0, 11.0, 20.0, 22.0])
+    monkeypatch.setattr(performance.time, "perf_counter", lambda: next(clock))
+    meter = performance.StepMeter(torch.device("cpu"))
+
+    def step():
+        return torch.ones(4, 8) @ torch.ones(8, 2)  # 2 * 4 * 8 * 2 = 128 FLOPs
+
+    meter.step(step)
+    assert meter.flops == 128
+    assert meter.metrics() == {"sec_per_step": 5.0, "step_ms": 5000.0, "tflops": 128 / 5 / 1e12}
+    meter.step(step)
+    meter.reset()
+    meter.step(step)
+    assert meter.flops == 128 and meter.metrics()["sec_per_step"] == 2.0  # 20 -> 22 alone
+
+
+# -- faults: a device torch does not see, running out of GPU memory ---------------------------------
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_cuda_is_a_config_error_before_any_work(tiny, monkeypatch, device):
+    import dakd.trainer
+    from dakd.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dakd.trainer, "build_data", lambda *a: pytest.fail("data was built"))
+    cfg = tiny(train__device=device)
+    with pytest.raises(
+        ConfigError, match=rf"train.device: '{device}' but torch sees no CUDA device"
+    ):
+        train(cfg)
+    assert not cfg.run_dir.exists()
+
+
+def test_a_gpu_index_past_the_last_gpu_names_the_count(monkeypatch):
+    from dakd.config import ConfigError
+    from dakd.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"'cuda:2' but torch sees 2 CUDA devices \(cuda:0 to"):
+        resolve_device("cuda:2")
+    with pytest.raises(ConfigError, match="'cuda:x' is not a device"):
+        resolve_device("cuda:x")
+
+
+def _oom(self):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_running_out_of_memory_stops_with_what_to_change(tiny, monkeypatch):
+    """The step's OutOfMemoryError becomes one line naming the device, the batch, the crops and
+    the network, and the settings that use less memory in the order to try them."""
+    from dakd.train import OutOfMemory
+
+    monkeypatch.setattr(Trainer, "train_step", _oom)
+    with pytest.raises(OutOfMemory) as caught:
+        train(tiny(data__batch_size=4))
+    message = str(caught.value)
+    assert "\n" not in message and isinstance(caught.value.__cause__, torch.OutOfMemoryError)
+    assert message.startswith("out of memory on cpu in step 0; batch 4 per process, crops 32x64, ")
+    assert "drn_d_22 w0.0625 os8" in message
+    assert message.endswith(
+        "try, in this order: train.amp=bf16, train.channels_last=true, "
+        "a smaller data.batch_size (now 4), smaller crops (data.crop_size)"
+    )
+
+
+def test_out_of_memory_on_a_gpu_names_the_peak_the_total_and_the_live_teacher(tiny, monkeypatch):
+    """On CUDA the line holds the process's peak and the device's memory, and with a live
+    teacher suggests the teacher-output cache; the allocator's cache is given back."""
+    from types import SimpleNamespace
+
+    from dakd import performance
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 70 * 2**30)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80 * 2**30)
+    )
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    cfg = tiny(
+        "dakd",
+        teacher="teacher.pt",
+        train__amp="bf16",
+        data__batch_size=8,
+        data__dataset="real",
+    )
+    trainer = SimpleNamespace(
+        device=torch.device("cuda", 1), world=SimpleNamespace(size=2), teacher=object()
+    )
+    message = str(performance.out_of_memory(cfg, trainer, "step 7"))
+    assert emptied
+    assert message.startswith(
+        "out of memory on cuda:1 in step 7, peak 71680 MiB allocated by this process of the "
+        "81920 MiB it has; batch 4 per process (data.batch_size 8 over 2 processes), crops "
+        "512x1024 source, 512x1024 target, student drn_d_22 w0.0625 os8, teacher drn_d_38 "
+        "w0.0625 os8 (live); "
+    )
+    assert message.endswith(
+        "try, in this order: train.channels_last=true, teacher_cache.mode=on, a smaller "
+        "data.batch_size (now 8), smaller crops (data.source_crop / data.target_crop)"
+    )

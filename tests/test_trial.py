@@ -127,6 +127,9 @@ def test_retried_trial_continues_from_its_checkpoint(sweep, tmp_path, monkeypatc
 
     history = MlflowClient(context.tracking_uri).get_metric_history(resumed.info.run_id, "miou")
     assert sorted(m.step for m in history) == [2, 4]
+    # what the steps cost, at every evaluation (gpu_peak_mb on CUDA only)
+    assert {"sec_per_step", "step_ms", "tflops"} <= set(resumed.data.metrics)
+    assert {"step_ms", "tflops"} <= set(whole.reports[-1])  # and to Tune
 
 
 def test_a_failing_trial_marks_its_run_failed(sweep, tmp_path, monkeypatch):
@@ -140,6 +143,38 @@ def test_a_failing_trial_marks_its_run_failed(sweep, tmp_path, monkeypatch):
     ]
     assert run.info.status == "FAILED"
     assert run.data.tags["trial"] == "levels=output seed=0"
+
+
+def test_a_trial_out_of_gpu_memory_says_what_to_change_in_one_line(sweep, tmp_path, monkeypatch):
+    """The trial's run is FAILED with the out-of-memory line as its error tag (what the sweep's
+    summary shows too); its retry, which trains, takes the tag off again."""
+    from dakd.pipeline import error_line
+    from dakd.train import OutOfMemory
+    from dakd.trainer import Trainer
+
+    spec, context, config = sweep
+    (tmp_path / "store").mkdir()
+    fake = FakeTune(tmp_path / "t", tmp_path / "store")
+    step = Trainer.train_step
+    with monkeypatch.context() as patch:
+
+        def oom(self):
+            if self.cfg.name != "run":  # the stage the trial starts from trains as it does
+                return step(self)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        patch.setattr(Trainer, "train_step", oom)
+        with pytest.raises(OutOfMemory) as caught:
+            _run(patch, fake, config, context)
+    line = error_line(caught.value)
+    assert line.startswith("OutOfMemory: out of memory on cpu in step 0; batch ")
+    assert "\n" not in line and line.endswith("smaller crops (data.crop_size)")
+    (run,) = _trial_runs(context, spec)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == line
+    retry = FakeTune(tmp_path / "retry", tmp_path / "store", trial_id=fake.trial_id)
+    _run(monkeypatch, retry, config, context)
+    (run,) = _trial_runs(context, spec)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
 
 
 def _trial_runs(context, spec):
@@ -243,3 +278,60 @@ def test_a_stage_with_a_recorded_failure_fails_the_trial_without_training_it(tin
         stage_tasks.ensure_stage(tiny("student_da"), context=None, threads=1)
     assert str(err.value) == message
     assert trained == []
+
+
+# -- MLflow's system metrics on a trial's run ------------------------------------------------------
+def _system_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor" and t.is_alive()]
+
+
+def test_system_metrics_reach_the_trial_run_when_asked_and_stay_off_on_cpu_under_auto(tmp_path):
+    """``tracking.system_metrics: true`` samples CPU and memory onto the run while the trial
+    trains and stops when it ends (a scheduler's stop too: no thread outlives the trial);
+    ``auto`` leaves them off on a CPU."""
+    import time
+
+    from dakd.sweep.hooks import SystemMetrics
+    from dakd.sweep.settings import Tracking
+    from dakd.tracking.runs import RunLogger
+    from dakd.tracking.store import get_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = prepare(uri, "system")
+    loop = SimpleNamespace(trainer=SimpleNamespace(device=torch.device("cpu")))
+    metrics = {}
+    for setting, end in ((True, "after_train"), (True, "on_exception"), ("auto", "after_train")):
+        logger = RunLogger(uri, experiment, run_name=f"{setting}-{end}")
+        tracking = Tracking(system_metrics=setting, system_metrics_interval=0.1)
+        hook = SystemMetrics(uri, logger.run_id, tracking)
+        hook.before_train(loop)
+        assert (hook.monitor is not None) == (setting is True)
+        time.sleep(0.6)
+        getattr(hook, end)(loop, SystemExit(0) if end == "on_exception" else None)
+        assert hook.monitor is None and not _system_threads()
+        logger.finish()
+        metrics[(setting, end)] = get_run(uri, logger.run_id).data.metrics
+    for end in ("after_train", "on_exception"):
+        assert "system/cpu_utilization_percentage" in metrics[(True, end)], end
+        assert "system/system_memory_usage_megabytes" in metrics[(True, end)], end
+    assert not any(k.startswith("system/") for k in metrics[("auto", "after_train")])
+    assert Tracking().system_metrics_on("cuda") and not Tracking().system_metrics_on("cpu")
+
+
+def test_system_metrics_of_a_gpu_trial_keep_its_own_gpu(monkeypatch):
+    """NVML lists every GPU of the machine; the trial's run keeps the one it trains on."""
+    import pynvml
+
+    from dakd.tracking import system
+
+    gpus = SimpleNamespace(gpu_handles=["h0", "h1", "h2"], num_gpus=3)
+    monitor = SimpleNamespace(monitors=[SimpleNamespace(), gpus])
+    uuids = {"h0": "GPU-0000", "h1": b"GPU-1A2B", "h2": "GPU-2222"}
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUUID", uuids.get)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda device: SimpleNamespace(uuid="1a2b")
+    )
+    system._only_gpu(monitor, torch.device("cuda", 1))
+    assert gpus.gpu_handles == ["h1"] and gpus.num_gpus == 1

@@ -29,7 +29,8 @@ class TrialTracking(Hook):
     """A trial's MLflow run as a hook of its training loop: every evaluation's metrics; at the
     end the final artifacts, where the trial's time went (``time/<activity>_s``: ``setup``,
     ``train`` (the trainer alone), ``report``, ``logging``, ``artifacts``, ``total``; see
-    bench/sweep_overhead.py) and FINISHED; on an error FAILED. The scheduler's stop
+    bench/sweep_overhead.py) and FINISHED; on an error FAILED and the error in one line as its
+    ``error`` tag (an out-of-memory stop says what to change there). The scheduler's stop
     (``SystemExit`` at a Tune report) is left to the driver, which closes the run, so the thread
     ends at once and its actor can be reused (``driver_closes_stops``). ``logger`` None: a
     data-parallel worker other than rank 0, which logs nothing."""
@@ -65,7 +66,42 @@ class TrialTracking(Hook):
     def on_exception(self, loop, error) -> None:
         if self.logger is None or (self.driver_closes_stops and isinstance(error, SystemExit)):
             return
+        if not isinstance(error, KeyboardInterrupt | SystemExit):
+            self.logger.set_tags({ERROR: error_line(error)})
         self.logger.finish("FAILED")
+
+
+class SystemMetrics(Hook):
+    """MLflow's system metrics on a trial's run while it trains (``tracking.system_metrics``;
+    :func:`dakd.tracking.system.start_system_metrics`): started once the trainer is built, when
+    the setting asks for them on the trainer's device (``auto``: a GPU); stopped when the run
+    ends, however it ends (a scheduler's stop included), so no thread outlives the trial on a
+    reused actor. Listed before :class:`TrialTracking`, which finishes the run after it. A
+    data-parallel worker logs its own machine's under ``system/rank<r>/`` (``node_id``)."""
+
+    def __init__(self, uri: str, run_id: str, tracking, node_id: str | None = None):
+        self.uri, self.run_id, self.tracking, self.node_id = uri, run_id, tracking, node_id
+        self.monitor = None
+
+    def before_train(self, loop) -> None:
+        device = loop.trainer.device
+        if not self.tracking.system_metrics_on(device.type):
+            return
+        from dakd.tracking.system import start_system_metrics
+
+        interval = self.tracking.system_metrics_interval
+        self.monitor = start_system_metrics(self.uri, self.run_id, interval, device, self.node_id)
+
+    def after_train(self, loop, result) -> None:
+        self.stop()
+
+    def on_exception(self, loop, error) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.monitor is not None:
+            monitor, self.monitor = self.monitor, None
+            monitor.finish()
 
 
 class TuneReport(Hook):

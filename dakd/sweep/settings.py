@@ -237,12 +237,39 @@ def _scheme(value: str) -> str | None:
 
 @dataclass
 class Tracking:
-    """MLflow: ``uri`` None -> the default SQLite store; ``experiment`` None -> the spec's name."""
+    """MLflow: ``uri`` None -> the default SQLite store; ``experiment`` None -> the spec's name.
+
+    ``system_metrics``: MLflow's system metrics on each trial's run while it trains (``system/``:
+    CPU and memory use, disk, network and, on a GPU, its utilisation, memory and power; see
+    :mod:`dakd.tracking.system`), one sample every ``system_metrics_interval`` seconds.
+    ``auto`` (default): for trials that train on a GPU; ``true``: for every trial; ``false``:
+    never. MLflow's environment variables ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` and
+    ``MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING`` override the interval and the samples
+    averaged per logged value (1 here).
+    """
 
     uri: str | None = None
     experiment: str | None = None
+    system_metrics: bool | str = "auto"
+    system_metrics_interval: float = 10.0
+
+    def system_metrics_on(self, device_type: str) -> bool:
+        """Whether a trial training on a device of ``device_type`` logs system metrics."""
+        if self.system_metrics == "auto":
+            return device_type == "cuda"
+        return bool(self.system_metrics)
 
     def check(self) -> None:
+        require(
+            self.system_metrics in (True, False, "auto"),
+            "tracking.system_metrics",
+            f"{self.system_metrics!r} is not one of auto, true, false",
+        )
+        require(
+            self.system_metrics_interval > 0,
+            "tracking.system_metrics_interval",
+            f"must be > 0 seconds, got {self.system_metrics_interval:g}",
+        )
         if self.uri is not None:
             require(
                 bool(self.uri.strip()),

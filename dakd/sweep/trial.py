@@ -4,7 +4,9 @@ A trial is the DAKD trainer (:func:`dakd.train.train`) with a ``report`` callbac
 evaluation to Ray Tune (metrics plus the resumable checkpoint, for schedulers and retries) and to
 MLflow (a child run of the sweep's parent run). A retried or resumed trial gets its checkpoint
 back from Tune, copies it into its run directory and continues exactly where it stopped, in the
-same MLflow run.
+same MLflow run. A trial that trains on a GPU also logs MLflow's system metrics (its GPU's
+utilisation, memory and power, the machine's CPU and memory) to its run while it trains
+(``tracking.system_metrics``: auto, true or false; :class:`dakd.sweep.hooks.SystemMetrics`).
 
 With ``resources.workers`` > 1 the trial is the driver of a Ray Train run (``TorchTrainer``):
 Ray Train starts the workers and their torch process group, every worker runs the same trainer,
@@ -32,6 +34,7 @@ from dakd.pipeline import (
     StageFailedError,
     with_stages,
 )
+from dakd.runtime import check_device
 from dakd.sweep.context import (
     RUN_ID_FILE,
     SELF,
@@ -42,7 +45,7 @@ from dakd.sweep.context import (
     trial_config,
 )
 from dakd.sweep.deployment import Deployment, measure_trial
-from dakd.sweep.hooks import TrialTracking, TuneReport, log_final_artifacts
+from dakd.sweep.hooks import SystemMetrics, TrialTracking, TuneReport, log_final_artifacts
 from dakd.sweep.spec import resolve, trial_label, trial_overrides
 from dakd.sweep.stage_tasks import ensure_stage
 from dakd.tracking.tags import (
@@ -72,6 +75,8 @@ def _open_trial_run(context, cfg: ExperimentConfig, config: dict, run_id=None, *
     logger = run_logger(
         context, run_name=label, tags={**run_tags(cfg, context), **tags}, run_id=run_id
     )
+    if run_id is not None:
+        _clear_error(logger)  # an earlier attempt's failure is not this attempt's
     if run_id is None:
         params = cfg.flat()
         params.update({f"sweep.{k}": v for k, v in trial_overrides(spec, config).items()})
@@ -80,6 +85,13 @@ def _open_trial_run(context, cfg: ExperimentConfig, config: dict, run_id=None, *
     if ray.is_initialized():  # where this attempt runs: trial placement on a cluster
         logger.set_tags({RAY_NODE_ID: ray.get_runtime_context().get_node_id()})
     return logger
+
+
+def _clear_error(logger) -> None:
+    from dakd.tracking.store import retry_locked
+
+    if ERROR in retry_locked(logger.client.get_run, logger.run_id).data.tags:
+        retry_locked(logger.client.delete_tag, logger.run_id, ERROR)
 
 
 def _restore(run_dir: Path, trial_dir: Path) -> str | None:
@@ -111,6 +123,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     trial_dir = Path(tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolve(spec, config)
+    check_device(cfg.train.device)  # a GPU the trial does not see: one line, before any work
     # the deployment figures first: a trial its figures rule out is recorded, not trained
     deployment = measure_trial(spec, cfg, trial_label(spec, config), threads)
     if deployment is not None and deployment.infeasible:
@@ -155,8 +168,9 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
 
+    system = SystemMetrics(context.tracking_uri, logger.run_id, spec.tracking)
     tracking = TrialTracking(logger, checkpoints.get("teacher"), started)
-    train(cfg, resume=True, hooks=[tracking, TuneReport(send)])
+    train(cfg, resume=True, hooks=[system, tracking, TuneReport(send)])
 
 
 def _log_deployment(logger, deployment: Deployment | None) -> dict[str, float]:
@@ -308,8 +322,10 @@ def train_worker(loop: dict[str, Any]) -> None:
             (Path(folder) / RUN_ID_FILE).write_text(run_id)
             ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
+    # every worker logs its own machine's system metrics to the trial's run, under rank<r>/
+    system = SystemMetrics(context.tracking_uri, run_id, context.spec.tracking, f"rank{rank}")
     tracking = TrialTracking(logger, loop["teacher"], time.perf_counter(), False)
-    train(cfg, resume=True, hooks=[tracking, TuneReport(send)])
+    train(cfg, resume=True, hooks=[system, tracking, TuneReport(send)])
 
 
 def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: SweepContext):
