@@ -4,8 +4,9 @@
 one of them; at each evaluation its :meth:`~StepMeter.metrics` join the run's metrics:
 
 * ``sec_per_step`` and ``step_ms``: the mean wall time of a step since the last evaluation (on
-  CUDA the clock is read after ``torch.cuda.synchronize``, so it is the GPU's time too, not the
-  time to queue the kernels);
+  CUDA the window ends with ``torch.cuda.synchronize``, so it is the GPU's time too, not the
+  time to queue the kernels; the steps themselves are not synchronised, so the CPU queues the
+  next step while the GPU runs the last);
 * ``tflops``: the FLOPs of one step (``torch.utils.flop_counter.FlopCounterMode``, forward and
   backward of every network the step runs, the teacher's and the discriminators' included) per
   second of a mean step, / 1e12: the throughput achieved, to compare with the GPU's peak;
@@ -56,6 +57,7 @@ class StepMeter:
     def reset(self) -> None:
         """Start a new window: no steps timed, the peak memory back to what is held now."""
         self.seconds, self.steps = 0.0, 0
+        self._last_end = 0.0
         self.counted_seconds: float | None = None
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -63,26 +65,31 @@ class StepMeter:
     def step(self, run: Callable[[], T]) -> T:
         """``run()`` (one training step), timed; the first one's FLOPs counted."""
         counting = self.count_flops and self.flops is None
+        if counting and self.cuda:
+            torch.cuda.synchronize(self.device)  # the counted step's time is its own
         tic = time.perf_counter()
         if counting:
             with FlopCounterMode(display=False) as counter:
                 out = run()
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+            self.flops = int(counter.get_total_flops())
+            self._last_end = time.perf_counter()
+            self.counted_seconds = self._last_end - tic
         else:
             out = run()
-        if self.cuda:
-            torch.cuda.synchronize(self.device)  # the kernels queued by the step have run
-        elapsed = time.perf_counter() - tic
-        if counting:
-            self.flops = int(counter.get_total_flops())
-            self.counted_seconds = elapsed
-        else:
-            self.seconds += elapsed
+            self._last_end = time.perf_counter()
+            self.seconds += self._last_end - tic
             self.steps += 1
         return out
 
     def metrics(self) -> dict[str, float]:
         """The window's :data:`TIMING_KEYS` (``tflops`` when the FLOPs are known, ``gpu_peak_mb``
-        on CUDA)."""
+        on CUDA). On CUDA the GPU's queue is drained first and the time it took counts as the
+        window's last step's: the steps were timed as the CPU queued them."""
+        if self.cuda and self.steps:
+            torch.cuda.synchronize(self.device)
+            self.seconds += time.perf_counter() - self._last_end
         seconds, steps = self.seconds, self.steps
         if steps == 0 and self.counted_seconds is not None:
             seconds, steps = self.counted_seconds, 1  # the counted step alone: its time it is
@@ -115,7 +122,7 @@ def out_of_memory(cfg, trainer, where: str) -> OutOfMemory:
         total = torch.cuda.get_device_properties(device).total_memory / 2**20
         memory = f", peak {peak:.0f} MiB allocated by this process of the {total:.0f} MiB it has"
         torch.cuda.empty_cache()
-    data, t = cfg.data, cfg.train
+    data = cfg.data
     per_process = data.batch_size // max(world.size, 1)
     batch = f"batch {per_process} per process"
     if world.size > 1:
@@ -136,9 +143,10 @@ def out_of_memory(cfg, trainer, where: str) -> OutOfMemory:
         live = False
         networks = _network(cfg.trained_model)
     tries = []
-    if t.amp == "fp32":
+    speed = trainer.speed  # the switches as resolved on the device (auto included)
+    if speed.amp_dtype is None:
         tries.append("train.amp=bf16")
-    if not t.channels_last:
+    if not speed.channels_last:
         tries.append("train.channels_last=true")
     if live:
         tries.append("teacher_cache.mode=on")

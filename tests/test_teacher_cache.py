@@ -394,8 +394,8 @@ def test_a_dakd_step_on_random_crops_reads_the_stored_map_cut_and_mirrored_as_it
     used = []
     predict = trainer.teacher_outputs.predict
 
-    def spy(role, batch):
-        pred = predict(role, batch)
+    def spy(role, batch, *levels):
+        pred = predict(role, batch, *levels)
         used.append((role, batch, pred))
         return pred
 

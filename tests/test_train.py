@@ -321,6 +321,8 @@ def test_out_of_memory_on_a_gpu_names_the_peak_the_total_and_the_live_teacher(ti
     teacher suggests the teacher-output cache; the allocator's cache is given back."""
     from types import SimpleNamespace
 
+    from dakd.runtime import Speed
+
     from dakd import performance
 
     emptied = []
@@ -337,7 +339,10 @@ def test_out_of_memory_on_a_gpu_names_the_peak_the_total_and_the_live_teacher(ti
         data__dataset="real",
     )
     trainer = SimpleNamespace(
-        device=torch.device("cuda", 1), world=SimpleNamespace(size=2), teacher=object()
+        device=torch.device("cuda", 1),
+        world=SimpleNamespace(size=2),
+        teacher=object(),
+        speed=Speed(amp_dtype=torch.bfloat16),  # bf16 on, channels_last off (as resolved)
     )
     message = str(performance.out_of_memory(cfg, trainer, "step 7"))
     assert emptied
