@@ -30,7 +30,7 @@ from dakd import losses
 from dakd.builders import build_data, build_network, spec_of, weight_average
 from dakd.config import ExperimentConfig
 from dakd.data.labels import NUM_CLASSES
-from dakd.data.loader import Prefetcher
+from dakd.data.loader import DeviceFeed, Prefetcher
 from dakd.distributed import current_world
 from dakd.evaluate import SegMetrics
 from dakd.models import Discriminator
@@ -78,10 +78,13 @@ class Trainer:
                 print(f"note: {notice}", file=sys.stderr)
         if self.speed.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
-        self.source, self.target, self.val = build_data(cfg, world.rank, world.size)
-        self.memory_format = (
-            torch.channels_last if self.speed.channels_last else torch.contiguous_format
-        )
+        self.source, self.target, self.val = build_data(cfg, world.rank, world.size, self.device)
+        self.memory_format = self.speed.memory_format
+        # the step's batches on its device (on CUDA copied a step ahead from pinned memory)
+        self.feeds = {
+            role: DeviceFeed(stream, self.device, self.memory_format, cfg.train.steps - 1)
+            for role, stream in (("source", self.source), ("target", self.target))
+        }
         # the order below is the order the networks draw their initial weights in
         self._build_model()
         self.ema = weight_average(cfg, self.model)
@@ -205,8 +208,8 @@ class Trainer:
         stage, step = self.stage, self.step
         needs_source = stage.supervised_on == "source"
         needs_target = stage.supervised_on == "target" or stage.adversarial
-        src = self.source.batch(step) if needs_source else None
-        tgt = self.target.batch(step) if needs_target else None
+        src = self.feeds["source"].batch(step) if needs_source else None
+        tgt = self.feeds["target"].batch(step) if needs_target else None
         with self.autocast():
             raw_s = pred_s = raw_t = pred_t = None
             if src:
@@ -257,7 +260,7 @@ class Trainer:
 
     def _segmentation(self, pred, batch) -> dict[str, torch.Tensor]:
         """L_seg on the labelled domain's batch, on both levels (the feature level is auxiliary)."""
-        labels = batch["label"].to(self.device)
+        labels = batch["label"].to(self.device, non_blocking=True)
         return {
             "seg": losses.seg_ce(pred["output"], labels),
             "seg_aux": losses.seg_ce(pred["feature"], labels),

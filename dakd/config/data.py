@@ -51,8 +51,9 @@ class DataConfig:
     is listed and paired, and this many pairs per split are decoded and checked (0: none).
 
     ``prefetch``: training batches built ahead per stream in background threads (changes no
-    result, only when the work happens): -1 = auto, 4 for real datasets (decoded from files) and
-    0 for the embedded scenes (already in memory); 0 = off.
+    result, only when the work happens): -1 = auto, for real datasets (decoded from files) one
+    per CPU the process may use, 4 to 16, and 0 for the embedded scenes (already in memory);
+    0 = off. On CUDA the batches built ahead are pinned and copied to the GPU a step ahead.
     """
 
     scenario: str = "synth_to_real"

@@ -111,14 +111,28 @@ class Prefetcher:
     ...) is the sampler's.
     """
 
-    def __init__(self, sampler: StepSampler, depth: int, last_step: int | None = None):
+    def __init__(
+        self, sampler: StepSampler, depth: int, last_step: int | None = None, pin: bool = False
+    ):
         if depth < 1:
             raise ValueError(f"prefetch depth must be >= 1, got {depth}")
         self.sampler = sampler
         self.depth = depth
         self.last_step = last_step
+        self.pin = pin
         self._pool = ThreadPoolExecutor(depth, thread_name_prefix="dakd-prefetch")
         self._ahead: dict[int, Future] = {}
+
+    def _build(self, step: int) -> dict[str, torch.Tensor]:
+        batch = self.sampler.batch(step)
+        if self.pin:  # page-locked, so that the copy to the GPU can run asynchronously
+            batch = {k: v.pin_memory() if k in DEVICE_KEYS else v for k, v in batch.items()}
+        return batch
+
+    def ready(self, step: int) -> bool:
+        """Whether the batch of ``step`` is built (asking for it will not wait)."""
+        future = self._ahead.get(step)
+        return future is not None and future.done()
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         for stale in [s for s in self._ahead if s < step]:  # steps that were skipped
@@ -129,8 +143,8 @@ class Prefetcher:
             end = min(end, self.last_step)
         for ahead in range(step + 1, end + 1):
             if ahead not in self._ahead:
-                self._ahead[ahead] = self._pool.submit(self.sampler.batch, ahead)
-        return current.result() if current is not None else self.sampler.batch(step)
+                self._ahead[ahead] = self._pool.submit(self._build, ahead)
+        return current.result() if current is not None else self._build(step)
 
     def close(self) -> None:
         """Drop the batches built ahead and stop the threads."""
@@ -143,6 +157,72 @@ class Prefetcher:
         if name == "sampler":  # not set yet (during unpickling or a failed __init__)
             raise AttributeError(name)
         return getattr(self.sampler, name)
+
+
+#: What of a batch the step reads on its device; the rest (which samples, their flips and crop
+#: draws) stays on the host, where the teacher-output cache reads it.
+DEVICE_KEYS = ("image", "label")
+
+
+class DeviceFeed:
+    """A training stream's batches on the trainer's device.
+
+    On CUDA, images and labels are copied with ``non_blocking`` on a side stream, in the
+    trainer's memory format: a :class:`Prefetcher`'s batches come pinned (page-locked), so the
+    copy of step ``t + 1``'s batch, queued when step ``t`` asks for its own and that batch is
+    built, runs while step ``t`` computes. A step waits (on the GPU, not the host) for its
+    batch's copy only. A batch that is not ready is copied when its step asks for it. On the
+    CPU the stream's batches are returned as they are.
+
+    ``stream`` is read at call time (``stream.batch(step)``), so what replaces its ``batch``
+    (a benchmark's batches built ahead) is what the feed copies.
+    """
+
+    def __init__(
+        self,
+        stream,
+        device: torch.device,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        last_step: int | None = None,
+    ):
+        self.stream = stream
+        self.device = device
+        self.memory_format = memory_format
+        self.last_step = last_step
+        self.cuda = device.type == "cuda"
+        self._copies = torch.cuda.Stream(device) if self.cuda else None
+        self._ahead: tuple[int, dict, torch.cuda.Event] | None = None
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        if not self.cuda:
+            return self.stream.batch(step)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == step:
+            _, batch, copied = ahead
+        else:
+            batch, copied = self._copy(self.stream.batch(step))
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(copied)
+        for key in DEVICE_KEYS:
+            # made on the side stream, read on this one: its memory is not reused before
+            batch[key].record_stream(current)
+        following = step + 1
+        ready = getattr(self.stream, "ready", None)  # only a prefetcher builds ahead
+        if ready is not None and (self.last_step is None or following <= self.last_step):
+            if ready(following):
+                self._ahead = (following, *self._copy(self.stream.batch(following)))
+        return batch
+
+    def _copy(self, host: dict[str, torch.Tensor]) -> tuple[dict, torch.cuda.Event]:
+        """``host``'s images and labels on the device, copied on the side stream."""
+        batch = dict(host)
+        with torch.cuda.stream(self._copies):
+            image = host["image"].to(self.device, non_blocking=True)
+            batch["image"] = image.contiguous(memory_format=self.memory_format)
+            batch["label"] = host["label"].to(self.device, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record(self._copies)
+        return batch, copied
 
 
 def photometric(image: torch.Tensor, draws, strength: float, grayscale: float) -> torch.Tensor:
