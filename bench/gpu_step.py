@@ -450,7 +450,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 2; memory)")
     parser.add_argument("--device", default="auto", help="auto (cuda when there), cpu, cuda")
     parser.add_argument("--settings", help=f"comma list of {', '.join(SETTINGS)}")
-    parser.add_argument("--processes", default=None, help="trial processes (default 1,2,4)")
+    parser.add_argument("--processes", help="trial processes (default 1,2,4; --quick: 1)")
     parser.add_argument("--window", type=float, help="seconds of the shared window (default 15)")
     parser.add_argument("--loader-steps", type=int, help="simulated steps (default 12)")
     parser.add_argument("--profile-steps", type=int, help="profiled bf16 steps (default 3)")
@@ -505,6 +505,11 @@ def main(argv=None) -> int:
     os.chdir(ROOT)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device {args.device}: torch {torch.__version__} sees no CUDA device "
+            f"(built for CUDA {torch.version.cuda or 'none'})"
+        )
     cpus = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="dakd-gpu-step-"))
     try:
