@@ -76,6 +76,17 @@ def _configs(args, tmp: Path):
     return live, cached
 
 
+def crop_text(data) -> str:
+    """The training crop: ``crop_size`` for the embedded scenes; a real-data config crops by
+    ``source_crop`` and ``target_crop`` (``crop_size`` does not apply to it)."""
+    if data.dataset != "real":
+        return f"{data.crop_size[0]}x{data.crop_size[1]}"
+    (sh, sw), (th, tw) = data.source_crop, data.target_crop
+    if (sh, sw) == (th, tw):
+        return f"{sh}x{sw}"
+    return f"{sh}x{sw} (source) / {th}x{tw} (target)"
+
+
 def _peak_memory(cfg_path: Path, steps: int) -> dict[str, float]:
     """Train ``steps`` steps of the pickled config in a fresh process; its peak memory."""
     code = f"""
@@ -129,9 +140,14 @@ def step_bench(args) -> float:
 
         def block(trainer) -> float:
             trainer.step = 0
+            cuda = trainer.device.type == "cuda"  # CUDA runs queued: wait for it around a block
+            if cuda:
+                torch.cuda.synchronize(trainer.device)
             tic = time.perf_counter()
             for _ in range(n):
                 trainer.train_step()
+            if cuda:
+                torch.cuda.synchronize(trainer.device)
             return (time.perf_counter() - tic) / n
 
         block(live), block(cached)  # warm-up
@@ -159,7 +175,7 @@ def step_bench(args) -> float:
     device = cached.device
     print(
         f"config: {args.config} stage dakd (c), batch {cfg.data.batch_size}+"
-        f"{cfg.data.batch_size}, {cfg.data.crop_size[0]}x{cfg.data.crop_size[1]}, "
+        f"{cfg.data.batch_size}, {crop_text(cfg.data)}, "
         f"teacher {cfg.models.teacher.name} x{cfg.models.teacher.width}, {device}, "
         f"{torch.get_num_threads()} threads"
     )

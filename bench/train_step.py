@@ -49,17 +49,21 @@ def hand_loop(trainer: Trainer, batches, steps: int) -> float:
             for k, v in out.items()
         }
 
+    synchronize(trainer.device)
     tic = time.perf_counter()
     for i in range(steps):
         src, tgt = batches[i % len(batches)]
-        size = src["image"].shape[-2:]
-        ps = up(model(src["image"]), size)
-        pt = up(model(tgt["image"]), size)
+        # onto the trainer's device and memory format, as the trainer's step moves its batches
+        src_image, tgt_image = trainer.images(src), trainer.images(tgt)
+        src_label = src["label"].to(trainer.device)
+        size = src_image.shape[-2:]
+        ps = up(model(src_image), size)
+        pt = up(model(tgt_image), size)
         with torch.no_grad():
-            ts = up(teacher(src["image"]), size)
-            tt = up(teacher(tgt["image"]), size)
-        loss = losses.seg_ce(ps["output"], src["label"]) + lw.seg_aux * losses.seg_ce(
-            ps["feature"], src["label"]
+            ts = up(teacher(src_image), size)
+            tt = up(teacher(tgt_image), size)
+        loss = losses.seg_ce(ps["output"], src_label) + lw.seg_aux * losses.seg_ce(
+            ps["feature"], src_label
         )
         discs.requires_grad_(False)
         loss = loss + lw.adv_output * losses.adversarial(
@@ -92,7 +96,14 @@ def hand_loop(trainer: Trainer, batches, steps: int) -> float:
             )
         d_loss.backward()
         d_opt.step()
+    synchronize(trainer.device)
     return time.perf_counter() - tic
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that timing is fair."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> int:
@@ -129,9 +140,11 @@ def main() -> int:
 
         ours, theirs = [], []
         for _ in range(args.repeats):
+            synchronize(trainer.device)
             tic = time.perf_counter()
             for _ in range(n):
                 trainer.train_step()
+            synchronize(trainer.device)
             ours.append((time.perf_counter() - tic) / n)
             trainer.step = 0
             theirs.append(hand_loop(hand, batches, n) / n)
