@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT))
 from dakd import checkpoint as ckpt  # noqa: E402
 from dakd.builders import build_network, prefetch_depth, spec_of  # noqa: E402
 from dakd.config import load_config  # noqa: E402
+from dakd.data.loader import DEVICE_KEYS  # noqa: E402
 from dakd.distributed import current_world  # noqa: E402
 from dakd.runtime import resolve_device, speed_settings  # noqa: E402
 from dakd.trainer import Trainer  # noqa: E402
@@ -214,9 +215,20 @@ def peak_memory_mb(run, device: torch.device, baseline: int = 0) -> float | None
 
 
 def replay(trainer: Trainer, batches) -> None:
-    """Serve ``batches`` (built ahead) to the trainer's step, cycling by step."""
-    trainer.source.batch = lambda step: batches[step % len(batches)][0]
-    trainer.target.batch = lambda step: batches[step % len(batches)][1]
+    """Serve ``batches`` (built ahead) to the trainer's step, cycling by step, as its
+    prefetching serves them: on CUDA pinned and always ready, so the trainer's feed copies
+    the next step's batch while a step computes (``dakd.data.loader.DeviceFeed``)."""
+    if trainer.device.type == "cuda":
+        batches = [
+            tuple(
+                {k: v.pin_memory() if k in DEVICE_KEYS else v for k, v in batch.items()}
+                for batch in pair
+            )
+            for pair in batches
+        ]
+    for i, stream in enumerate((trainer.source, trainer.target)):
+        stream.batch = lambda step, i=i: batches[step % len(batches)][i]
+        stream.ready = lambda step: True
 
 
 def steps(trainer: Trainer, n: int) -> None:
