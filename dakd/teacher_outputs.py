@@ -157,7 +157,7 @@ def teacher_forward(cfg: ExperimentConfig, teacher, teacher_step, role: str, dev
     """The frozen teacher's raw outputs (its own stride) on images of ``role``'s domain, as a
     DAKD step computes them: mixed precision and memory format of ``speed``, and the BatchNorm
     statistics of the domain (``train.bn_stats``). What the cache stores."""
-    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
+    memory_format = speed.memory_format
     autocast = (
         torch.autocast(device.type, dtype=speed.amp_dtype)
         if speed.amp_dtype is not None
@@ -263,7 +263,7 @@ class TeacherOutputs:
         self.cfg, self.device, self.speed, self.world = cfg, device, speed, world
         self.datasets = datasets
         self.source_statistics = source_statistics
-        self.memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
+        self.memory_format = speed.memory_format
         self.teacher: torch.nn.Module | None = None
         self.teacher_step: torch.nn.Module | None = None
         self.caches = self._open_caches()
