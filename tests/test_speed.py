@@ -198,3 +198,24 @@ def test_a_dakd_step_distils_on_the_logit_grid_when_asked(tiny, tmp_path, monkey
     assert all(torch.isfinite(v) for v in b.values())
     image.close()
     grid.close()
+
+
+def test_bf16_teacher_outputs_from_the_cache_equal_the_live_teachers(tiny, tmp_path):
+    """The cache is built with the teacher held in bf16 as the live teacher is: a run reading
+    it computes the same numbers, bit for bit."""
+    from dakd import checkpoint as ckpt
+
+    spec = spec_of(tiny().models.teacher)
+    path = tmp_path / "teacher.pt"
+    ckpt.save({"network": spec, "model": build_network(spec).state_dict()}, path)
+    common = {"teacher": str(path), "paradigm": "c", "train__amp": "bf16"}
+    live = Trainer(tiny("dakd", name="live", teacher_cache__mode="off", **common))
+    cached = Trainer(tiny("dakd", name="cached", teacher_cache__mode="on", **common))
+    assert live.teacher is not None and cached.teacher is None
+    convs = [m for m in live.teacher.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.weight.dtype is torch.bfloat16 for m in convs)
+    for _ in range(2):
+        a, b = live.train_step(), cached.train_step()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    live.close()
+    cached.close()
