@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   python -m dakd models
   python -m dakd deploy configs/embedded.yaml --network student --size 1024 2048 --device cpu
   python -m dakd data check --dataset cityscapes --root /data/cityscapes
+  python -m dakd cluster local up --nodes 3      (PostgreSQL, an MLflow server, 3 Ray nodes)
 """
 
 
@@ -236,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from dakd.cluster.cli import add_cluster_parser
+
     for add in (_train, _eval, _calibrate, _pretrain, _scenes, _models, _deploy, _data):
         add(sub)
+    add_cluster_parser(sub)
     return parser
 
 
