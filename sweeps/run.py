@@ -3,6 +3,9 @@
 python sweeps/run.py sweeps/loss_weights.yaml            # run it
 python sweeps/run.py sweeps/loss_weights.yaml --dry-run  # validate, print the plan
 python sweeps/run.py sweeps/loss_weights.yaml --resume   # continue an interrupted sweep
+
+Ctrl-C or SIGTERM (a job's time limit, an eviction) stops the sweep cleanly: Tune saves its
+trials, every MLflow run still open ends KILLED, and the exit status is 130 or 143.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dakd.config import ConfigError
     from dakd.data.datasets import DataError
+    from dakd.sweep.interrupt import Terminated
     from dakd.sweep.plan import plan, smoke
     from dakd.sweep.run import run_sweep
     from dakd.sweep.spec import SpecError, load_spec
@@ -79,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Terminated as stop:
+        # one line, what a job's log shows last: the status a shell gives a signal's end
+        print(
+            f"sweep {spec.name} terminated by {stop.signal_name}: {stop.closed} MLflow run(s) "
+            "closed as KILLED; continue it with the same command and --resume",
+            file=sys.stderr,
+        )
+        return stop.exit_code
     return 1 if result.errors else 0
 
 

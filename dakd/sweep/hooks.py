@@ -35,16 +35,25 @@ class TrialTracking(Hook):
     ends at once and its actor can be reused (``driver_closes_stops``). ``logger`` None: a
     data-parallel worker other than rank 0, which logs nothing."""
 
-    def __init__(self, logger, teacher: str | None, started: float, driver_closes_stops=True):
+    def __init__(
+        self, logger, teacher: str | None, started: float, driver_closes_stops=True, label=""
+    ):
         self.logger = logger
         self.teacher = teacher
         self.started = started
         self.driver_closes_stops = driver_closes_stops
+        self.label = label  # the trial's name in its progress lines (empty: none printed)
         self.setup = time.perf_counter() - started  # made just before train() is called
 
     def after_evaluation(self, loop, metrics, checkpoint) -> None:
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=int(metrics["step"]))
+        if self.label:  # on the driver's console (Ray passes a worker's lines on)
+            print(
+                f"[trial {self.label}] step {int(metrics['step'])}/{loop.cfg.train.steps} "
+                f"target mIoU {metrics.get('miou', float('nan')):.2f}",
+                flush=True,
+            )
 
     def after_train(self, loop, result) -> None:
         if self.logger is None:

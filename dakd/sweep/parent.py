@@ -2,7 +2,8 @@
 
 Every stage, cache and trial run of a sweep is a child of its parent run. The parent carries the
 driver's host and process id, so a later attempt can tell a killed attempt (its runs are closed
-as KILLED) from one still running here or elsewhere (left alone). MLflow is imported only in
+as KILLED) from one still running here or elsewhere (left alone). A sweep stopped by a signal
+closes its own open runs before it exits (:func:`close_open_runs`). MLflow is imported only in
 these functions: the parent run opens in a thread while Ray starts.
 """
 
@@ -15,6 +16,7 @@ from dakd.sweep.spec import SpecError, SweepSpec
 from dakd.tracking.tags import (
     DRIVER_HOST,
     DRIVER_PID,
+    ERROR,
     MLFLOW_PARENT_RUN_ID,
     STAGE,
     SWEEP,
@@ -105,6 +107,30 @@ def close_dead_runs(uri: str, spec: SweepSpec, parent_run_id: str, log=print) ->
             finish_run(uri, run.info.run_id, "KILLED")
             closed += 1
     return closed
+
+
+def close_open_runs(uri: str, parent_run_id: str, reason: str) -> int:
+    """Close as KILLED, tagged ``error: reason``, the runs of a sweep that a signal stopped and
+    that are still RUNNING: its stage, cache and trial runs (children of ``parent_run_id``;
+    Ray's workers opened them, the driver closes them once those workers are stopped), then the
+    parent run. Runs that ended before the signal keep their status. Returns how many it closed.
+    """
+    from dakd.tracking.runs import finish_run, set_run_tags
+    from dakd.tracking.store import client_for, get_run, search_runs
+
+    parent = get_run(uri, parent_run_id)
+    children = search_runs(
+        client_for(uri),
+        [parent.info.experiment_id],
+        f"{tag_filter(MLFLOW_PARENT_RUN_ID, parent_run_id)} and attributes.status = 'RUNNING'",
+    )
+    running = [run.info.run_id for run in children]
+    if parent.info.status == "RUNNING":
+        running.append(parent_run_id)  # last: a parent never ends before its children
+    for run_id in running:
+        set_run_tags(uri, run_id, {ERROR: reason})
+        finish_run(uri, run_id, "KILLED")
+    return len(running)
 
 
 def _alive(pid: int) -> bool:

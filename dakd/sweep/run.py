@@ -7,13 +7,17 @@ Tuner runs the trials; at the end the best trials are printed with where to look
 
 :class:`Sweep` names those phases. Ray and the sweep's MLflow parent run are held by one context
 manager (:meth:`Sweep.opened`): however a sweep ends (done, a failure, Ctrl-C), a Ray it started
-is shut down and its parent run is not left RUNNING.
+is shut down and its parent run is not left RUNNING. A sweep stopped by a signal (Ctrl-C, or the
+SIGTERM a scheduler sends at a job's time limit; :mod:`dakd.sweep.interrupt`) leaves no run of
+its own RUNNING: Tune saves its trials' state, and every run still open ends KILLED with an
+``error`` tag saying so, ready for ``--resume``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +32,8 @@ from dakd.sweep.cluster import (
     start_ray,
 )
 from dakd.sweep.context import SweepContext
-from dakd.sweep.parent import close_dead_runs, log_analysis, open_parent
+from dakd.sweep.interrupt import Signals, Terminated
+from dakd.sweep.parent import close_dead_runs, close_open_runs, log_analysis, open_parent
 from dakd.sweep.plan import Plan, plan
 from dakd.sweep.spec import SpecError, SweepSpec
 from dakd.sweep.stages import build_caches, train_stages
@@ -86,6 +91,7 @@ class Sweep:
         self.failed_stages: list[str] = []
         self.result: SweepResult | None = None
         self.analysis: threading.Thread | None = None  # the result tables, logged to the parent
+        self.signals = Signals()  # SIGINT and SIGTERM while the sweep runs
 
     @property
     def uri(self) -> str:
@@ -96,8 +102,10 @@ class Sweep:
         return f"{self.plan.storage.rstrip('/')}/{self.name}"
 
     def run(self) -> SweepResult:
-        """The phases in order; :meth:`opened` closes Ray and the parent run however they end."""
-        with self.opened():
+        """The phases in order, with SIGINT and SIGTERM held by :attr:`signals` (the handlers
+        found are back when it returns); :meth:`opened` closes Ray and the runs however they end.
+        A signal ends it with :class:`Terminated`, which counts the runs closed KILLED."""
+        with self.signals.installed(), self.opened():
             self.stages()
             self.caches()
             self.trials()
@@ -109,12 +117,26 @@ class Sweep:
         """Ray and the parent run, from :meth:`open` to :meth:`close`, for the phases between.
 
         A sweep that gets through its summary ends its parent run FINISHED (FAILED when a trial
-        failed). A failure or Ctrl-C anywhere, opening and closing included, ends it KILLED;
-        the error goes on to the caller. Either way a Ray the sweep started is shut down."""
+        failed). A failure anywhere, opening and closing included, ends it KILLED; the error goes
+        on to the caller. A signal (Ctrl-C, SIGTERM) ends every run still open KILLED
+        (:meth:`close_stopped`) and goes on as :class:`Terminated`. Either way a Ray the sweep
+        started is shut down."""
         try:
             self.open()
             yield
             self.close("FAILED" if self.result.errors else "FINISHED")
+        except KeyboardInterrupt as err:
+            # Ray turns an exception its wait raised on a signal into a bare KeyboardInterrupt:
+            # the signal is the one ``signals`` received (none: Ctrl-C off the main thread)
+            stop = (
+                err
+                if isinstance(err, Terminated)
+                else Terminated(self.signals.received or signal.SIGINT)
+            )
+            stop.closed = self.close_stopped(stop.reason)
+            if stop is err:
+                raise
+            raise stop from err
         except BaseException:
             self.close("KILLED")
             raise
@@ -155,8 +177,14 @@ class Sweep:
             )
             try:
                 self.started_ray = start_ray(self.address)
+                self.signals.reclaim()  # ray.init sets a SIGTERM handler that exits at once
                 check_cluster_resources(self.spec, self.autoscale)
                 self.experiment_id, self.parent = opening.result()
+            except KeyboardInterrupt:
+                # a signal: the parent run, once open, is closed with the others (close_stopped)
+                with contextlib.suppress(Exception):
+                    self.experiment_id, self.parent = opening.result()
+                raise
             except BaseException as err:
                 self._drop_parent(opening, err)
                 raise
@@ -199,9 +227,12 @@ class Sweep:
         build_caches(self.plan.caches, self.context, self.log)
 
     def trials(self) -> None:
+        """The Tuner's trials. A signal while they run stops them through Tune, which saves its
+        experiment state for ``--resume``; the sweep stops once ``fit`` has returned."""
         tuner = tuner_for(self.context, self.plan.storage, self.name, self.previous, self.log)
-        with one_line_trial_errors():
+        with one_line_trial_errors(), self.signals.tune_running():
             self.grid = tuner.fit()
+        self.signals.check()
 
     def summary(self) -> None:
         """The best trials against the baselines, printed and logged on the parent run (text,
@@ -264,12 +295,57 @@ class Sweep:
         finally:
             self._stop_ray()
 
-    def _stop_ray(self) -> None:
+    def close_stopped(self, reason: str) -> int:
+        """After a signal: Ray first, so that no worker of the sweep goes on writing to a run or
+        reopens one; then every run of the sweep still RUNNING (the parent, and the stage, cache
+        and trial runs under it, whichever process opened them) ends KILLED, tagged ``error:
+        reason``; result tables being logged (a signal after the summary) finish after that: a
+        job's grace period before SIGKILL goes first to leaving nothing RUNNING. Returns how
+        many runs it closed."""
+        try:
+            self._stop_ray(wait=True)
+        except Exception as err:  # noqa: BLE001 - the runs are closed all the same
+            self.log(f"warning: Ray did not shut down cleanly ({type(err).__name__}: {err})")
+        closed = 0
+        if self.parent is not None:
+            closed = close_open_runs(self.uri, self.parent.run_id, reason)
+            self.parent.status = "KILLED"
+        if self.analysis is not None:
+            self.analysis.join()
+        return closed
+
+    def _stop_ray(self, wait: bool = False) -> None:
+        """Shut down (or leave) a Ray the sweep started (joined). ``wait``: until the processes
+        it started on this machine (GCS, raylet, the workers of stages and trials) are gone."""
         if self.started_ray:
             import ray
 
             self.started_ray = False
-            ray.shutdown()
+            if not wait:
+                ray.shutdown()
+                return
+            workers = _child_processes()
+            ray.shutdown(wait_for_processes=True)
+            _wait_for(workers)
+
+
+def _child_processes() -> list:
+    """The processes under this one (a local Ray's: GCS, raylet, its workers)."""
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+def _wait_for(processes: list, timeout: float = 10.0) -> None:
+    """Wait until ``processes`` have ended; those still there after ``timeout`` s are killed (a
+    worker the raylet left behind when it stopped would go on training, and logging)."""
+    import psutil
+
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 def run_sweep(
