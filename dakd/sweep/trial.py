@@ -169,7 +169,8 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
             )
 
     system = SystemMetrics(context.tracking_uri, logger.run_id, spec.tracking)
-    tracking = TrialTracking(logger, checkpoints.get("teacher"), started)
+    label = trial_label(spec, config)
+    tracking = TrialTracking(logger, checkpoints.get("teacher"), started, label=label)
     train(cfg, resume=True, hooks=[system, tracking, TuneReport(send)])
 
 

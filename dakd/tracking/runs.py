@@ -28,7 +28,7 @@ from mlflow.utils.validation import (
 from dakd.config import flatten
 from dakd.tracking.locations import runs_view, ui_link, view_tag
 from dakd.tracking.store import client_for, retry_locked
-from dakd.tracking.tags import MLFLOW_NOTE, MLFLOW_PARENT_RUN_ID
+from dakd.tracking.tags import ERROR, MLFLOW_NOTE, MLFLOW_PARENT_RUN_ID
 
 if TYPE_CHECKING:
     from dakd.evaluate import SegMetrics
@@ -70,7 +70,12 @@ class RunLogger:
     ``run_id=None`` creates a run in ``experiment_id`` (named ``run_name``, tagged
     ``mlflow.parentRunId = parent_run_id`` when given, plus ``tags``); a ``run_id`` reopens that
     run instead (a retried or resumed trial continues it: status back to RUNNING, new metric
-    steps appended, same-valued params accepted, ``run_name``/``tags``/parent applied if given).
+    steps appended, same-valued params accepted, ``run_name``/``tags``/parent applied if given,
+    and the ``error`` tag of the attempt that ended it removed: its failure or stop is not this
+    attempt's). A reopened run logs each (metric, step) once: an attempt that continues from a
+    checkpoint older than the last steps its predecessor logged (a node lost between logging an
+    evaluation and saving its checkpoint) replays those steps, with the same values, and they are
+    not logged again, so every metric's history has one value per step.
     Use it as a context manager to finish the run FINISHED, or FAILED/KILLED on an exception.
     """
 
@@ -104,12 +109,25 @@ class RunLogger:
         self.run_id: str = run.info.run_id
         if run_id is not None:
             retry_locked(self.client.update_run, run_id, status="RUNNING", name=run_name or None)
+            if ERROR in run.data.tags:
+                retry_locked(self.client.delete_tag, run_id, ERROR)
             if all_tags:
                 self.set_tags(all_tags)
+            self._logged = self._logged_steps(run)
         #: Where the run's artifacts live (``file://...`` for the default store).
         self.artifact_uri: str = run.info.artifact_uri
         #: The status the run was terminated with, ``None`` while it is open.
         self.status: str | None = None
+
+    #: (metric, step) pairs the run holds from earlier attempts (``None``: a new run).
+    _logged: set[tuple[str, int]] | None = None
+
+    def _logged_steps(self, run) -> set[tuple[str, int]]:
+        return {
+            (key, int(m.step))
+            for key in run.data.metrics
+            for m in retry_locked(self.client.get_metric_history, self.run_id, key)
+        }
 
     @staticmethod
     def _tag_value(value: Any) -> str:
@@ -135,6 +153,9 @@ class RunLogger:
             for k, v in ((k, finite_float(v)) for k, v in metrics.items())
             if v is not None
         }
+        if self._logged is not None:  # a reopened run: what an earlier attempt logged stays once
+            logged = {k: v for k, v in logged.items() if (k, int(step)) not in self._logged}
+            self._logged.update((k, int(step)) for k in logged)
         items = [Metric(k, v, stamp, int(step)) for k, v in logged.items()]
         for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
             retry_locked(self.client.log_batch, self.run_id, metrics=chunk)
