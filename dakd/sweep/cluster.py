@@ -7,6 +7,7 @@ asking for more than any node has waits forever) or would write where other node
 from __future__ import annotations
 
 import os
+import time
 
 from dakd.sweep.spec import SpecError, SweepSpec
 
@@ -41,38 +42,157 @@ def start_ray(address: str | None) -> bool:
     return True
 
 
+def node_sizes() -> list[dict[str, float | str]]:
+    """The alive nodes of the Ray cluster: ``{"ip", "CPU", "GPU"}`` each."""
+    import ray
+
+    return [
+        {
+            "ip": n.get("NodeManagerAddress", "?"),
+            "CPU": float(n.get("Resources", {}).get("CPU", 0.0)),
+            "GPU": float(n.get("Resources", {}).get("GPU", 0.0)),
+        }
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+
+
+def largest(nodes: list[dict], kind: str) -> float:
+    return max((float(n[kind]) for n in nodes), default=0.0)
+
+
+def process_requests(spec: SweepSpec) -> list[tuple[str, str, dict[str, float]]]:
+    """Every kind of process the sweep asks Ray for, each of which one node must hold:
+    ``(what, spec key, {"CPU", "GPU"})``. A stage or cache task asks for at least 1 CPU (it is
+    given what the largest node has, up to its threads: :func:`stage_cpus`) and the trial's GPUs;
+    a trial process its ``resources``; a data-parallel trial its Train driver and each worker."""
+    r = spec.resources
+    asks = [("a stage task", "resources.gpu", {"CPU": 1.0, "GPU": r.gpu})]
+    if r.workers > 1:
+        asks.append(("a trial's Train driver", "resources", {"CPU": DRIVER_CPU, "GPU": 0.0}))
+        asks.append(("a Ray Train worker", "resources.cpu", {"CPU": r.cpu, "GPU": r.gpu}))
+    else:
+        asks.append(("a trial process", "resources.cpu", {"CPU": r.cpu, "GPU": r.gpu}))
+    return asks
+
+
+def describe_nodes(nodes: list[dict]) -> str:
+    if not nodes:
+        return "no alive node"
+    return ", ".join(f"{n['ip']} {n['CPU']:g} CPU {n['GPU']:g} GPU" for n in nodes)
+
+
+def unmet_request(spec: SweepSpec, nodes: list[dict]) -> tuple[str, str] | None:
+    """The first process of the sweep no single node of ``nodes`` can hold, as ``(spec key,
+    one line naming the request and the nodes' sizes)``; ``None`` when every one fits a node."""
+    for what, key, ask in process_requests(spec):
+        fits = any(all(n[kind] >= ask[kind] for kind in ("CPU", "GPU")) for n in nodes)
+        if not fits:
+            return key, (
+                f"{what} asks for {ask['CPU']:g} CPU and {ask['GPU']:g} GPU on one node, but no "
+                f"node has that many (nodes: {describe_nodes(nodes)})"
+            )
+    return None
+
+
+def stage_cpus(threads: int, nodes: list[dict]) -> int:
+    """CPUs a stage task reserves: its threads, but never more than the largest node has (a
+    task asking for more than any node holds waits forever, however many CPUs the cluster has
+    in all)."""
+    return max(1, min(threads, int(largest(nodes, "CPU"))))
+
+
 def check_cluster_resources(spec: SweepSpec, autoscale: bool = False) -> None:
-    """Stop with :class:`SpecError` when no node of the Ray cluster can host one trial process
-    (or one Ray Train worker), or the cluster cannot host one trial at all: its trials would wait
-    for resources forever. An autoscaling cluster adds nodes on demand: ``autoscale`` skips it."""
+    """Stop with :class:`SpecError` when a process the sweep starts (a stage, a trial, a Ray Train
+    worker) fits no single node of the Ray cluster, or a data-parallel trial's workers do not fit
+    the whole cluster: its tasks would wait for resources forever. Checked before the first task
+    starts. An autoscaling cluster adds nodes on demand: ``autoscale`` skips it."""
     import ray
 
     if autoscale:
         return
     r = spec.resources
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    nodes = node_sizes()
+    unmet = unmet_request(spec, nodes)
+    if unmet is not None:
+        key, line = unmet
+        raise SpecError(
+            f"{spec.path}: {key}: {line}; lower it, or pass --autoscale on a cluster that adds "
+            "nodes on demand"
+        )
     total = ray.cluster_resources()
-    per_process = {"CPU": r.cpu, "GPU": r.gpu}
     whole = {
         "CPU": r.cpu * r.workers + (DRIVER_CPU if r.workers > 1 else 0),
         "GPU": r.gpu * r.workers,
     }
     have = f"{total.get('CPU', 0):g} CPU and {total.get('GPU', 0):g} GPU"
-    for kind, key in (("CPU", "resources.cpu"), ("GPU", "resources.gpu")):
-        largest = max((n.get(kind, 0.0) for n in nodes), default=0.0)
-        if per_process[kind] > largest:
-            raise SpecError(
-                f"{spec.path}: {key}: a trial process asks for {per_process[kind]:g} {kind}, but "
-                f"no node of the Ray cluster has that many (the cluster has {have} in all, the "
-                f"largest node {largest:g} {kind}); lower it, or pass --autoscale on a cluster "
-                "that adds nodes on demand"
-            )
+    for kind in ("CPU", "GPU"):
         if whole[kind] > total.get(kind, 0.0):
             raise SpecError(
                 f"{spec.path}: resources: a trial of {r.workers} worker(s) asks for "
                 f"{whole[kind]:g} {kind} in all, but the Ray cluster has {have}; lower "
                 "resources.workers, or pass --autoscale on a cluster that adds nodes on demand"
             )
+
+
+class NodeWatch:
+    """Watches the cluster while the sweep runs: when no alive node can hold one of its processes
+    any more (the nodes that could were lost), it says once what it waits for, and, if no such
+    node is back within ``resources.node_timeout_s``, calls ``stop(reason)`` (the sweep stops as
+    if interrupted, so ``--resume`` continues it). A node that comes back in time is said too."""
+
+    def __init__(self, spec: SweepSpec, stop, log, interval: float = 2.0, nodes=node_sizes):
+        import threading
+
+        self.spec = spec
+        self.stop = stop
+        self.log = log
+        self.interval = interval
+        self.nodes = nodes
+        self.waiting_since: float | None = None
+        self.stopped: str | None = None  # the reason given to ``stop``
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="dakd-node-watch", daemon=True)
+
+    def __enter__(self) -> NodeWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                self.poll(time.monotonic())
+            except Exception as err:  # noqa: BLE001 - a watch must not end the sweep on its own
+                self.log(f"warning: the node watch could not read the cluster: {err}")
+            if self.stopped:
+                return
+
+    def poll(self, now: float) -> None:
+        """One look at the cluster (``now``: a monotonic clock reading)."""
+        timeout = self.spec.resources.node_timeout_s
+        unmet = unmet_request(self.spec, self.nodes())
+        if unmet is None:
+            if self.waiting_since is not None:
+                self.log("the cluster has a node for every process of the sweep again; going on")
+            self.waiting_since = None
+            return
+        if self.waiting_since is None:
+            self.waiting_since = now
+            self.log(
+                f"waiting for a node: {unmet[1]}; the sweep stops if none is back within "
+                f"{timeout:g} s (resources.node_timeout_s)"
+            )
+        elif now - self.waiting_since >= timeout:
+            self.stopped = (
+                f"no node could hold the sweep's processes for {timeout:g} s "
+                f"(resources.node_timeout_s): {unmet[1]}"
+            )
+            self.log(f"error: {self.stopped}")
+            self.stop(self.stopped)
 
 
 def trial_resources(spec: SweepSpec) -> dict[str, float]:

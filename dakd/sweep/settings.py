@@ -210,11 +210,16 @@ class Resources:
     With ``workers`` 1 the trial trains in its own process with ``cpu`` and ``gpu``. With more,
     the trial drives a Ray Train run of ``workers`` data-parallel processes, each with ``cpu``
     CPUs and ``gpu`` GPUs (``data.batch_size`` is the global batch, split between them).
+
+    ``node_timeout_s``: when the cluster loses the last node that can hold one of the sweep's
+    processes (a trial, a Train worker, a stage), the sweep waits this long for one to come
+    back (saying so), then stops as if interrupted (``--resume`` continues it).
     """
 
     cpu: float = 1.0
     gpu: float = 0.0
     workers: int = 1
+    node_timeout_s: float = 600.0
 
     def check(self) -> None:
         require(
@@ -226,6 +231,11 @@ class Resources:
             f"must be >= 0, got {self.gpu:g}",
         )
         require(self.workers >= 1, "resources.workers", f"must be >= 1, got {self.workers}")
+        require(
+            number(self.node_timeout_s, "resources.node_timeout_s") > 0,
+            "resources.node_timeout_s",
+            f"must be > 0 seconds, got {self.node_timeout_s:g}",
+        )
 
 
 def _scheme(value: str) -> str | None:
@@ -246,12 +256,18 @@ class Tracking:
     never. MLflow's environment variables ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` and
     ``MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING`` override the interval and the samples
     averaged per logged value (1 here).
+
+    ``retry_seconds``: how long one store call keeps retrying while the store is unavailable (a
+    tracking server restarting, its PostgreSQL restarting, a locked SQLite file) before the trial
+    fails with one line naming the store; see :func:`dakd.tracking.store.retry_locked`.
     """
 
     uri: str | None = None
     experiment: str | None = None
     system_metrics: bool | str = "auto"
     system_metrics_interval: float = 10.0
+    #: the default of :data:`dakd.tracking.store.RETRY_SECONDS` (not imported: it loads MLflow)
+    retry_seconds: float = 300.0
 
     def system_metrics_on(self, device_type: str) -> bool:
         """Whether a trial training on a device of ``device_type`` logs system metrics."""
@@ -269,6 +285,11 @@ class Tracking:
             self.system_metrics_interval > 0,
             "tracking.system_metrics_interval",
             f"must be > 0 seconds, got {self.system_metrics_interval:g}",
+        )
+        require(
+            math.isfinite(self.retry_seconds) and self.retry_seconds > 0,
+            "tracking.retry_seconds",
+            f"must be a finite number of seconds > 0, got {self.retry_seconds:g}",
         )
         if self.uri is not None:
             require(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dakd.config import ExperimentConfig
 from dakd.pipeline import clear_failure, error_line, failure_of, mark_failed, with_stages
+from dakd.sweep.cluster import node_sizes, stage_cpus
 from dakd.sweep.context import SweepContext
 from dakd.sweep.plan import CachePlan, StagePlan
 from dakd.sweep.spec import SweepSpec
@@ -86,11 +87,13 @@ def _stage_wave(wave, stages, context: SweepContext, log, start: float, count: t
 
 def _stage_task(fn, cfg: ExperimentConfig, spec: SweepSpec):
     """``fn`` as a Ray task with a stage's resources: the config's threads (else the trial's
-    CPUs), never more CPUs than the cluster has (the task would wait forever); and the threads."""
+    CPUs), never more CPUs than the largest node has (a task no node can hold waits forever,
+    however many CPUs the cluster has in all); and the threads, which the stage trains with
+    wherever it lands (its numbers depend on them)."""
     import ray
 
     threads = max(1, cfg.train.threads or int(spec.resources.cpu))
-    cpus = min(threads, max(1, int(ray.cluster_resources().get("CPU", 1))))
+    cpus = stage_cpus(threads, node_sizes())
     return ray.remote(num_cpus=cpus, num_gpus=spec.resources.gpu, max_retries=1)(fn), threads
 
 
