@@ -11,6 +11,7 @@ trials, every MLflow run still open ends KILLED, and the exit status is 130 or 1
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from dakd.config import ConfigError
     from dakd.data.datasets import DataError
-    from dakd.sweep.interrupt import Terminated
+    from dakd.sweep.cluster import dry_run_cluster
+    from dakd.sweep.interrupt import Stopped, Terminated
     from dakd.sweep.plan import plan, smoke
     from dakd.sweep.run import run_sweep
     from dakd.sweep.spec import SpecError, load_spec
@@ -78,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.dry_run:
             print(plan(spec).text())
+            address = args.address or os.environ.get("RAY_ADDRESS")
+            if address:  # the checks a sweep makes before its first task, on that cluster
+                dry_run_cluster(spec, address, args.autoscale)
             return 0
         result = run_sweep(spec, resume=args.resume, address=args.address, autoscale=args.autoscale)
     except (SpecError, ConfigError, DataError) as err:
@@ -91,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return stop.exit_code
+    except Stopped as stop:
+        print(
+            f"error: sweep {spec.name} stopped: {stop.reason}; {stop.closed} MLflow run(s) "
+            "closed as KILLED; continue it with the same command and --resume",
+            file=sys.stderr,
+        )
+        return 1
     return 1 if result.errors else 0
 
 

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
-from dakd.sweep.cluster import DRIVER_CPU, check_cluster_storage, trial_resources
+from dakd.sweep.cluster import (
+    DRIVER_CPU,
+    NodeWatch,
+    check_cluster_storage,
+    check_cluster_tracking,
+    stage_cpus,
+    trial_resources,
+    unmet_request,
+)
 from dakd.sweep.plan import smoke
 from dakd.sweep.spec import SpecError, load_spec
 
@@ -71,15 +79,93 @@ def test_cluster_storage_must_be_shared(tmp_path):
     check_cluster_storage(relative, None, 1, lines.append)  # one machine: nothing to share
     assert lines == []
     check_cluster_storage(load_spec(path, [f"storage={tmp_path}"]), "auto", 2, lines.append)
-    assert any(line.startswith("warning: storage:") for line in lines)
-    assert any(line.startswith("warning: tracking.uri:") for line in lines)
+    assert [line.split(":")[0:2] for line in lines] == [["warning", " storage"]]
     lines.clear()
     uri = load_spec(path, [f"storage={tmp_path.as_uri()}", "tracking.uri=http://mlflow:5000"])
     check_cluster_storage(uri, "auto", 2, lines.append)
     assert lines == []
-    sqlite = load_spec(path, [f"storage={tmp_path.as_uri()}", "tracking.uri=sqlite:///x.db"])
-    check_cluster_storage(sqlite, "auto", 2, lines.append)
-    assert [line.split(":")[1] for line in lines] == [" tracking.uri"]
+
+
+def test_a_local_tracking_store_is_refused_across_machines(tmp_path):
+    """SQLite (the default, or a ``sqlite:``/``file:`` URI) is a file of the driver's machine:
+    refused once trials can land on nodes at two addresses; several nodes of one machine share
+    its files (a note when joined with --address); a server or database is never in question."""
+    path = _spec_file(tmp_path, "s", "")
+    for uri in ("", "sqlite:///x.db", "file:///tmp/mlruns"):
+        spec = load_spec(path, [f"tracking.uri={uri}"] if uri else [])
+        with pytest.raises(SpecError, match=r"tracking.uri: .*file of this machine.*2 addresses"):
+            check_cluster_tracking(spec, "auto", 2, print)
+        lines: list[str] = []
+        check_cluster_tracking(spec, None, 1, lines.append)
+        assert lines == []
+        check_cluster_tracking(spec, "10.0.0.1:6379", 1, lines.append)
+        assert len(lines) == 1 and lines[0].startswith("note: tracking.uri:")
+    for uri in ("http://mlflow:5000", "postgresql://u@db/mlflow"):
+        lines = []
+        check_cluster_tracking(load_spec(path, [f"tracking.uri={uri}"]), "auto", 9, lines.append)
+        assert lines == []
+
+
+def _node(ip: str, cpu: float, gpu: float = 0.0) -> dict:
+    return {"ip": ip, "CPU": cpu, "GPU": gpu}
+
+
+def test_requests_are_sized_by_the_largest_node_not_the_total(tmp_path):
+    """Two 1-CPU nodes hold 2 CPUs in all, but no process can have 2: a stage gets what one node
+    has, and a trial asking for more than any node stops in one line naming both sides."""
+    nodes = [_node("10.0.0.1", 1), _node("10.0.0.2", 1)]
+    assert stage_cpus(4, nodes) == 1
+    assert stage_cpus(4, [_node("a", 8), _node("b", 2)]) == 4
+    assert stage_cpus(4, []) == 1
+    path = _spec_file(tmp_path, "s", "resources: {cpu: 2}\n")
+    key, line = unmet_request(load_spec(path), nodes)
+    assert key == "resources.cpu"
+    assert line == (
+        "a trial process asks for 2 CPU and 0 GPU on one node, but no node has that many "
+        "(nodes: 10.0.0.1 1 CPU 0 GPU, 10.0.0.2 1 CPU 0 GPU)"
+    )
+    assert unmet_request(load_spec(path), [*nodes, _node("10.0.0.3", 2)]) is None
+    gpu = load_spec(_spec_file(tmp_path, "g", "resources: {cpu: 1, gpu: 1}\n"))
+    assert unmet_request(gpu, nodes)[0] == "resources.gpu"  # the stage task asks first
+    assert unmet_request(gpu, [_node("10.0.0.4", 4, 1)]) is None
+
+
+def test_node_watch_waits_then_stops_after_the_spec_timeout(tmp_path):
+    """A cluster that loses the only node able to run a trial: one line saying what the sweep
+    waits for, ``stop`` once ``resources.node_timeout_s`` has passed (not before), and a node
+    back in time is said and resets the clock."""
+    spec = load_spec(_spec_file(tmp_path, "s", "resources: {cpu: 2, node_timeout_s: 30}\n"))
+    big, small = _node("10.0.0.1", 2), _node("10.0.0.2", 1)
+    nodes = [[big, small]]
+    lines: list[str] = []
+    stops: list[str] = []
+    watch = NodeWatch(spec, stops.append, lines.append, nodes=lambda: nodes[0])
+    watch.poll(0.0)
+    assert lines == [] and stops == []
+    nodes[0] = [small]  # the 2-CPU node is lost
+    watch.poll(10.0)
+    assert len(lines) == 1 and lines[0].startswith("waiting for a node: a trial process asks")
+    assert "within 30 s (resources.node_timeout_s)" in lines[0]
+    watch.poll(39.9)
+    assert stops == [] and len(lines) == 1  # said once, and 29.9 s is not 30
+    nodes[0] = [small, big]  # back
+    watch.poll(45.0)
+    assert lines[-1].startswith("the cluster has a node for every process") and stops == []
+    nodes[0] = [small]
+    watch.poll(50.0)
+    watch.poll(79.0)
+    assert stops == []  # the clock started again at 50
+    watch.poll(80.0)
+    assert len(stops) == 1 and stops[0].startswith("no node could hold the sweep's processes")
+    assert "10.0.0.2 1 CPU 0 GPU" in stops[0] and watch.stopped == stops[0]
+
+
+def test_the_node_watch_thread_calls_stop_and_ends(tmp_path):
+    spec = load_spec(_spec_file(tmp_path, "s", "resources: {cpu: 2, node_timeout_s: 0.05}\n"))
+    stops: list[str] = []
+    with NodeWatch(spec, stops.append, lambda _: None, interval=0.01, nodes=list) as watch:
+        watch._thread.join(timeout=5)
+    assert not watch._thread.is_alive() and len(stops) == 1
 
 
 # -- the data-parallel worker, with Ray Train's side played by a fake --------------------------

@@ -606,9 +606,8 @@ def test_ctrl_c_in_a_phase_closes_the_parent_run_and_the_ray_the_sweep_started(
 
     shutdowns = []
     monkeypatch.setattr(sweep_run, "start_ray", lambda address: True)  # as if it started Ray
-    monkeypatch.setattr(sweep_run, "check_cluster_resources", lambda spec, autoscale: None)
-    monkeypatch.setattr(sweep_run, "alive_nodes", lambda: 1)
-    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append("shutdown"))
+    monkeypatch.setattr(sweep_run, "check_cluster", lambda spec, address, autoscale, log: None)
+    monkeypatch.setattr(ray, "shutdown", lambda **_: shutdowns.append("shutdown"))
 
     def ctrl_c(sweep):
         raise KeyboardInterrupt
@@ -625,6 +624,58 @@ def test_ctrl_c_in_a_phase_closes_the_parent_run_and_the_ray_the_sweep_started(
     runs = client.search_runs([client.get_experiment_by_name(spec.experiment_name).experiment_id])
     assert [(r.data.tags["stage"], r.info.status) for r in runs] == [("sweep", "KILLED")]
     assert shutdowns == ["shutdown"]
+
+
+def test_a_sweep_that_stops_itself_fails_with_its_reason_and_closes_its_runs(
+    place, tmp_path, monkeypatch
+):
+    """A watch thread that finds the sweep cannot go on (the nodes for its trials lost past
+    ``resources.node_timeout_s``) stops it as Ctrl-C would, from another thread: the sweep
+    raises Stopped with that reason, its parent run ends KILLED with the reason as ``error``."""
+    import threading
+
+    import dakd.sweep.run as sweep_run
+    from dakd.sweep.interrupt import Stopped
+
+    monkeypatch.setattr(sweep_run, "start_ray", lambda address: False)
+    monkeypatch.setattr(sweep_run, "check_cluster", lambda spec, address, autoscale, log: None)
+    reason = "no node could hold the sweep's processes for 5 s (resources.node_timeout_s): ..."
+
+    def stages(sweep):  # the watch fires while a stage waits for a node
+        threading.Thread(target=sweep.signals.fail, args=(reason,)).start()
+        time.sleep(30)
+        raise AssertionError("the sweep was not stopped")
+
+    monkeypatch.setattr(sweep_run.Sweep, "stages", stages)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = smoke(
+        ROOT / "sweeps" / "quickstart.yaml",
+        [*_overrides(place), f"tracking.uri={uri}", f"storage={tmp_path / 'ray'}"],
+    )
+    with pytest.raises(Stopped) as stopped:
+        run_sweep(spec, root=ROOT, log=lambda _: None)
+    assert stopped.value.reason == reason and stopped.value.closed == 1
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(spec.experiment_name).experiment_id])
+    assert [(r.info.status, r.data.tags.get("error")) for r in runs] == [("KILLED", reason)]
+
+
+def test_a_tracking_server_that_is_down_stops_the_sweep_before_ray(place, tmp_path, monkeypatch):
+    """One line naming the URI, before Ray starts and before any run is opened."""
+    import dakd.sweep.run as sweep_run
+    from dakd.cluster.processes import free_port
+
+    def no_ray(address):
+        raise AssertionError("Ray started though the tracking server is down")
+
+    monkeypatch.setattr(sweep_run, "start_ray", no_ray)
+    uri = f"http://127.0.0.1:{free_port()}"
+    spec = smoke(
+        ROOT / "sweeps" / "quickstart.yaml",
+        [*_overrides(place), f"tracking.uri={uri}", f"storage={tmp_path / 'ray'}"],
+    )
+    with pytest.raises(SpecError, match=rf"tracking.uri: no MLflow server answers at {uri} "):
+        run_sweep(spec, root=ROOT, log=lambda _: None)
 
 
 def test_the_plan_is_made_without_importing_mlflow():

@@ -76,6 +76,17 @@ def test_default_uri_and_ui_command(tmp_path):
     assert "'sqlite:///a b/mlflow.db'" in locations.ui_command("sqlite:///a b/mlflow.db")
 
 
+def test_a_servers_ui_is_the_server():
+    """A tracking server serves its own UI: the summary sends the user there, not to a
+    ``mlflow ui`` on this machine pointed at an http URI (which MLflow refuses)."""
+    server = "http://10.0.0.5:5000/"
+    assert locations.ui_command(server) == "the server's UI: http://10.0.0.5:5000"
+    assert locations.ui_link("7", "abc", address=server) == (
+        "http://10.0.0.5:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
+    )
+    assert locations.ui_link("7").startswith("http://127.0.0.1:5000/#/experiments/7/runs?")
+
+
 def test_the_tag_vocabulary_is_mlflows_where_mlflow_names_it():
     """The parent-run and description tags are MLflow's own (the UI nests runs by one, shows the
     other as Markdown); the tags module spells them without importing MLflow, so the two must
@@ -271,6 +282,32 @@ def test_reopening_a_run_continues_it(store):
     other = prepare(uri, "elsewhere")
     with pytest.raises(ValueError, match="belongs to experiment"):
         RunLogger(uri, other, run_id=first.run_id)
+
+
+def test_a_reopened_run_logs_each_step_once(store):
+    """A trial retried from a checkpoint older than its last logged steps replays them: the
+    reopened run keeps one value per (metric, step), the first attempt's, and logs what is new."""
+    first = RunLogger(store.uri, store.experiment_id, run_name="trial")
+    for step in range(3):
+        first.log_metrics({"loss": float(step), "miou": 10.0 + step}, step=step)
+    first.finish("FAILED")
+
+    again = RunLogger(store.uri, store.experiment_id, run_id=first.run_id)
+    # the checkpoint was at step 1: steps 1 and 2 come again (a new metric at 2 is kept)
+    assert again.log_metrics({"loss": 1.0, "miou": 11.0}, step=1) == {}
+    assert again.log_metrics({"loss": 2.0, "miou": 12.0, "lr": 0.1}, step=2) == {"lr": 0.1}
+    assert again.log_metrics({"loss": 3.0}, step=3) == {"loss": 3.0}
+    assert again.log_metrics({"loss": 3.0}, step=3) == {}  # this attempt's own steps too
+    again.finish()
+    assert _history(again, "loss") == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0)]
+    assert _history(again, "miou") == [(0, 10.0), (1, 11.0), (2, 12.0)]
+    assert _history(again, "lr") == [(2, 0.1)]
+
+    # a new run is not deduplicated: logging a step twice is the caller's choice there
+    fresh = RunLogger(store.uri, store.experiment_id)
+    fresh.log_metrics({"x": 1.0}, step=0)
+    assert fresh.log_metrics({"x": 2.0}, step=0) == {"x": 2.0}
+    fresh.finish()
 
 
 def test_finish_statuses_and_context_manager(store):

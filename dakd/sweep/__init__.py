@@ -16,3 +16,8 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 # 2 s, is shorter than closing a stopped trial's MLflow run can take; the new trial would fail).
 THREAD_TIMEOUT_S = "60"
 os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", THREAD_TIMEOUT_S)
+
+# MLflow's usage telemetry starts a thread in every process that imports it; with many trial
+# processes it races on its session id (a KeyError in a worker's log) and it reaches for the
+# network the machines of a cluster often do not have. A user may still turn it on.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

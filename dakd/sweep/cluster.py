@@ -11,6 +11,15 @@ import time
 
 from dakd.sweep.spec import SpecError, SweepSpec
 
+#: What workers on other nodes get from the driver's environment through Ray's runtime env:
+#: Tune's settings, MLflow's, and the store retry budget (the spec's ``tracking.retry_seconds``).
+FORWARDED_ENV = (
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S",
+    "MLFLOW_DISABLE_TELEMETRY",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "DAKD_TRACKING_RETRY_SECONDS",
+)
+
 DRIVER_CPU = 1.0
 """CPUs Tune reserves for a data-parallel trial: the Ray Train driver (Ray's default for a trial)."""
 
@@ -30,7 +39,11 @@ def start_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     # workers on other nodes get the driver's Tune settings through the runtime env
-    env = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"]}
+    env = {
+        name: os.environ[name]
+        for name in FORWARDED_ENV
+        if os.environ.get(name)  # set by dakd.sweep, or by the spec (tracking.retry_seconds)
+    }
     if os.environ.get("DAKD_DATA"):  # where trials on every node find the datasets
         env["DAKD_DATA"] = os.path.abspath(os.environ["DAKD_DATA"])
     ray.init(
@@ -141,7 +154,7 @@ class NodeWatch:
     node is back within ``resources.node_timeout_s``, calls ``stop(reason)`` (the sweep stops as
     if interrupted, so ``--resume`` continues it). A node that comes back in time is said too."""
 
-    def __init__(self, spec: SweepSpec, stop, log, interval: float = 2.0, nodes=node_sizes):
+    def __init__(self, spec: SweepSpec, stop, log, interval: float = 5.0, nodes=node_sizes):
         import threading
 
         self.spec = spec
@@ -235,10 +248,57 @@ def check_cluster_storage(spec: SweepSpec, address: str | None, nodes: int, log)
                 f"warning: storage: {spec.storage!r} is a local folder on {where}: it must be a "
                 "shared mount at the same path on every node (else use an s3:// or gs:// URI)"
             )
+
+
+def local_store(uri: str) -> bool:
+    """Whether the tracking URI names a file of this machine (the default SQLite store, a
+    ``sqlite:``/``file:`` URI, a bare folder) rather than a server or database every node reaches."""
+    return not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def check_cluster_tracking(spec: SweepSpec, address: str | None, machines: int, log) -> None:
+    """Trials log to ``tracking.uri`` from whichever node runs them. A local SQLite file (the
+    default) is a file of the driver's machine: trials on other machines would each write a
+    store of their own, or share one file over a network mount, which SQLite's locking does not
+    survive. Refused when the cluster's nodes are on more than one machine (``machines``: their
+    distinct addresses; several nodes started on one machine share its files); a note on a
+    cluster of one machine joined with ``--address`` (it may add machines later)."""
     uri = spec.tracking.uri or ""
-    if cluster and (not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri):
-        log(
-            f"warning: tracking.uri: {uri or 'the default SQLite store'} is a file of this "
-            "machine; trials on other nodes need an MLflow server every node reaches "
-            "(docs/cluster.md)"
+    if not local_store(uri):
+        return
+    what = uri or "the default SQLite store"
+    if machines > 1:
+        raise SpecError(
+            f"{spec.path}: tracking.uri: {what} is a file of this machine, but trials run on "
+            f"nodes at {machines} addresses; start an MLflow server every node reaches and pass it, e.g. "
+            "--set tracking.uri=http://HEAD_IP:5000 (docs/cluster.md)"
         )
+    if address:
+        log(
+            f"note: tracking.uri: {what} is a file of this machine; fine while the cluster at "
+            f"{address} is this machine, not once it adds others (use an MLflow server, "
+            "docs/cluster.md)"
+        )
+
+
+def check_cluster(spec: SweepSpec, address: str | None, autoscale: bool, log) -> None:
+    """Every check of the cluster a sweep runs on, in Ray (already initialized): its processes
+    fit the nodes, and its storage and tracking store are reached from every node."""
+    check_cluster_resources(spec, autoscale)
+    address = address or os.environ.get("RAY_ADDRESS")
+    nodes = node_sizes()
+    check_cluster_storage(spec, address, len(nodes), log)
+    check_cluster_tracking(spec, address, len({n["ip"] for n in nodes}), log)
+
+
+def dry_run_cluster(spec: SweepSpec, address: str, autoscale: bool, log=print) -> None:
+    """The dry run on a cluster (``--dry-run --address``): join it for the checks a sweep would
+    make before its first task (:func:`check_cluster`) and leave; the cluster stays as it was."""
+    import ray
+
+    ray.init(address=ray_address(address), include_dashboard=False, log_to_driver=False)
+    try:
+        check_cluster(spec, address, autoscale, log)
+        log(f"cluster: {describe_nodes(node_sizes())}: every process of the sweep fits a node")
+    finally:
+        ray.shutdown()

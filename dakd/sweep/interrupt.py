@@ -56,6 +56,19 @@ class Terminated(KeyboardInterrupt):
         return f"terminated by {self.signal_name}; continue with --resume"
 
 
+class Stopped(RuntimeError):
+    """The sweep stopped itself (:meth:`Signals.fail`): it could not go on, e.g. the nodes that
+    could run its trials were lost for longer than the spec waits. Its runs were closed as a
+    signal closes them (KILLED, with the reason as their ``error`` tag), so ``--resume``
+    continues it; the driver exits 1 with the reason."""
+
+    def __init__(self, reason: str, closed: int = 0):
+        super().__init__(reason)
+        self.reason = reason
+        #: The MLflow runs the sweep closed as KILLED on its way out.
+        self.closed = closed
+
+
 class Signals:
     """SIGINT and SIGTERM while a sweep runs (:meth:`installed`), turned into one graceful stop.
 
@@ -72,6 +85,19 @@ class Signals:
         self._in_tune = False
         self._forwarded = False  # the first signal went to Tune's stop
         self._usr1_before = None  # SIGUSR1's handler before Tune put its own there
+        #: Why the sweep stopped itself (:meth:`fail`); ``None`` when a signal stopped it.
+        self.failure: str | None = None
+
+    def fail(self, reason: str) -> bool:
+        """Stop the sweep from another thread (a watch that found it cannot go on), the way a
+        Ctrl-C stops it (Tune saves its state, every open run ends KILLED), with ``reason`` as
+        the cause; whether the stop was sent. Only a sweep holding the signals can be stopped so
+        (one run off the main thread cannot: it goes on, and its trials wait)."""
+        if not self._installed or self.received is not None:
+            return False
+        self.failure = reason
+        os.kill(os.getpid(), signal.SIGINT)
+        return True
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Signals]:

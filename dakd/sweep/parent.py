@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 def open_parent(spec: SweepSpec, the_plan: Plan, uri: str, name: str, tags: dict, run_id):
     """The sweep's MLflow experiment id and parent run (reopened by ``run_id`` on resume)."""
     from dakd.tracking.runs import RunLogger
-    from dakd.tracking.store import get_run, prepare
+    from dakd.tracking.store import configure_retries, get_run, prepare
 
+    configure_retries(spec.tracking.retry_seconds)  # the driver's own store calls
     experiment_id = prepare(uri, spec.experiment_name)
     import socket
 

@@ -25,14 +25,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dakd.sweep.cluster import (
-    alive_nodes,
-    check_cluster_resources,
-    check_cluster_storage,
-    start_ray,
-)
+from dakd.sweep.cluster import NodeWatch, check_cluster, start_ray
 from dakd.sweep.context import SweepContext
-from dakd.sweep.interrupt import Signals, Terminated
+from dakd.sweep.interrupt import Signals, Stopped, Terminated
 from dakd.sweep.parent import close_dead_runs, close_open_runs, log_analysis, open_parent
 from dakd.sweep.plan import Plan, plan
 from dakd.sweep.spec import SpecError, SweepSpec
@@ -106,11 +101,20 @@ class Sweep:
         found are back when it returns); :meth:`opened` closes Ray and the runs however they end.
         A signal ends it with :class:`Terminated`, which counts the runs closed KILLED."""
         with self.signals.installed(), self.opened():
-            self.stages()
-            self.caches()
-            self.trials()
+            with self.watching():
+                self.stages()
+                self.caches()
+                self.trials()
             self.summary()
         return self.result
+
+    def watching(self) -> contextlib.AbstractContextManager:
+        """While stages, caches and trials run: a :class:`NodeWatch` that stops the sweep (as
+        :meth:`Signals.fail`) when no node is left that could run one of its processes, after
+        ``resources.node_timeout_s``. An autoscaling cluster adds such nodes itself: no watch."""
+        if self.autoscale:
+            return contextlib.nullcontext()
+        return NodeWatch(self.spec, self.signals.fail, self.log)
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[None]:
@@ -128,6 +132,10 @@ class Sweep:
         except KeyboardInterrupt as err:
             # Ray turns an exception its wait raised on a signal into a bare KeyboardInterrupt:
             # the signal is the one ``signals`` received (none: Ctrl-C off the main thread)
+            if self.signals.failure:  # the sweep stopped itself: a failure, with its reason
+                raise Stopped(
+                    self.signals.failure, self.close_stopped(self.signals.failure)
+                ) from None
             stop = (
                 err
                 if isinstance(err, Terminated)
@@ -147,6 +155,7 @@ class Sweep:
         spec = self.spec
         self.plan = plan(spec, self.root)
         self.log(self.plan.text())
+        self._check_tracking()
         if self.resume:
             self.previous, self.state = resumed_attempt(spec, self.plan.storage, self.uri)
         stamp = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -164,6 +173,18 @@ class Sweep:
         )
         self._take_over()
 
+    def _check_tracking(self) -> None:
+        """Every store call of the sweep, here and in its Ray workers, rides out a server or
+        database restart for ``tracking.retry_seconds``; a store that is down now stops the sweep
+        in one line before Ray starts. (MLflow is imported later, in a thread: not here.)"""
+        from dakd.tracking.server import RETRY_ENV, TrackingError, check_tracking
+
+        os.environ[RETRY_ENV] = repr(float(self.spec.tracking.retry_seconds))
+        try:
+            check_tracking(self.uri)
+        except TrackingError as err:
+            raise SpecError(f"{self.spec.path}: {err}") from None
+
     def _start(self) -> None:
         """Start (or join) Ray, check that it can host a trial, and open the parent run.
 
@@ -178,7 +199,7 @@ class Sweep:
             try:
                 self.started_ray = start_ray(self.address)
                 self.signals.reclaim()  # ray.init sets a SIGTERM handler that exits at once
-                check_cluster_resources(self.spec, self.autoscale)
+                check_cluster(self.spec, self.address, self.autoscale, self.log)
                 self.experiment_id, self.parent = opening.result()
             except KeyboardInterrupt:
                 # a signal: the parent run, once open, is closed with the others (close_stopped)
@@ -210,8 +231,6 @@ class Sweep:
             self.log(f"closed {closed} run(s) of an interrupted attempt as KILLED")
         if not self.state:
             write_state(self.experiment_path, {"parent_run_id": parent_run_id, "tracking_uri": uri})
-        address = self.address or os.environ.get("RAY_ADDRESS")
-        check_cluster_storage(spec, address, alive_nodes(), self.log)
         if spec.resources.workers > 1 and not spec.tune.max_concurrent:
             # a Train run starts once all its workers fit; trials beyond that only wait
             self.log(

@@ -16,7 +16,7 @@ from dakd.config import ConfigError
 from dakd.pipeline import error_line
 from dakd.sweep.front import figures_of, front_markdown, front_rows
 from dakd.sweep.spec import SpecError, SweepSpec, resolve, trial_label, trial_overrides
-from dakd.tracking.locations import ui_link
+from dakd.tracking.locations import ui_address, ui_link
 
 if TYPE_CHECKING:
     from dakd.sweep.plan import Plan
@@ -230,11 +230,12 @@ def format_summary(
         f"          {ui}",
     ]
     if experiment_id:
+        where = ui_address(result.tracking_uri)
         # MLflow 3's UI opens an experiment on its GenAI overview (traces); this link opens
         # the runs table, best first, with the headline metrics (the parent runs' row)
         lines += [
-            f"          then open {ui_link(experiment_id, **table_view(spec))}",
-            f"          (the sweep: {ui_link(experiment_id, result.parent_run_id)})",
+            f"          then open {ui_link(experiment_id, **table_view(spec), address=where)}",
+            f"          (the sweep: {ui_link(experiment_id, result.parent_run_id, address=where)})",
         ]
     lines += [f"Ray Tune: {result.experiment_path} (continue with --resume)"]
     return "\n".join(lines)

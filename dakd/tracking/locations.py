@@ -89,6 +89,7 @@ def ui_link(
     order_by: str | None = None,
     ascending: bool = False,
     columns: Iterable[str] = (),
+    address: str = "",
 ) -> str:
     """The MLflow UI's page of an experiment's runs (``workflowType=machine_learning``: the runs
     table, not the GenAI overview MLflow 3 opens by default), or of one run.
@@ -98,8 +99,9 @@ def ui_link(
     URL parameter for the columns shown, so given ``columns`` the link opens a saved view
     (``viewStateShareKey``) holding the sort and the columns, which
     :func:`dakd.tracking.runs.save_view` saves on the experiment with the same arguments (the UI
-    passes over a saved view when the URL sorts too, so the link carries the key alone)."""
-    base = f"{UI_ADDRESS}/#/experiments/{experiment_id}"
+    passes over a saved view when the URL sorts too, so the link carries the key alone).
+    ``address``: where the UI is served (default: :func:`ui_command`'s, on this machine)."""
+    base = f"{(address or UI_ADDRESS).rstrip('/')}/#/experiments/{experiment_id}"
     columns = tuple(columns)
     if run_id:
         if order_by or columns:
@@ -114,8 +116,22 @@ def ui_link(
     return f"{base}/runs?{urlencode(query, quote_via=quote)}"
 
 
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` is an MLflow tracking server (which serves its own UI)."""
+    return uri.startswith(("http://", "https://"))
+
+
+def ui_address(uri: str) -> str:
+    """Where the UI of the store ``uri`` is seen: the server itself, or what
+    :func:`ui_command` starts on this machine."""
+    return uri.rstrip("/") if is_server(uri) else UI_ADDRESS
+
+
 def ui_command(uri: str) -> str:
-    """The shell command that opens the MLflow UI on ``uri`` (http://127.0.0.1:5000)."""
+    """The shell command that opens the MLflow UI on ``uri`` (http://127.0.0.1:5000); a
+    tracking server serves its UI itself, so for one this says where."""
+    if is_server(uri):
+        return f"the server's UI: {ui_address(uri)}"
     quoted = uri if re.fullmatch(r"[\w./:@%+=-]+", uri) else "'" + uri.replace("'", "'\\''") + "'"
     return f"uv run mlflow ui --backend-store-uri {quoted} --host 127.0.0.1 --port 5000"
 

@@ -155,10 +155,11 @@ class RunLogger:
         }
         if self._logged is not None:  # a reopened run: what an earlier attempt logged stays once
             logged = {k: v for k, v in logged.items() if (k, int(step)) not in self._logged}
-            self._logged.update((k, int(step)) for k in logged)
         items = [Metric(k, v, stamp, int(step)) for k, v in logged.items()]
         for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
             retry_locked(self.client.log_batch, self.run_id, metrics=chunk)
+            if self._logged is not None:  # marked once stored: a failed batch can be logged again
+                self._logged.update((m.key, m.step) for m in chunk)
         return logged
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:

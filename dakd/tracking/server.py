@@ -37,6 +37,11 @@ DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary"}
 #: Seconds :func:`check_tracking` waits for an answer: a live server answers in milliseconds.
 CHECK_TIMEOUT = 5.0
 
+#: The environment variable that carries the store retry budget (seconds) into the processes a
+#: sweep starts and, through Ray's runtime environment, its workers on every node; here, where
+#: the driver can set it without importing MLflow (:mod:`dakd.tracking.store` reads it).
+RETRY_ENV = "DAKD_TRACKING_RETRY_SECONDS"
+
 
 class TrackingError(Exception):
     """The tracking store cannot be used; the message is one line naming the store (its URI,

@@ -62,6 +62,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException, RestException
 
+from dakd.tracking.server import RETRY_ENV as _RETRY_ENV
 from dakd.tracking.server import (
     TrackingError,
     connect_database,
@@ -91,9 +92,10 @@ __all__ = [
 #: of the spec's ``tracking.retry_seconds`` (:class:`dakd.sweep.settings.Tracking`).
 RETRY_SECONDS = 300.0
 
-#: The environment variable that carries the retry budget into processes this one starts, and
-#: into Ray workers through the runtime environment (set by :func:`configure_retries`).
-RETRY_ENV = "DAKD_TRACKING_RETRY_SECONDS"
+#: :data:`dakd.tracking.server.RETRY_ENV`: the environment variable that carries the retry
+#: budget into processes this one starts, and into Ray workers through the runtime environment
+#: (set by :func:`configure_retries`).
+RETRY_ENV = _RETRY_ENV
 
 #: MLflow's HTTP retries per request, set to 0 (unless already set) by :func:`client_for` for a
 #: server: with MLflow's default of 7 one call to a stopped server takes about 245 s to fail,
