@@ -44,7 +44,8 @@ def _cli(argv: list[str]) -> int:
 def local_ray():
     """One small local Ray for every sweep of this module (starting Ray costs seconds)."""
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # "local": a new Ray, never one a `ray start` on this machine left its address for
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

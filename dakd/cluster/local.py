@@ -224,7 +224,23 @@ class LocalCluster:
             # SIGINT: PostgreSQL's fast shutdown (clients disconnected, data flushed)
             stop_session(pg.pid, grace=30.0, first=signal.SIGINT)
             log(f"stopped PostgreSQL (pid {pg.pid}); its data stays in {self.pg_data}")
+        self._forget_ray_address()
         self._save()
+
+    def _forget_ray_address(self) -> None:
+        """``ray start --head`` records the head in ``/tmp/ray/ray_current_cluster``, where a
+        later ``ray.init()`` without an address looks for a cluster to join; ``ray stop`` removes
+        it, and so does ``down`` (as ``ray stop`` would, but only when it names this cluster's
+        head, whichever of its addresses Ray wrote)."""
+        from ray._common.utils import get_ray_address_file
+
+        path = Path(get_ray_address_file(None))
+        try:
+            recorded = path.read_text().strip()
+        except OSError:
+            return
+        if recorded.rpartition(":")[2] == str(self.ray_port):
+            path.unlink(missing_ok=True)
 
     def running(self) -> bool:
         """Whether any process this cluster started still runs."""
