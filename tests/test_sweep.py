@@ -321,7 +321,9 @@ def test_resources_the_cluster_lacks_stop_before_any_trial(local_ray, place, tmp
     ]
     spec = smoke(ROOT / "sweeps" / "quickstart.yaml", overrides)
     with pytest.raises(
-        SpecError, match=r"resources\.gpu: a trial process asks for 4 GPU, but no node"
+        SpecError,
+        match=r"resources\.gpu: a stage task asks for 1 CPU and 4 GPU on one node, but no node "
+        r"has that many \(nodes: \S+ 2 CPU 0 GPU\)",
     ):
         run_sweep(spec, root=ROOT, log=lambda _: None)
     client = MlflowClient(place["uri"])
