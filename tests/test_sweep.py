@@ -611,6 +611,8 @@ def test_ctrl_c_in_a_phase_closes_the_parent_run_and_the_ray_the_sweep_started(
     monkeypatch.setattr(sweep_run, "start_ray", lambda address: True)  # as if it started Ray
     monkeypatch.setattr(sweep_run, "check_cluster", lambda spec, address, autoscale, log: None)
     monkeypatch.setattr(ray, "shutdown", lambda **_: shutdowns.append("shutdown"))
+    # the processes a stop waits for are the module's own Ray's here: not this sweep's to end
+    monkeypatch.setattr(sweep_run, "_child_processes", list)
 
     def ctrl_c(sweep):
         raise KeyboardInterrupt
