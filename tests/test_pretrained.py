@@ -102,3 +102,93 @@ def test_trainer_starts_from_the_pretrained_file(imagenet, tiny, capsys):
     assert "note: models.student.pretrained" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="models.teacher.pretrained: .*nope.pth"):
         Trainer(tiny("teacher_da", models__teacher__pretrained=str(path.parent / "nope.pth")))
+
+
+# -- weights by their content -----------------------------------------------------------------
+
+
+def test_published_names_give_a_sha256_prefix():
+    from dakd.config.weights import published_prefix
+
+    assert published_prefix("weights/drn_d_38-eebb45f0.pth") == "eebb45f0"
+    assert published_prefix("/x/resnet50-0676ba61.pth") == "0676ba61"
+    assert published_prefix("vgg16-397923af.pth.tar") == "397923af"
+    for plain in ("model.pt", "drn_d_22-w0.5-os2.pt", "teacher_da-synth_to_real.pt", "a-beef.pt"):
+        assert published_prefix(plain) == "", plain
+
+
+def test_a_published_file_that_does_not_match_its_name_is_refused(imagenet, tmp_path):
+    """On first use: one line naming the key, the file, what its content begins with and what
+    its name says; a file named after its true digest loads."""
+    import hashlib
+
+    _, path = imagenet
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    good = tmp_path / f"drn_d_22-{digest[:8]}.pth"
+    good.write_bytes(path.read_bytes())
+    model = create_model("drn_d_22", num_classes=19, width=0.0625)
+    assert load_pretrained(model, good, KEY).mismatched == []
+    wrong = "0" * 8 if not digest.startswith("0" * 8) else "1" * 8
+    bad = tmp_path / f"drn_d_22-{wrong}.pth"
+    bad.write_bytes(path.read_bytes())
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(model, bad, KEY)
+    assert str(err.value) == (
+        f"{KEY}: {bad}: its sha256 begins {digest[:8]}, not {wrong} as its name says: the file "
+        "is corrupt or not the published one; download it again"
+    )
+
+
+def test_a_files_digest_is_hashed_once_and_remembered_beside_it(tmp_path):
+    """The digest is kept in <file>.sha256 with the file's size and modification time: read
+    back while they hold (a forged record proves it is read, not recomputed), recomputed when
+    the file changes."""
+    import hashlib
+    import json
+    import os
+
+    from dakd.config import weights
+
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"weights, v1")
+    first = weights.file_sha256(path)
+    assert first == hashlib.sha256(b"weights, v1").hexdigest()
+    record = json.loads((tmp_path / "w.pth.sha256").read_text())
+    stat = os.stat(path)
+    assert record == {"sha256": first, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+    weights._sha256.cache_clear()  # a new process
+    (tmp_path / "w.pth.sha256").write_text(json.dumps({**record, "sha256": "ab" * 32}))
+    assert weights.file_sha256(path) == "ab" * 32  # read, not hashed again
+    path.write_bytes(b"weights, v2 (another size)")
+    assert weights.file_sha256(path) == hashlib.sha256(b"weights, v2 (another size)").hexdigest()
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    (read_only / "x.pth").write_bytes(b"x")
+    read_only.chmod(0o555)
+    try:
+        assert weights.file_sha256(read_only / "x.pth") == hashlib.sha256(b"x").hexdigest()
+    finally:
+        read_only.chmod(0o755)
+
+
+def test_stage_keys_hold_the_weights_content_not_their_path(tmp_path):
+    """The same ImageNet file at another path (another clone, another node's mount) gives the
+    same stage key; other content another key; a file not there yet its absolute path."""
+    from dakd.config import ExperimentConfig, from_dict
+
+    def key(path) -> str:
+        changes = {"stage": "student_da", "models.student.pretrained": str(path)}
+        cfg = from_dict(ExperimentConfig().to_dict(), changes)
+        return cfg.fingerprint()
+
+    here, there = tmp_path / "a" / "drn.pth", tmp_path / "b" / "drn.pth"
+    for path in (here, there):
+        path.parent.mkdir()
+        path.write_bytes(b"the same weights")
+    assert key(here) == key(there)
+    other = tmp_path / "c.pth"
+    other.write_bytes(b"other weights")
+    assert key(other) != key(here)
+    assert key(tmp_path / "missing.pth") != key(tmp_path / "also-missing.pth")

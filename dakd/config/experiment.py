@@ -4,7 +4,6 @@ with dotted overrides."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ from dakd.config.sections import (
     TeacherCacheConfig,
     TrainConfig,
 )
+from dakd.config.weights import file_sha256
 from dakd.paradigms import AUTO, PARADIGMS, STAGES
 
 #: Keys added after stages were first stored, at the values that reproduce the behaviour from
@@ -144,9 +144,10 @@ class ExperimentConfig:
         the embedded renderer's version: a changed scene generator is different data. So are the
         speed switches when they are on (they change float arithmetic); see ``FINGERPRINT_NEUTRAL``.
         Real datasets enter with their absolute folders (the same config on other data is another
-        stage). Weight files shipped with a manifest (the embedded backbones and teachers) enter
-        by their content's sha256, so a clone at another path, or another node of a cluster,
-        finds the same stages; other backbone weights by their absolute path.
+        stage). Backbone weight files enter by their content's sha256 (shipped ones through their
+        manifest, others through the digest remembered beside them: :mod:`dakd.config.weights`),
+        so a clone at another path, or another node of a cluster, finds the same stages; a
+        weights file that is not there (yet) by its absolute path.
         """
         flat = {
             k: FINGERPRINT_AUTO[k] if k in FINGERPRINT_AUTO and v == AUTO else v
@@ -176,7 +177,7 @@ class ExperimentConfig:
                 if shipped:
                     flat[key] = shipped
                 elif key.endswith("pretrained"):
-                    flat[key] = os.path.abspath(value)
+                    flat[key] = weights_identity(value)
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 
     # -- checks -------------------------------------------------------------------------------
@@ -212,20 +213,23 @@ def shipped_content(path: str) -> str:
     try:
         if os.path.basename(path) not in json.loads(Path(manifest).read_text()):
             return ""
-        stat = os.stat(path)
+        if not os.path.isfile(path):
+            return ""
     except (OSError, ValueError, TypeError):
         return ""
-    return "sha256:" + _file_sha256(path, stat.st_size, stat.st_mtime_ns)
+    # shipped files lie in the checkout: their digest is kept in the process, not beside them
+    return "sha256:" + file_sha256(path, remember=False)
 
 
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """A file's sha256, remembered per (path, size, modification time)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def weights_identity(path: str) -> str:
+    """What a backbone weights file that is not shipped contributes to a stage key:
+    ``sha256:<hex>`` of its content (hashed once, :func:`dakd.config.weights.file_sha256`), or
+    its absolute path while there is no such file."""
+    path = os.path.abspath(path)
+    try:
+        return "sha256:" + file_sha256(path)
+    except OSError:
+        return path
 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from dakd.checkpoint import CheckpointError
+from dakd.config.build import ConfigError
+from dakd.config.weights import check_published
 from dakd.paradigms import AUTO
 
 MANIFEST = "manifest.json"
@@ -204,6 +206,10 @@ def load_pretrained(
             "nothing is downloaded)"
         )
     check_manifest(path, network, key, backbone=True)
+    try:
+        check_published(path, key)  # a published file's name gives its sha256's first digits
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to unpickle means the same thing here
