@@ -75,11 +75,16 @@ def dependency_config(
 
 
 def requirements(
-    cfg: ExperimentConfig, overrides: dict[str, Any] | None = None
+    cfg: ExperimentConfig,
+    overrides: dict[str, Any] | None = None,
+    per_stage: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, ExperimentConfig]:
-    """The stage configs behind each ``auto`` field of ``cfg``: ``{"teacher": ..., "init": ...}``."""
+    """The stage configs behind each ``auto`` field of ``cfg``: ``{"teacher": ..., "init": ...}``.
+    ``per_stage``: further overrides of one stage (``{"teacher_da": {"seed": 0}}``)."""
     return {
-        field: dependency_config(cfg, stage, overrides)
+        field: dependency_config(
+            cfg, stage, {**(overrides or {}), **(per_stage or {}).get(stage, {})}
+        )
         for field, stage in AUTO_STAGES.items()
         if getattr(cfg, field) == AUTO
     }

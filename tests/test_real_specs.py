@@ -104,3 +104,54 @@ def test_the_student_search_on_real_data_checks_its_data_and_students(place, cap
     out = capsys.readouterr().out
     assert "gta5 train" in out and "check passed" in out
     assert "deploy: each student measured at 1024x2048, batch 1, on auto" in out
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_one_teacher_per_scenario_and_the_seeds_on_the_student_side(name, place):
+    """The paper's specs: 1 teacher-DA stage (the first seed's), 3 student-DA stages and 3 fair
+    baselines (one per seed), 12 DAKD trials each distilling from that one teacher into their
+    own seed's student-DA, and the source-only and oracle rows per seed; ``stages.per_seed``
+    brings a teacher per seed back."""
+    import collections
+
+    from dakd.sweep.context import stages_of
+    from dakd.sweep.plan import _context, plan
+    from dakd.sweep.spec import grid_variants, resolve
+
+    spec = load_spec(ROOT / "sweeps" / f"{name}.yaml")
+    assert spec.per_seed == ("student_da",)
+    the_plan = plan(spec, Path.cwd())
+    kinds = collections.Counter(stage.kind for stage in the_plan.stages)
+    assert kinds == {"teacher_da": 1, "student_da": 3, "fair baseline": 3}
+    seeds = collections.defaultdict(list)
+    for stage in the_plan.stages:
+        seeds[stage.kind].append(stage.config.seed)
+    assert seeds == {"teacher_da": [0], "student_da": [0, 1, 2], "fair baseline": [0, 1, 2]}
+    rows = collections.Counter((v["method"].split()[0], v["seed"]) for v in grid_variants(spec))
+    assert sum(n for (stage, _), n in rows.items() if stage == "stage=dakd") == 12
+    for row in ("stage=source_only", "stage=oracle"):
+        assert sorted(seed for (stage, seed) in rows if stage == row) == [0, 1, 2]
+    context = _context(spec, Path.cwd())
+    teachers = set()
+    for variant in grid_variants(spec):
+        cfg = resolve(spec, variant)
+        if cfg.stage == "dakd":
+            deps = stages_of(cfg, context)
+            teachers.add(deps["teacher"].name)
+            assert deps["init"].seed == cfg.seed  # its own seed's student-DA
+    assert len(teachers) == 1
+
+    every = plan(
+        load_spec(ROOT / "sweeps" / f"{name}.yaml", ["stages.per_seed=[teacher_da, student_da]"])
+    )
+    assert collections.Counter(s.kind for s in every.stages)["teacher_da"] == 3
+
+
+def test_stages_per_seed_takes_only_the_reused_stages(tmp_path):
+    from dakd.sweep.spec import SpecError
+
+    spec = str(ROOT / "sweeps" / "synth_to_real.yaml")
+    assert load_spec(spec, ["stages.per_seed=[]"]).per_seed == ()
+    assert load_spec(spec, ["stages.per_seed=teacher_da"]).per_seed == ("teacher_da",)
+    with pytest.raises(SpecError, match=r"stages\.per_seed: \['dakd'\]: a list of the reused"):
+        load_spec(spec, ["stages.per_seed=[dakd]"])

@@ -65,6 +65,17 @@ def stage_overrides(context: SweepContext) -> dict[str, Any]:
     }
 
 
+def stage_seeds(spec: SweepSpec) -> dict[str, dict[str, int]]:
+    """The seed of each reused stage not in ``stages.per_seed``: the first of ``tune.seeds``,
+    whatever the trial's seed (one teacher per scenario by default: ``{"teacher_da": {"seed":
+    0}}``). A stage in ``per_seed`` takes the trial's seed, one stage per seed."""
+    return {
+        stage: {"seed": spec.tune.seeds[0]}
+        for stage in ("teacher_da", "student_da")
+        if stage not in spec.per_seed
+    }
+
+
 SELF = "self"
 """Key of :func:`stages_of` for a trial that *is* a reused stage (a teacher-DA or student-DA row
 of a table, trained from scratch): it reports that stage's evaluations instead of training again."""
@@ -111,9 +122,10 @@ def stages_of(
     overrides = stage_overrides(context)
     paths = input_paths(cfg, context, overrides)
     overrides.update({k: v for k, v in paths.items() if k in INPUT_PATHS})  # not teacher/init
-    deps = requirements(cfg, overrides)
+    seeds = stage_seeds(context.spec)
+    deps = requirements(cfg, overrides, seeds)
     if cfg.stage in AUTO_STAGES.values() and not cfg.init:
-        deps[SELF] = dependency_config(cfg, cfg.stage, overrides)
+        deps[SELF] = dependency_config(cfg, cfg.stage, {**overrides, **seeds.get(cfg.stage, {})})
     elif cfg.stage == "student_da" and cfg.init == AUTO:
         deps[SELF] = fair_baseline_config(cfg, overrides)
     if baseline and cfg.stage == "dakd" and cfg.init == AUTO:

@@ -113,6 +113,15 @@ class SpecError(ValueError):
     """A problem with a sweep spec; the message is ``"<spec file>: <key>: <problem>"``."""
 
 
+#: The reused stages a spec may train once per seed (``stages.per_seed``).
+REUSED_STAGES = ("teacher_da", "student_da")
+
+#: ``stages.per_seed`` by default: the student side. In DAKD the teacher is an input, trained
+#: once per scenario; the seeds vary what is distilled into (student-DA, the fair baseline on
+#: it, DAKD).
+PER_SEED = ("student_da",)
+
+
 @dataclass
 class SweepSpec:
     """A loaded, validated spec.
@@ -144,6 +153,9 @@ class SweepSpec:
     #: fields (teacher, init) the experiment section sets to "" itself: they stay empty in DAKD
     #: trials (init: from the student's pretrained weights) where a left-out one is ``auto``
     explicit_empty: tuple[str, ...] = ()
+    #: ``stages.per_seed``: the reused stages trained once per seed of ``tune.seeds``; the others
+    #: once, with the first seed (:func:`dakd.sweep.context.stage_seeds`)
+    per_seed: tuple[str, ...] = PER_SEED
 
     @property
     def experiment_name(self) -> str:
@@ -250,10 +262,31 @@ def _experiment(raw: Any, extra: dict[str, Any], path: Path):
     return config, tree, implicit, base_file, explicit
 
 
+def _per_seed(raw: Any, extra: dict[str, Any]) -> tuple[str, ...]:
+    """``stages.per_seed`` (the file's, or a ``--set stages.per_seed=[...]``), checked."""
+    value = extra.pop("per_seed", None)
+    if value is None and isinstance(raw, dict):
+        value = raw.get("per_seed")
+    if value is None:
+        return PER_SEED
+    value = [value] if isinstance(value, str) else value
+    require(
+        isinstance(value, list) and all(v in REUSED_STAGES for v in value),
+        "stages.per_seed",
+        f"{value!r}: a list of the reused stages trained once per seed, from "
+        f"{', '.join(REUSED_STAGES)} (e.g. [teacher_da, student_da]; [] trains each once)",
+    )
+    return tuple(stage for stage in REUSED_STAGES if stage in value)
+
+
 def _stages(raw: Any, extra: dict[str, Any], base: ExperimentConfig) -> dict:
-    """Dotted overrides for the reused stages, checked on the teacher-DA and student-DA configs."""
+    """Dotted overrides for the reused stages, checked on the teacher-DA and student-DA configs
+    (``per_seed`` is not one: :func:`_per_seed`)."""
     stages: dict[str, Any] = {}
-    for key, value in {**flatten(coerce(raw, dict[str, Any], "stages")), **extra}.items():
+    raw = coerce(raw, dict[str, Any], "stages")
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if k != "per_seed"}
+    for key, value in {**flatten(raw), **extra}.items():
         for leaf, item in assignments(key, value).items():
             require(config_path(leaf) is not None, f"stages.{leaf}", "not a config path")
             require(
@@ -320,6 +353,7 @@ def _spec(path: Path, raw: dict, overrides: Sequence[str]) -> SweepSpec:
         base=base,
         fixed=fixed,
         search=axes,
+        per_seed=_per_seed(raw.get("stages"), stages_extra),
         stages=_stages(raw.get("stages"), stages_extra, base),
         tune=tune,
         resources=resources,
