@@ -68,6 +68,9 @@ from dakd.config import load_config  # noqa: E402
 from dakd.data.loader import DEVICE_KEYS  # noqa: E402
 from dakd.distributed import current_world  # noqa: E402
 from dakd.runtime import resolve_device, speed_settings  # noqa: E402
+from dakd.step_times import SETTINGS as SPEED_SETTINGS  # noqa: E402
+from dakd.step_times import StepTime, recipe_of, record  # noqa: E402
+from dakd.step_times import overrides as setting_overrides  # noqa: E402
 from dakd.trainer import Trainer  # noqa: E402
 from tests import realdata  # noqa: E402  (the fixture-tree writers of the test suite)
 
@@ -77,17 +80,10 @@ VAL_IMAGES = 2
 #: The recipe's sizes that ``--scale`` shrinks.
 SIZE_KEYS = ("source_resize", "source_crop", "target_resize", "target_crop", "val_resize")
 
-_FAST = ["train.deterministic=false", "train.cudnn_benchmark=true"]
-_PLAIN = ["train.amp=fp32", "train.channels_last=false", "train.compile=false"]
-#: Named speed settings: their ``--set`` overrides. ``default`` sets nothing, so it measures
-#: whatever the config's defaults resolve to on the device; the others pin every switch.
-SETTINGS: dict[str, list[str]] = {
-    "default": [],
-    "exact": ["train.deterministic=true", "train.cudnn_benchmark=false", *_PLAIN],
-    "fast": [*_FAST, *_PLAIN],
-    "bf16": [*_FAST, "train.amp=bf16", "train.channels_last=true", "train.compile=false"],
-    "compile": [*_FAST, "train.amp=bf16", "train.channels_last=true", "train.compile=true"],
-}
+#: Named speed settings: their ``--set`` overrides (``dakd.step_times.SETTINGS``, which the
+#: planner matches a spec against). ``default`` sets nothing, so it measures whatever the
+#: config's defaults resolve to on the device; the others pin every switch.
+SETTINGS: dict[str, list[str]] = {name: setting_overrides(name) for name in SPEED_SETTINGS}
 #: The ops a step's copies go through (what the overhead removal targets).
 COPY_OPS = ("aten::copy_", "aten::to", "aten::contiguous", "aten::clone")
 MARK = "@@gpu_step "  # prefixes the JSON line a worker process prints
@@ -468,6 +464,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile-steps", type=int, help="profiled bf16 steps (default 3)")
     parser.add_argument("--data", type=Path, help="the dataset tree (written when missing)")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument(
+        "--no-record",
+        dest="record",
+        action="store_false",
+        help="on a GPU at scale 1, do not record the step times in dakd/step_times.json (the "
+        "figures the dry run costs sweeps with)",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per process")
     parser.add_argument("--quick", action="store_true", help="the smallest run (for a test)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "JOB"), help=argparse.SUPPRESS)
@@ -622,6 +625,23 @@ def bench(args, device: torch.device, cuda: bool, cpus: int, work: Path) -> int:
             "loader": loader,
         }
         args.json.write_text(json.dumps(figures, indent=2))
+    if cuda and args.scale == 1 and args.record:
+        # the figures the planner costs sweeps with (dakd/step_times.json), per setting
+        for setting, r in results.items():
+            if setting == "default":
+                continue  # what "default" resolves to is one of the named settings
+            record(
+                StepTime(
+                    device=name,
+                    recipe=recipe_of(cfg),
+                    setting=setting,
+                    step_ms=round(1000 * r["step_s"]["live"], 1),
+                    cached_step_ms=round(1000 * r["step_s"]["cached"], 1),
+                    torch=torch.__version__,
+                    date=time.strftime("%Y-%m-%d"),
+                )
+            )
+        print(f"step times recorded in dakd/step_times.json for {recipe_of(cfg)} on {name}")
     bf16 = results["bf16"]
     if not cuda:
         print(f"(on a CPU: the share is of a {dtype_name} torch.mm peak; no bf16 peak measured)")

@@ -53,6 +53,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="validate the spec and print the trial plan without starting Ray",
     )
+    plan_for = parser.add_argument_group(
+        "planning (--dry-run)",
+        "the cost printed by the dry run: the Ray cluster given with --address, else these "
+        "nodes, else this machine; the step time measured by bench/gpu_step.py, else --step-ms",
+    )
+    plan_for.add_argument("--nodes", type=int, help="plan for this many nodes")
+    plan_for.add_argument("--gpus-per-node", type=float, default=0.0, help="with --nodes")
+    plan_for.add_argument(
+        "--cpus-per-node", type=float, default=None, help="with --nodes (default: 8 per GPU)"
+    )
+    plan_for.add_argument("--step-ms", type=float, help="a DAKD step's time, in ms")
+    plan_for.add_argument(
+        "--gpu-kind", default="", help="the GPU of the measured step time, e.g. 'NVIDIA H200'"
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="run with tiny step counts and crops (for tests)"
     )
@@ -68,9 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from dakd.config import ConfigError
     from dakd.data.datasets import DataError
-    from dakd.sweep.cluster import dry_run_cluster
     from dakd.sweep.interrupt import Stopped, Terminated
-    from dakd.sweep.plan import plan, smoke
+    from dakd.sweep.plan import smoke
     from dakd.sweep.run import run_sweep
     from dakd.sweep.spec import SpecError, load_spec
 
@@ -79,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             smoke(args.spec, args.overrides) if args.smoke else load_spec(args.spec, args.overrides)
         )
         if args.dry_run:
-            print(plan(spec).text())
-            address = args.address or os.environ.get("RAY_ADDRESS")
-            if address:  # the checks a sweep makes before its first task, on that cluster
-                dry_run_cluster(spec, address, args.autoscale)
-            return 0
+            return dry_run(spec, args)
         result = run_sweep(spec, resume=args.resume, address=args.address, autoscale=args.autoscale)
     except (SpecError, ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -104,6 +113,36 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 1 if result.errors else 0
+
+
+def dry_run(spec, args) -> int:
+    """The plan (datasets not there yet listed, not an error), the cluster's checks when one is
+    given, and the cost on the cluster planned for; a budget the cost exceeds stops it."""
+    from dakd.sweep.cluster import dry_run_cluster
+    from dakd.sweep.cost import Shape, check_budget, plan_cost
+    from dakd.sweep.plan import plan
+
+    the_plan = plan(spec, without_data=True)
+    print(the_plan.text())
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:  # the checks a sweep makes before its first task, and the nodes it has
+        shape = Shape.from_ray(dry_run_cluster(spec, address, args.autoscale), address)
+    elif args.nodes:
+        cpus = (
+            args.cpus_per_node if args.cpus_per_node is not None else 8 * max(args.gpus_per_node, 1)
+        )
+        shape = Shape.of(
+            args.nodes,
+            args.gpus_per_node,
+            cpus,
+            f"--nodes {args.nodes} --gpus-per-node {args.gpus_per_node:g}",
+        )
+    else:
+        shape = Shape.this_machine()
+    cost = plan_cost(spec, the_plan.stages, shape, args.step_ms, args.gpu_kind)
+    print(cost.text())
+    check_budget(spec, cost)
+    return 0
 
 
 if __name__ == "__main__":

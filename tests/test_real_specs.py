@@ -64,27 +64,47 @@ def test_dry_run_checks_the_data_and_prints_the_plan(name, place, capsys):
     assert "trials: 27" in out and "teacher_da" in out
 
 
-def test_dry_run_without_data_or_with_broken_data_fails_with_one_error(place, monkeypatch, capsys):
+def test_without_data_the_dry_run_plans_and_lists_it_and_a_launch_stops_in_one_line(
+    place, monkeypatch, capsys
+):
+    """Planning needs no data: the dry run lists each missing or broken split (and weight
+    file) and prints the plan and its cost; the launch (the plan a sweep makes before Ray)
+    stops in one line naming the key, as before."""
+    from dakd.sweep.plan import plan
+    from dakd.sweep.spec import SpecError
+
     spec = str(ROOT / "sweeps" / "real_to_real.yaml")
     monkeypatch.delenv("DAKD_DATA")
-    assert _cli([spec, "--dry-run"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {spec}: experiment: data.source_root: ") and "DAKD_DATA" in err
-    assert len(err.strip().splitlines()) == 1
+    assert _cli([spec, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "inputs not there yet" in out and "stages the trials build on" in out
+    assert "bdd100k train: data.source_root: no folder for the source dataset bdd100k" in out
+    assert "cost, on " in out
+    with pytest.raises(SpecError) as err:
+        plan(load_spec(spec))
+    line = str(err.value)
+    assert line.startswith(f"{spec}: experiment: data.source_root: ") and "DAKD_DATA" in line
+    assert len(line.splitlines()) == 1
+
     monkeypatch.setenv("DAKD_DATA", str(place))
     label = sorted((place / "cityscapes" / "gtFine" / "val").glob("*/*.png"))[0]
     label.unlink()
-    assert _cli([spec, "--dry-run"]) == 2
+    assert _cli([spec, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "cityscapes val: " in out and "fails its check" in out
+    assert _cli([spec]) == 2  # the launch
     err = capsys.readouterr().err
     assert "cityscapes val split fails its check" in err and "missing_label" in err
     assert str(label) in err
     fresh = place / "cityscapes-again"
     realdata.write("cityscapes", fresh)
     (Path("weights") / "drn_d_38-eebb45f0.pth").unlink()
-    assert _cli([spec, "--dry-run", "--set", f"experiment.data.target_root={fresh}"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {spec}: experiment: models.teacher.pretrained: ")
-    assert "drn_d_38-eebb45f0.pth does not exist" in err
+    assert _cli([spec, "--dry-run", "--set", f"experiment.data.target_root={fresh}"]) == 0
+    assert "models.teacher.pretrained: " in capsys.readouterr().out
+    with pytest.raises(SpecError) as err:
+        plan(load_spec(spec, [f"experiment.data.target_root={fresh}"]))
+    assert str(err.value).startswith(f"{spec}: experiment: models.teacher.pretrained: ")
+    assert "drn_d_38-eebb45f0.pth does not exist" in str(err.value)
 
 
 def test_the_student_search_on_real_data_checks_its_data_and_students(place, capsys):

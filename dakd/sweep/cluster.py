@@ -291,14 +291,17 @@ def check_cluster(spec: SweepSpec, address: str | None, autoscale: bool, log) ->
     check_cluster_tracking(spec, address, len({n["ip"] for n in nodes}), log)
 
 
-def dry_run_cluster(spec: SweepSpec, address: str, autoscale: bool, log=print) -> None:
+def dry_run_cluster(spec: SweepSpec, address: str, autoscale: bool, log=print) -> list[dict]:
     """The dry run on a cluster (``--dry-run --address``): join it for the checks a sweep would
-    make before its first task (:func:`check_cluster`) and leave; the cluster stays as it was."""
+    make before its first task (:func:`check_cluster`) and leave (the cluster stays as it was);
+    its alive nodes (:func:`node_sizes`), which the plan's cost is counted on."""
     import ray
 
     ray.init(address=ray_address(address), include_dashboard=False, log_to_driver=False)
     try:
         check_cluster(spec, address, autoscale, log)
-        log(f"cluster: {describe_nodes(node_sizes())}: every process of the sweep fits a node")
+        nodes = node_sizes()
+        log(f"cluster: {describe_nodes(nodes)}: every process of the sweep fits a node")
+        return nodes
     finally:
         ray.shutdown()

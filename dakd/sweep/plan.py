@@ -113,6 +113,8 @@ class Plan:
     storage: str
     inputs: list[str] = dataclasses.field(default_factory=list)  # real data splits checked
     caches: list[CachePlan] = dataclasses.field(default_factory=list)
+    #: datasets and weight files not there (yet) when planned without them: one line each
+    missing: list[str] = dataclasses.field(default_factory=list)
 
     def text(self) -> str:
         """The spec's search space and settings, then what will be trained or reused, where."""
@@ -137,6 +139,13 @@ class Plan:
         if self.inputs:
             lines.append("data (checked):")
             lines += [f"  {line}" for line in self.inputs]
+        if self.missing:
+            lines.append(
+                "inputs not there yet (planned without them; the sweep checks them at launch, "
+                "the datasets as `python -m dakd data check` does; the teacher caches are "
+                "decided then):"
+            )
+            lines += [f"  {line}" for line in self.missing]
         lines += [
             f"MLflow: {self.tracking_uri} (experiment {spec.experiment_name})",
             f"Ray Tune storage: {self.storage}",
@@ -167,23 +176,33 @@ def storage_path(spec: SweepSpec, root: Path) -> str:
     return str((root / spec.storage).resolve())
 
 
-def check_inputs(cfg: ExperimentConfig) -> list[str]:
+def check_inputs(cfg: ExperimentConfig, missing: list[str] | None = None) -> list[str]:
     """Check what a run of ``cfg`` reads besides checkpoints: the splits of real datasets (as
     training checks them) and the backbone weights file of the trained network. One error on the
     first problem (ConfigError naming the key, or DataError with the check's report); else one
-    line per split."""
+    line per split. Given ``missing`` (planning before the data is there), a split that is not
+    there or fails its check is a line there instead of an error."""
     from dakd.config import ConfigError
-    from dakd.data.datasets import split_of
+    from dakd.data.datasets import DataError, split_of
 
     lines = []
     if cfg.data.dataset == "real":
         for role, split in (("source", "train"), ("target", "train"), ("target", "val")):
-            data = split_of(cfg.data, role, split)
+            try:
+                data = split_of(cfg.data, role, split)
+            except (ConfigError, DataError) as err:
+                if missing is None:
+                    raise
+                name = cfg.data.domain(role)
+                missing.append(f"{name} {split}: {str(err).splitlines()[0]}")
+                continue
             lines.append(f"{data.name} {split} ({data.root}): {len(data)} pairs, check passed")
     model = cfg.trained_model
     if not cfg.init and model.pretrained not in ("", AUTO) and not Path(model.pretrained).is_file():
         role = "teacher" if model is cfg.models.teacher else "student"
-        raise ConfigError(f"models.{role}.pretrained: {model.pretrained} does not exist")
+        if missing is None:
+            raise ConfigError(f"models.{role}.pretrained: {model.pretrained} does not exist")
+        missing.append(f"models.{role}.pretrained: {model.pretrained} does not exist")
     for key in ("teacher", "init"):
         path = getattr(cfg, key)
         if path and path != AUTO and not Path(path).is_file():
@@ -212,9 +231,11 @@ def _input_variants(spec: SweepSpec) -> list[dict[str, Any]]:
     return variants
 
 
-def plan(spec: SweepSpec, root: Path | None = None) -> Plan:
+def plan(spec: SweepSpec, root: Path | None = None, without_data: bool = False) -> Plan:
     """Trials and stages of a sweep, without starting Ray (``--dry-run``); the data and weight
-    files every trial and stage reads are checked (:func:`check_inputs`)."""
+    files every trial and stage reads are checked (:func:`check_inputs`). ``without_data``
+    (the dry run): datasets that are not there yet are listed (:attr:`Plan.missing`), not an
+    error, and the teacher caches, which are sized by the datasets, are decided at launch."""
     from dakd.config import from_dict
     from dakd.sweep.context import input_paths
 
@@ -222,11 +243,12 @@ def plan(spec: SweepSpec, root: Path | None = None) -> Plan:
     context = _context(spec, root)
     stages: dict[str, StagePlan] = {}
     inputs: dict[str, None] = {}
+    missing: list[str] | None = [] if without_data else None
     try:
         for sampled in _input_variants(spec):
             cfg = resolve(spec, sampled)
             absolute = from_dict(cfg.to_dict(), input_paths(cfg, context))
-            inputs.update(dict.fromkeys(check_inputs(absolute)))
+            inputs.update(dict.fromkeys(check_inputs(absolute, missing)))
     except ConfigError as err:
         raise SpecError(f"{spec.path}: experiment: {err}") from None
     for sampled in grid_variants(spec):
@@ -235,7 +257,7 @@ def plan(spec: SweepSpec, root: Path | None = None) -> Plan:
         for dep in deps.values():
             if dep.name not in stages:
                 try:
-                    inputs.update(dict.fromkeys(check_inputs(dep)))
+                    inputs.update(dict.fromkeys(check_inputs(dep, missing)))
                 except ConfigError as err:
                     raise SpecError(f"{spec.path}: experiment: {err}") from None
                 needs = {f: deps[f].name for f in AUTO_STAGES if getattr(dep, f) == AUTO}
@@ -247,7 +269,8 @@ def plan(spec: SweepSpec, root: Path | None = None) -> Plan:
         tracking_uri=tracking_uri(spec, root),
         storage=storage_path(spec, root),
         inputs=list(inputs),
-        caches=plan_caches(spec, context),
+        caches=[] if missing else plan_caches(spec, context),
+        missing=list(dict.fromkeys(missing or [])),
     )
 
 

@@ -156,6 +156,7 @@ class Sweep:
         self.plan = plan(spec, self.root)
         self.log(self.plan.text())
         self._check_tracking()
+        self._cost()
         if self.resume:
             self.previous, self.state = resumed_attempt(spec, self.plan.storage, self.uri)
         stamp = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -172,6 +173,47 @@ class Sweep:
             storage=self.experiment_path,
         )
         self._take_over()
+
+    def _cost(self) -> None:
+        """The plan's cost (GPU-hours do not depend on the cluster's shape, only wall time
+        does); a spec over its ``tune.budget_gpu_hours`` stops here, before anything starts."""
+        from dakd.sweep.cost import Shape, check_budget, plan_cost
+
+        self.cost = plan_cost(self.spec, self.plan.stages, Shape([], "the sweep's cluster"))
+        check_budget(self.spec, self.cost)
+
+    def used_gpu_hours(self) -> tuple[float, float]:
+        """(run-hours, GPU-hours) the sweep's runs took: each run under the parent that trained
+        (not one reporting a reused stage), its wall time from start to end, times its GPUs."""
+        from dakd.tracking.store import find_runs
+        from dakd.tracking.tags import REUSED
+
+        r = self.spec.resources
+        runs = find_runs(
+            self.uri,
+            self.spec.experiment_name,
+            f"tags.mlflow.parentRunId = '{self.parent.run_id}'",
+        )
+        seconds = sum(
+            (run.info.end_time - run.info.start_time) / 1000
+            for run in runs
+            if run.info.end_time and run.data.tags.get(REUSED) != "true"
+        )
+        return seconds / 3600, seconds / 3600 * r.gpu * r.workers
+
+    def _cost_line(self) -> str:
+        """The summary's line on cost, logged on the parent run too."""
+        run_h, gpu_h = self.used_gpu_hours()
+        metrics = {"run_hours": run_h, "gpu_hours": gpu_h}
+        line = f"cost:     {run_h:.2f} run-hours, {gpu_h:.2f} GPU-hours"
+        planned = self.cost.gpu_hours
+        if planned is not None:
+            metrics["planned_gpu_hours"] = planned
+            line += f" (planned {planned:.2f} at {self.cost.step_ms:g} ms a step)"
+        elif self.spec.resources.gpu:
+            line += f" (not planned: {self.cost.why})"
+        self.parent.log_metrics(metrics, step=0)
+        return line
 
     def _check_tracking(self) -> None:
         """Every store call of the sweep, here and in its Ray workers, rides out a server or
@@ -231,12 +273,6 @@ class Sweep:
             self.log(f"closed {closed} run(s) of an interrupted attempt as KILLED")
         if not self.state:
             write_state(self.experiment_path, {"parent_run_id": parent_run_id, "tracking_uri": uri})
-        if spec.resources.workers > 1 and not spec.tune.max_concurrent:
-            # a Train run starts once all its workers fit; trials beyond that only wait
-            self.log(
-                "note: tune.max_concurrent is unset; with resources.workers > 1 set it to the "
-                "number of Train runs the cluster fits at once (e.g. GPUs // (workers * gpu))"
-            )
 
     def stages(self) -> None:
         """The stages no earlier sweep trained; those that fail are listed in the summary."""
@@ -248,10 +284,24 @@ class Sweep:
     def trials(self) -> None:
         """The Tuner's trials. A signal while they run stops them through Tune, which saves its
         experiment state for ``--resume``; the sweep stops once ``fit`` has returned."""
-        tuner = tuner_for(self.context, self.plan.storage, self.name, self.previous, self.log)
+        tuner = tuner_for(
+            self.context, self.plan.storage, self.name, self.previous, self.log, self.at_once()
+        )
         with one_line_trial_errors(), self.signals.tune_running():
             self.grid = tuner.fit()
         self.signals.check()
+
+    def at_once(self) -> int:
+        """What ``tune.max_concurrent: auto`` stands for: the trials the cluster holds now (a
+        data-parallel trial counts its workers; no limit where the cluster adds nodes itself)."""
+        from dakd.sweep.cluster import node_sizes
+        from dakd.sweep.cost import Shape, concurrency
+
+        if self.spec.tune.max_concurrent != "auto" or self.autoscale:
+            return 0
+        n = concurrency(self.spec, Shape.from_ray(node_sizes(), self.address or "local"))
+        self.log(f"trials: up to {n} at once (tune.max_concurrent auto: what the cluster holds)")
+        return n
 
     def summary(self) -> None:
         """The best trials against the baselines, printed and logged on the parent run (text,
@@ -271,6 +321,7 @@ class Sweep:
             spec.experiment_name,
             experiment_id=self.experiment_id,
         )
+        text += "\n" + self._cost_line()
         self.log(text)
         parent.log_text(text, "summary.md")
         parent.set_description(summary_markdown(self.result, spec))

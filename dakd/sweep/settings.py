@@ -43,6 +43,10 @@ class TuneSettings:
     the same evaluation, and the summary reports the Pareto front. ``constraints`` bound the
     deployment figures (``{peak_memory_mb: {max: 512}}``): a trial outside a bound is
     recorded as infeasible as soon as its figures are measured, before it trains.
+
+    ``max_concurrent``: trials at once; ``auto`` (default) as many as the cluster holds for one
+    trial's resources (a data-parallel trial counts its workers), counted when the trials
+    start. ``budget_gpu_hours``: the dry run's and the sweep's cost must stay under it.
     """
 
     metric: str | list[str] = "miou"
@@ -53,7 +57,9 @@ class TuneSettings:
     scheduler: str = "fifo"
     asha: dict[str, Any] = field(default_factory=lambda: {"grace_period": 1, "reduction_factor": 2})
     seeds: list[int] = field(default_factory=lambda: [0])
-    max_concurrent: int | None = None
+    max_concurrent: int | str | None = "auto"
+    #: refuse a plan above this many GPU-hours (the dry run's cost; None: no budget)
+    budget_gpu_hours: float | None = None
     max_failures: int = 2
     # off by default: with Ray 2.60, reusing a function-trainable actor after ASHA stopped its
     # trial failed the next trial ("Could not re-use actor ... reset_config") and once hung
@@ -116,11 +122,20 @@ class TuneSettings:
             "tune.search grid or random)",
         )
         self._check_constraints()
-        if self.max_concurrent is not None:
+        if self.max_concurrent is None:
+            self.max_concurrent = "auto"
+        require(
+            self.max_concurrent == "auto"
+            or (not isinstance(self.max_concurrent, str) and self.max_concurrent >= 1),
+            "tune.max_concurrent",
+            f"must be auto (as many trials as the cluster holds) or >= 1, got "
+            f"{self.max_concurrent!r}",
+        )
+        if self.budget_gpu_hours is not None:
             require(
-                self.max_concurrent >= 1,
-                "tune.max_concurrent",
-                f"must be >= 1, got {self.max_concurrent}",
+                math.isfinite(self.budget_gpu_hours) and self.budget_gpu_hours > 0,
+                "tune.budget_gpu_hours",
+                f"must be > 0, got {self.budget_gpu_hours:g}",
             )
         require(
             self.max_failures >= -1, "tune.max_failures", f"must be >= -1, got {self.max_failures}"

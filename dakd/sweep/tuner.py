@@ -35,8 +35,16 @@ def _sampler(t):
     return optuna.samplers.TPESampler(seed=t.search_seed)
 
 
-def build_tuner_parts(spec: SweepSpec):
-    """(search algorithm, scheduler) for the spec's ``tune`` section."""
+def trial_limit(spec: SweepSpec, at_once: int = 0) -> int:
+    """Trials at once (0: as many as Ray places): ``tune.max_concurrent``, or for ``auto`` what
+    the cluster holds, ``at_once`` (:func:`dakd.sweep.cost.concurrency`, counted by the sweep)."""
+    limit = spec.tune.max_concurrent
+    return at_once if limit == "auto" else int(limit)
+
+
+def build_tuner_parts(spec: SweepSpec, at_once: int = 0):
+    """(search algorithm, scheduler) for the spec's ``tune`` section; ``at_once``: what
+    ``tune.max_concurrent: auto`` stands for on this cluster (0: no limit)."""
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, Repeater
 
@@ -52,7 +60,7 @@ def build_tuner_parts(spec: SweepSpec):
     else:
         # a SearchGenerator ignores TuneConfig.max_concurrent_trials: it takes its own limit
         search_alg = BasicVariantGenerator(
-            random_state=t.search_seed, max_concurrent=t.max_concurrent or 0
+            random_state=t.search_seed, max_concurrent=trial_limit(spec, at_once)
         )
     scheduler = None
     if t.scheduler == "asha":
@@ -69,10 +77,10 @@ def build_tuner_parts(spec: SweepSpec):
     return search_alg, scheduler
 
 
-def new_tuner(spec: SweepSpec, trainable, storage: str, name: str, uri: str):
+def new_tuner(spec: SweepSpec, trainable, storage: str, name: str, uri: str, at_once: int = 0):
     from ray import tune
 
-    search_alg, scheduler = build_tuner_parts(spec)
+    search_alg, scheduler = build_tuner_parts(spec, at_once)
     t = spec.tune
     # several objectives under Optuna: the searcher holds the lists (Tune would overwrite them
     # with one metric); grid and random searches rank by the first (the summary by the front)
@@ -87,7 +95,9 @@ def new_tuner(spec: SweepSpec, trainable, storage: str, name: str, uri: str):
             scheduler=scheduler,
             num_samples=t.num_samples * (len(t.seeds) if t.search == "optuna" else 1),
             # grid and random searches take the limit in BasicVariantGenerator
-            max_concurrent_trials=t.max_concurrent if t.search == "optuna" else None,
+            max_concurrent_trials=(trial_limit(spec, at_once) or None)
+            if t.search == "optuna"
+            else None,
             reuse_actors=t.reuse_actors,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
@@ -102,7 +112,9 @@ def new_tuner(spec: SweepSpec, trainable, storage: str, name: str, uri: str):
     )
 
 
-def tuner_for(context: SweepContext, storage: str, name: str, previous: str | None, log):
+def tuner_for(
+    context: SweepContext, storage: str, name: str, previous: str | None, log, at_once: int = 0
+):
     """The Tuner of the sweep's trials: Tune's experiment ``previous`` restored when it has one to
     continue (errored trials are retried), else a new one named ``name`` under ``storage``."""
     from ray import tune
@@ -115,7 +127,7 @@ def tuner_for(context: SweepContext, storage: str, name: str, previous: str | No
         log(f"resuming {previous}")
         return tune.Tuner.restore(previous, trainable=trainable, resume_errored=True)
     # a new sweep, or one killed before its trials began
-    return new_tuner(spec, trainable, storage, name, context.tracking_uri)
+    return new_tuner(spec, trainable, storage, name, context.tracking_uri, at_once)
 
 
 class _Closer:
