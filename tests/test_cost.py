@@ -148,3 +148,30 @@ def test_max_concurrent_auto_is_what_the_sweep_counted():
     assert trial_limit(load_spec(PAPER, ["tune.max_concurrent=3"]), 12) == 3
     with pytest.raises(SpecError, match=r"tune.max_concurrent: must be auto .* got 'many'"):
         load_spec(PAPER, ["tune.max_concurrent=many"])
+
+
+def test_the_runs_took_their_wall_time_times_their_gpus(tmp_path):
+    """Actual cost: each trained child run of the parent, end minus start, times the trial's
+    GPUs; a run reporting a reused stage trains nothing and is not counted."""
+    from mlflow import MlflowClient
+
+    from dakd.sweep.run import Sweep
+    from dakd.tracking.runs import RunLogger
+    from dakd.tracking.store import prepare
+
+    spec = load_spec(PAPER, ["resources.gpu=0.5"])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = prepare(uri, spec.experiment_name)
+    sweep = Sweep(spec, root=ROOT, log=lambda _: None)
+    sweep.plan = type("P", (), {"tracking_uri": uri})()
+    sweep.parent = RunLogger(uri, experiment_id, run_name="sweep")
+    client = MlflowClient(uri)
+    hour = 3600 * 1000
+    for hours, reused in ((2.0, False), (1.5, False), (9.0, True)):
+        tags = {"mlflow.parentRunId": sweep.parent.run_id}
+        if reused:
+            tags["reused"] = "true"
+        run = client.create_run(experiment_id, start_time=hour, tags=tags)
+        client.set_terminated(run.info.run_id, end_time=hour + int(hours * hour))
+    run_hours, gpu_hours = sweep.used_gpu_hours()
+    assert math.isclose(run_hours, 3.5) and math.isclose(gpu_hours, 1.75)

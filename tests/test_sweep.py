@@ -293,6 +293,9 @@ def test_the_driver_puts_the_summary_on_the_parent_run_and_saves_its_view(tmp_pa
     assert description == summary_markdown(sweep.result, spec)
     assert "| paradigm=d kl=0.1 seed=0 | 16.00 | 16.00 | 300 | done |" in description
     assert parent.data.metrics["best_miou"] == 16.0
+    # what the runs took (none ran under this parent here), logged and printed
+    assert parent.data.metrics["run_hours"] == parent.data.metrics["gpu_hours"] == 0.0
+    assert "cost:     0.00 run-hours, 0.00 GPU-hours" in lines[-1]
     assert "summary.md" in {a.path for a in client.list_artifacts(sweep.parent.run_id)}
     views = [
         key[len(MLFLOW_SAVED_VIEW) :]

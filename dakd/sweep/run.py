@@ -87,6 +87,7 @@ class Sweep:
         self.result: SweepResult | None = None
         self.analysis: threading.Thread | None = None  # the result tables, logged to the parent
         self.signals = Signals()  # SIGINT and SIGTERM while the sweep runs
+        self.cost = None  # what the plan costs (dakd.sweep.cost.Cost), made when it opens
 
     @property
     def uri(self) -> str:
@@ -206,11 +207,11 @@ class Sweep:
         run_h, gpu_h = self.used_gpu_hours()
         metrics = {"run_hours": run_h, "gpu_hours": gpu_h}
         line = f"cost:     {run_h:.2f} run-hours, {gpu_h:.2f} GPU-hours"
-        planned = self.cost.gpu_hours
+        planned = self.cost.gpu_hours if self.cost is not None else None
         if planned is not None:
             metrics["planned_gpu_hours"] = planned
             line += f" (planned {planned:.2f} at {self.cost.step_ms:g} ms a step)"
-        elif self.spec.resources.gpu:
+        elif self.spec.resources.gpu and self.cost is not None:
             line += f" (not planned: {self.cost.why})"
         self.parent.log_metrics(metrics, step=0)
         return line
