@@ -153,7 +153,7 @@ def test_defaults_of_optional_sections(write):
         "grid",
         "fifo",
     )
-    assert (t.seeds, t.max_concurrent, t.max_failures, t.reuse_actors) == ([0], None, 2, True)
+    assert (t.seeds, t.max_concurrent, t.max_failures, t.reuse_actors) == ([0], "auto", 2, True)
     assert t.asha == {"grace_period": 1, "reduction_factor": 2} and t.search_seed == 0
     assert (spec.resources.cpu, spec.resources.gpu, spec.resources.workers) == (1.0, 0.0, 1)
     assert spec.storage == "runs/ray" and spec.stages == {} and spec.base_file is None
@@ -530,7 +530,10 @@ def test_bad_overrides_name_file_and_key(write, override, message):
         ({"tune": {"seeds": [0, -1]}}, r"tune\.seeds\[1\]: must be >= 0"),
         ({"tune": {"asha": {"grace": 1}}}, r"tune\.asha\.grace: unknown key"),
         ({"tune": {"asha": {"reduction_factor": 1}}}, r"tune\.asha\.reduction_factor: must be > 1"),
-        ({"tune": {"max_concurrent": 0}}, r"tune\.max_concurrent: must be >= 1"),
+        (
+            {"tune": {"max_concurrent": 0}},
+            r"tune\.max_concurrent: must be auto \(as many trials as the cluster holds\) or >= 1, got 0",
+        ),
         ({"tune": {"reuse_actors": "yes"}}, r"tune\.reuse_actors: expected true or false"),
         ({"tune": {"metric": ""}}, r"tune\.metric: expected a non-empty string"),
         ({"tune": [1]}, r"tune: expected a mapping"),
