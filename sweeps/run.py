@@ -118,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
 def dry_run(spec, args) -> int:
     """The plan (datasets not there yet listed, not an error), the cluster's checks when one is
     given, and the cost on the cluster planned for; a budget the cost exceeds stops it."""
-    from dakd.sweep.cluster import dry_run_cluster
+    from dakd.sweep.cluster import dry_run_cluster, unmet_request
     from dakd.sweep.cost import Shape, check_budget, plan_cost
     from dakd.sweep.plan import plan
+    from dakd.sweep.spec import SpecError
 
     the_plan = plan(spec, without_data=True)
     print(the_plan.text())
@@ -137,6 +138,10 @@ def dry_run(spec, args) -> int:
             cpus,
             f"--nodes {args.nodes} --gpus-per-node {args.gpus_per_node:g}",
         )
+        nodes = [{"ip": f"node {i}", "CPU": c, "GPU": g} for i, (c, g) in enumerate(shape.nodes)]
+        unmet = unmet_request(spec, nodes)
+        if unmet is not None:  # what the cluster check would say on such a cluster
+            raise SpecError(f"{spec.path}: {unmet[0]}: {unmet[1]} ({shape.source})")
     else:
         shape = Shape.this_machine()
     cost = plan_cost(spec, the_plan.stages, shape, args.step_ms, args.gpu_kind)

@@ -130,6 +130,8 @@ def test_the_dry_run_prints_the_cost_for_the_nodes_given(place, capsys):  # noqa
         "--dry-run",
         "--nodes",
         "1",
+        "--gpus-per-node",
+        "8",
         "--step-ms",
         "100",
         "--set",
@@ -175,3 +177,13 @@ def test_the_runs_took_their_wall_time_times_their_gpus(tmp_path):
         client.set_terminated(run.info.run_id, end_time=hour + int(hours * hour))
     run_hours, gpu_hours = sweep.used_gpu_hours()
     assert math.isclose(run_hours, 3.5) and math.isclose(gpu_hours, 1.75)
+
+
+def test_a_trial_no_planned_node_holds_stops_the_dry_run_in_one_line(place, capsys):  # noqa: F811
+    assert _cli([str(PAPER), "--dry-run", "--nodes", "2", "--cpus-per-node", "16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: {PAPER}: resources.gpu: a stage task asks for 1 CPU and 1 GPU on one node, but "
+        "no node has that many (nodes: node 0 16 CPU 0 GPU, node 1 16 CPU 0 GPU) "
+        "(--nodes 2 --gpus-per-node 0)"
+    )
