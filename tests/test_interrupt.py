@@ -358,7 +358,8 @@ def _final_numbers(place: Path) -> dict[str, dict[str, float]]:
     for run in _runs(place):
         metrics = run.data.metrics
         if run.data.tags.get("stage") == "sweep":
-            out["parent"] = dict(metrics)
+            # the cost (run_hours, gpu_hours) is wall time, not a result
+            out["parent"] = {k: v for k, v in metrics.items() if not k.endswith("_hours")}
         else:
             kept = {k: v for k, v in metrics.items() if k in ("miou", "pixel_acc") or "iou/" in k}
             out[run.info.run_name] = kept
