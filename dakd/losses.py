@@ -1,4 +1,4 @@
-"""The DAKD loss terms, each a small function of tensors (see PAPER.md, "Losses").
+"""The DAKD loss terms, each a small function of tensors (see docs/method.md, "Losses").
 
 Shapes: logits are ``[B, C, H, W]``, labels ``[B, H, W]`` (int64, ``IGNORE_INDEX`` = ignore).
 Every function returns a scalar tensor, averaged over the pixels it is defined on.

@@ -3,7 +3,7 @@
 A *stage* says what is trained and with which terms: supervised on source or target labels,
 output-space adversarial adaptation on or off, distillation from a frozen teacher on or off.
 A *paradigm* (DAKD only) is a list of phases; each phase covers a share of the steps and says on
-which domains the distillation terms are computed (PAPER.md, "Training stages").
+which domains the distillation terms are computed (docs/method.md, "Training stages").
 A *level* is one of a segmenter's two predictions that adaptation and distillation read.
 
 This is the one home of these words: the config checks against them, the trainer iterates

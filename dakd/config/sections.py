@@ -72,7 +72,7 @@ class ModelsConfig:
 
 @dataclass
 class LossConfig:
-    """Loss weights (PAPER.md). ``kl``, ``mse``, ``pseudo`` are lambda_KL, lambda_MSE, lambda_pseudoT."""
+    """Loss weights (docs/method.md). ``kl``, ``mse``, ``pseudo`` are lambda_KL, lambda_MSE, lambda_pseudoT."""
 
     seg_aux: float = 0.1
     adv_output: float = 1e-3

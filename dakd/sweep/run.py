@@ -1,6 +1,6 @@
 """A sweep from its spec to its summary: spec -> plan -> stages -> Ray Tune -> summary, in MLflow.
 
-``python sweeps/run.py SPEC.yaml`` calls :func:`run_sweep`. The order follows DESIGN.md: the spec
+``python sweeps/run.py SPEC.yaml`` calls :func:`run_sweep`. The order (docs/architecture.md): the spec
 is validated before Ray starts; the stages the trials build on (teacher-DA, student-DA) are
 trained once as Ray tasks, keyed by their config, and reused by every later sweep; then the
 Tuner runs the trials; at the end the best trials are printed with where to look in MLflow.

@@ -1,6 +1,6 @@
 """Tracking: MLflow runs, the result tables built from them, and the benchmark's calibration.
 
-The layer beside the sweep (DESIGN.md): it reads and writes MLflow and Arrow, which the core
+The layer beside the sweep (docs/architecture.md): it reads and writes MLflow and Arrow, which the core
 never imports. This file imports nothing, so that the modules that need neither MLflow nor Arrow
 (:mod:`~dakd.tracking.tags`, :mod:`~dakd.tracking.locations`, the calibration study) load without
 them; import what you use from its module:

@@ -1,6 +1,6 @@
 """The calibration study of the embedded benchmark: ``python -m dakd calibrate``.
 
-The benchmark's claims are measured, not assumed (DESIGN.md, "Embedded benchmark"): per
+The benchmark's claims are measured, not assumed (docs/calibration.md): per
 scenario and seed every row of :data:`CALIBRATION_ROWS` is trained (or found, as a reused
 stage) and evaluated on the target val split; the table, the targets of
 :mod:`dakd.tracking.calibration_targets`, the logit-grid bound and a BatchNorm check are

@@ -5,7 +5,7 @@ table that silently loses its rows; every writer and reader therefore takes the 
 Plain strings, no MLflow import: the sweep driver names tags before MLflow has loaded, and
 ``python -m dakd`` never loads it.
 
-The run tags (DESIGN.md, "MLflow layout"): every run of a sweep carries :data:`SWEEP` and
+The run tags (docs/architecture.md): every run of a sweep carries :data:`SWEEP` and
 :data:`GIT_COMMIT` (the sweep's tags), :data:`SCENARIO`, :data:`PARADIGM`, :data:`LEVELS`,
 :data:`SEED` and :data:`STAGE`; a child run points at its sweep's parent run through MLflow's
 own :data:`MLFLOW_PARENT_RUN_ID`.
