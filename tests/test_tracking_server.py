@@ -231,27 +231,37 @@ def test_run_logger_logs_to_a_tracking_server(server, tmp_path):
     assert time.monotonic() - begin < 5
 
 
+def _writing(logger, steps: int, metrics):
+    """A trial-like writer in a thread, ``metrics(step)`` every 50 ms, once it has logged 5
+    steps: (its thread, the steps done, the errors it met; the tests assert on both)."""
+    done, errors = [], []
+
+    def write() -> None:
+        try:
+            for step in range(steps):
+                logger.log_metrics(metrics(step), step)
+                done.append(step)
+                time.sleep(0.05)
+        except Exception as exc:  # reported by the test's assertions
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    while len(done) < 5 and writer.is_alive():
+        time.sleep(0.02)
+    return writer, done, errors
+
+
 @pytest.mark.slow
 def test_a_server_restart_under_a_writer_loses_and_doubles_nothing(server):
     server.ensure_up()
     experiment_id = prepare(server.uri, "restart")
     logger = RunLogger(server.uri, experiment_id, run_name="writer")
-    steps, done, errors = 40, [], []
-
-    def write() -> None:
-        try:
-            for step in range(steps):
-                logger.log_metrics({"loss": 1 / (step + 1), "step_mirror": step}, step)
-                done.append(step)
-                time.sleep(0.05)
-        except Exception as exc:  # reported by the assertion below
-            errors.append(exc)
-
+    steps = 40
     retries = tracking_store.retry_count
-    writer = threading.Thread(target=write)
-    writer.start()
-    while len(done) < 5 and writer.is_alive():
-        time.sleep(0.02)
+    writer, done, errors = _writing(
+        logger, steps, lambda step: {"loss": 1 / (step + 1), "step_mirror": step}
+    )
     server.kill()  # mid-stream, as a crash or a redeploy would
     killed_at = len(done)
     time.sleep(1.0)  # the writer now meets a closed port
@@ -422,22 +432,9 @@ def postgres() -> Iterator[Postgres]:
 def test_postgres_restarted_under_a_writer_loses_and_doubles_nothing(postgres):
     check_tracking(postgres.uri)
     logger = RunLogger(postgres.uri, prepare(postgres.uri, "pg"), run_name="writer")
-    steps, done, errors = 30, [], []
-
-    def write() -> None:
-        try:
-            for step in range(steps):
-                logger.log_metrics({"loss": 1 / (step + 1)}, step)
-                done.append(step)
-                time.sleep(0.05)
-        except Exception as exc:
-            errors.append(exc)
-
+    steps = 30
     retries = tracking_store.retry_count
-    writer = threading.Thread(target=write)
-    writer.start()
-    while len(done) < 5 and writer.is_alive():
-        time.sleep(0.02)
+    writer, done, errors = _writing(logger, steps, lambda step: {"loss": 1 / (step + 1)})
     postgres.stop("fast")  # closes every connection, as a restart or a failover does
     time.sleep(1.0)
     postgres.start()

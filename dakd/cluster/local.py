@@ -89,20 +89,26 @@ def postgres_bin() -> Path:
     )
 
 
-@dataclass
-class Service:
-    """One started service: its session leader's pid, its port and its log."""
+class _Started:
+    """What the cluster started: a session leader (``pid``) that may still run."""
 
     pid: int
-    port: int
-    log: str
 
     def running(self) -> bool:
         return alive(self.pid)
 
 
 @dataclass
-class Node:
+class Service(_Started):
+    """One started service: its session leader's pid, its port and its log."""
+
+    pid: int
+    port: int
+    log: str
+
+
+@dataclass
+class Node(_Started):
     """One Ray node started with ``ray start --block``."""
 
     index: int  # 0: the head
@@ -110,9 +116,6 @@ class Node:
     cpus: int
     pid: int
     log: str
-
-    def running(self) -> bool:
-        return alive(self.pid)
 
 
 @dataclass
