@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, write: Callable) -> int:
     """Select the runs, call ``write(selection, out)`` (-> files), log them to the sweep's
     parent run; one line on stderr and exit status 2 for a selection that cannot be analysed
     (or without the sweep extra, which reading MLflow into Arrow needs)."""
-    from dakd.extras import missing_sweep_extra
+    from dakd.optional_deps import missing_sweep_extra
 
     missing = missing_sweep_extra("the result tables")
     if missing:

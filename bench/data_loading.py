@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dakd.builders import build_data  # noqa: E402
 from dakd.config import load_config  # noqa: E402
+from dakd.runtime.builders import build_data  # noqa: E402
 from tests import realdata  # noqa: E402  (the fixture-tree writers of the test suite)
 
 SIZES = {"gta5": (1052, 1914), "cityscapes": (1024, 2048)}

@@ -62,16 +62,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dakd import checkpoint as ckpt  # noqa: E402
-from dakd.builders import build_network, prefetch_depth, spec_of  # noqa: E402
 from dakd.config import load_config  # noqa: E402
 from dakd.data.loader import DEVICE_KEYS  # noqa: E402
-from dakd.distributed import current_world  # noqa: E402
-from dakd.runtime import resolve_device, speed_settings  # noqa: E402
-from dakd.step_times import SETTINGS as SPEED_SETTINGS  # noqa: E402
-from dakd.step_times import StepTime, recipe_of, record  # noqa: E402
-from dakd.step_times import overrides as setting_overrides  # noqa: E402
-from dakd.trainer import Trainer  # noqa: E402
+from dakd.engine.state import TrainState  # noqa: E402
+from dakd.models import checkpoint as ckpt  # noqa: E402
+from dakd.runtime.builders import build_network, prefetch_depth, spec_of  # noqa: E402
+from dakd.runtime.device import resolve_device, speed_settings  # noqa: E402
+from dakd.runtime.distributed import current_world  # noqa: E402
+from dakd.runtime.step_times import SETTINGS as SPEED_SETTINGS  # noqa: E402
+from dakd.runtime.step_times import StepTime, recipe_of, record  # noqa: E402
+from dakd.runtime.step_times import overrides as setting_overrides  # noqa: E402
 from tests import realdata  # noqa: E402  (the fixture-tree writers of the test suite)
 
 #: The real datasets' file sizes (H, W) and the val images written per tree.
@@ -80,7 +80,7 @@ VAL_IMAGES = 2
 #: The recipe's sizes that ``--scale`` shrinks.
 SIZE_KEYS = ("source_resize", "source_crop", "target_resize", "target_crop", "val_resize")
 
-#: Named speed settings: their ``--set`` overrides (``dakd.step_times.SETTINGS``, which the
+#: Named speed settings: their ``--set`` overrides (``dakd.runtime.step_times.SETTINGS``, which the
 #: planner matches a spec against). ``default`` sets nothing, so it measures whatever the
 #: config's defaults resolve to on the device; the others pin every switch.
 SETTINGS: dict[str, list[str]] = {name: setting_overrides(name) for name in SPEED_SETTINGS}
@@ -210,7 +210,7 @@ def peak_memory_mb(run, device: torch.device, baseline: int = 0) -> float | None
     return status_mb("VmHWM:")
 
 
-def replay(trainer: Trainer, batches) -> None:
+def replay(trainer: TrainState, batches) -> None:
     """Serve ``batches`` (built ahead) to the trainer's step, cycling by step, as its
     prefetching serves them: on CUDA pinned and always ready, so the trainer's feed copies
     the next step's batch while a step computes (``dakd.data.loader.DeviceFeed``)."""
@@ -227,12 +227,12 @@ def replay(trainer: Trainer, batches) -> None:
         stream.ready = lambda step: True
 
 
-def steps(trainer: Trainer, n: int) -> None:
+def steps(trainer: TrainState, n: int) -> None:
     for _ in range(n):
         trainer.train_step()
 
 
-def block(trainer: Trainer, n: int) -> float:
+def block(trainer: TrainState, n: int) -> float:
     """Seconds per step over ``n`` steps, the device synchronised around them."""
     trainer.step = 0
     synchronize(trainer.device)
@@ -242,7 +242,7 @@ def block(trainer: Trainer, n: int) -> float:
     return (time.perf_counter() - tic) / n
 
 
-def count_flops(trainer: Trainer) -> int:
+def count_flops(trainer: TrainState) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     trainer.step = 0
@@ -251,7 +251,7 @@ def count_flops(trainer: Trainer) -> int:
     return counter.get_total_flops()
 
 
-def profile_steps(trainer: Trainer, n: int) -> dict:
+def profile_steps(trainer: TrainState, n: int) -> dict:
     """A ``torch.profiler`` table of the top operators over ``n`` steps and the copy counts."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -278,7 +278,7 @@ def measure_setting(job: dict) -> dict:
     device = resolve_device(live_cfg.train.device, world)
     speed, notices = speed_settings(live_cfg.train, device, world)
     warm = max(job["warmup"], 3 if speed.compile else 1)
-    live = Trainer(live_cfg)
+    live = TrainState(live_cfg)
     streams = [getattr(s, "sampler", s) for s in (live.source, live.target)]
     batches = [tuple(s.batch(i) for s in streams) for i in range(max(1, job["steps"]))]
     replay(live, batches)
@@ -287,7 +287,7 @@ def measure_setting(job: dict) -> dict:
     synchronize(device)
     resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     tic = time.perf_counter()
-    cached = Trainer(cached_cfg)  # builds (or finds) the cache of both domains
+    cached = TrainState(cached_cfg)  # builds (or finds) the cache of both domains
     build_s = time.perf_counter() - tic
     replay(cached, batches)
     gc.collect()
@@ -329,7 +329,7 @@ def pack_worker(job: dict) -> dict:
     """One of N trial processes sharing the device: build, warm up, say ready, wait for the
     common start, step until the common window has passed; the end time of every step."""
     cfg = load_config(job["config"], [*job["overrides"], "teacher_cache.mode=off"])
-    trainer = Trainer(cfg)
+    trainer = TrainState(cfg)
     streams = [getattr(s, "sampler", s) for s in (trainer.source, trainer.target)]
     replay(trainer, [tuple(s.batch(i) for s in streams) for i in range(4)])
     speed, _ = speed_settings(cfg.train, trainer.device, trainer.world)

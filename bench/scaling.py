@@ -39,10 +39,10 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dakd import checkpoint as ckpt  # noqa: E402
-from dakd.builders import build_network, spec_of  # noqa: E402
 from dakd.config import load_config  # noqa: E402
-from dakd.trainer import Trainer  # noqa: E402
+from dakd.engine.state import TrainState  # noqa: E402
+from dakd.models import checkpoint as ckpt  # noqa: E402
+from dakd.runtime.builders import build_network, spec_of  # noqa: E402
 
 PAPER = [
     "models.teacher.name=drn_d_38",
@@ -87,7 +87,7 @@ def worker(rank, size, port, config, overrides, threads, commands, results) -> N
             world_size=size,
         )
     try:
-        trainer = Trainer(cfg)
+        trainer = TrainState(cfg)
         trainer.source = Replay(trainer.source, REPLAYED)
         trainer.target = Replay(trainer.target, REPLAYED)
 
@@ -122,7 +122,7 @@ def worker(rank, size, port, config, overrides, threads, commands, results) -> N
             dist.destroy_process_group()
 
 
-def gradient_bytes(trainer: Trainer) -> int:
+def gradient_bytes(trainer: TrainState) -> int:
     """Bytes of gradient a step all-reduces: the student's and the discriminators'."""
     params = [*trainer.model.parameters(), *trainer.discriminators.parameters()]
     return sum(p.numel() * p.element_size() for p in params if p.requires_grad)

@@ -5,9 +5,9 @@ Runs a spec (default: the quickstart) twice, side by side in one invocation:
 1. through ``run_sweep``, exactly as ``python sweeps/run.py`` does (Ray Tune trials, MLflow
    parent and child runs, checkpoints, the result tables at the end); each trial logs where its
    time went (``time/setup_s``, ``time/train_s``, ``time/report_s``, ``time/logging_s``,
-   ``time/artifacts_s``; see ``dakd.sweep.hooks.TrialTracking``);
+   ``time/artifacts_s``; see ``dakd.sweep.remote.hooks.TrialTracking``);
 2. the very same trial configs (read back from the Tune results) in a plain Python loop:
-   ``dakd.train.train`` one after another, no Ray, no MLflow, the same torch threads.
+   ``dakd.engine.trainer.train`` one after another, no Ray, no MLflow, the same torch threads.
 
 The stages the trials build on (teacher-DA, student-DA) are trained (or found) first and are
 not part of either measurement. Printed:
@@ -40,12 +40,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dakd.pipeline import run_stage  # noqa: E402
-from dakd.sweep.context import SweepContext, stages_of, trial_config  # noqa: E402
-from dakd.sweep.plan import plan  # noqa: E402
-from dakd.sweep.run import run_sweep  # noqa: E402
-from dakd.sweep.spec import load_spec, resolve  # noqa: E402
-from dakd.train import train  # noqa: E402
+from dakd.engine.trainer import train  # noqa: E402
+from dakd.recipes.stages import run_stage  # noqa: E402
+from dakd.sweep.driver.plan import plan  # noqa: E402
+from dakd.sweep.driver.run import run_sweep  # noqa: E402
+from dakd.sweep.spec.context import SweepContext, stages_of, trial_config  # noqa: E402
+from dakd.sweep.spec.sweep_spec import load_spec, resolve  # noqa: E402
 
 ACTIVITIES = ("setup", "report", "logging", "artifacts")
 
@@ -69,7 +69,7 @@ def trial_times(uri: str, parent_run_id: str) -> list[dict[str, float]]:
 
 
 def plain_loop(spec, configs: list[dict], scratch: Path, threads: int) -> tuple[float, list[float]]:
-    """Train each trial config with ``dakd.train.train``; return the wall and each trial's time."""
+    """Train each trial config with ``dakd.engine.trainer.train``; return the wall and each trial's time."""
     context = SweepContext(
         spec=spec, root=str(ROOT), tracking_uri="", experiment_id="", parent_run_id="", tags={}
     )

@@ -39,12 +39,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dakd import checkpoint as ckpt  # noqa: E402
-from dakd import teacher_cache as tcache  # noqa: E402
-from dakd.builders import build_network, spec_of  # noqa: E402
 from dakd.config import from_dict, load_config  # noqa: E402
-from dakd.train import train  # noqa: E402
-from dakd.trainer import Trainer  # noqa: E402
+from dakd.engine.state import TrainState  # noqa: E402
+from dakd.engine.trainer import train  # noqa: E402
+from dakd.models import checkpoint as ckpt  # noqa: E402
+from dakd.runtime.builders import build_network, spec_of  # noqa: E402
+from dakd.teacher import cache as tcache  # noqa: E402
 
 #: Real datasets at the paper's recipe (AdaptSegNet's, the real-data specs): training images,
 #: the size the cache stores each image at (the resized image), flips off.
@@ -93,13 +93,13 @@ def _peak_memory(cfg_path: Path, steps: int) -> dict[str, float]:
 import json, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 from dakd.config import from_dict
-from dakd.trainer import Trainer
+from dakd.engine.state import TrainState
 cfg = from_dict(json.loads(open({str(cfg_path)!r}).read()))
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) / 1024
-trainer = Trainer(cfg)
+trainer = TrainState(cfg)
 trainer.train_step()
 setup = status("VmRSS:")
 open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the current RSS
@@ -122,9 +122,9 @@ def step_bench(args) -> float:
         tmp = Path(folder)
         live_cfg, cached_cfg = _configs(args, tmp)
         tic = time.perf_counter()
-        cached = Trainer(cached_cfg)  # builds the cache of both domains
+        cached = TrainState(cached_cfg)  # builds the cache of both domains
         build = time.perf_counter() - tic
-        live = Trainer(live_cfg)
+        live = TrainState(live_cfg)
         sizes = {
             role: sum(
                 (c.folder / n).stat().st_size for s in c.manifest["shards"] for n in s["files"]
@@ -203,8 +203,8 @@ def step_bench(args) -> float:
 
 def formats_bench(args) -> None:
     """Final mIoU of DAKD (c) per storage format, from the calibration's seed-0 stages."""
-    from dakd.pipeline import run_stage
-    from dakd.tracking.calibration import calibration_configs
+    from dakd.recipes.calibration import calibration_configs
+    from dakd.recipes.stages import run_stage
 
     base = load_config(
         args.config, ["stage=student_da", "teacher=", "init=", "train.threads=1", *args.overrides]
@@ -266,9 +266,9 @@ def formats_bench(args) -> None:
 
 def main_job_bench(args) -> None:
     """The main job's wall time with teacher_cache.mode off and auto, from the same stages."""
-    from dakd.pipeline import run_stage
-    from dakd.sweep.plan import plan
-    from dakd.sweep.spec import load_spec
+    from dakd.recipes.stages import run_stage
+    from dakd.sweep.driver.plan import plan
+    from dakd.sweep.spec.sweep_spec import load_spec
 
     spec_path = ROOT / "sweeps" / "loss_weights.yaml"
     # the stages both sweeps start from, trained first and untimed (as a sweep trains them)

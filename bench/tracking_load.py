@@ -9,7 +9,7 @@ driver with :func:`dakd.tracking.store.prepare`), logs its params, then for ever
   between evaluations) with one ``log_metrics`` call;
 * every ``eval_every`` steps, an evaluation: 35 metrics in one ``log_metrics`` call (``miou``,
   ``pixel_acc``, ``step``, ``lr``, the step timings, 19 ``iou/<class>``, 8 ``loss/<term>``: the
-  names a trial reports, see ``dakd.validation.reported_metrics``) and one artifact of
+  names a trial reports, see ``dakd.evaluation.run_metrics.reported_metrics``) and one artifact of
   ``artifact_bytes`` random bytes via ``log_artifact`` (stands for the PNG panel, the confusion
   matrix and the checkpoint; default 1 MiB, between a panel and a small checkpoint). Through a
   server with ``--serve-artifacts`` the file is uploaded to the server;

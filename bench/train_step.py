@@ -25,16 +25,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dakd import checkpoint as ckpt  # noqa: E402
 from dakd import losses  # noqa: E402
-from dakd.builders import build_network, spec_of  # noqa: E402
 from dakd.config import load_config  # noqa: E402
 from dakd.data.scenes import render_scene  # noqa: E402
+from dakd.engine.state import TrainState  # noqa: E402
+from dakd.models import checkpoint as ckpt  # noqa: E402
 from dakd.paradigms import LEVELS  # noqa: E402
-from dakd.trainer import Trainer  # noqa: E402
+from dakd.runtime.builders import build_network, spec_of  # noqa: E402
 
 
-def hand_loop(trainer: Trainer, batches, steps: int) -> float:
+def hand_loop(trainer: TrainState, batches, steps: int) -> float:
     """The DAKD step written out plainly: no schedule, no logging, no checks. Returns seconds."""
     cfg = trainer.cfg
     lw = cfg.loss
@@ -129,7 +129,7 @@ def main() -> int:
                 *args.overrides,
             ],
         )
-        trainer = Trainer(cfg)
+        trainer = TrainState(cfg)
         hand = copy.deepcopy(trainer)
         n = args.steps
         # the same batches for both; rendering happens here, outside the timed blocks

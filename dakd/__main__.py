@@ -38,10 +38,10 @@ def add_overrides(
 
 def cmd_train(args) -> int:
     from dakd.config import load_config
-    from dakd.distributed import torchrun_group
-    from dakd.pipeline import requirements, run_stage, with_stages
-    from dakd.runtime import check_device
-    from dakd.train import train
+    from dakd.engine.trainer import train
+    from dakd.recipes.stages import requirements, run_stage, with_stages
+    from dakd.runtime.device import check_device
+    from dakd.runtime.distributed import torchrun_group
 
     cfg = load_config(args.config, args.overrides)
     check_device(cfg.train.device)  # before the process group, the stages and the data
@@ -66,7 +66,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from dakd.config import parse_override
-    from dakd.validation import evaluate_checkpoint
+    from dakd.evaluation.run_metrics import evaluate_checkpoint
 
     overrides = dict(parse_override(item) for item in args.overrides)
     cfg, network, metrics = evaluate_checkpoint(args.checkpoint, overrides)
@@ -102,8 +102,8 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from dakd.pretrain import command_line
-    from dakd.tracking.calibration import calibrate
+    from dakd.recipes.calibration import calibrate
+    from dakd.recipes.pretrain import command_line
 
     calibrate(
         args.config,
@@ -122,8 +122,8 @@ def cmd_calibrate(args) -> int:
 
 def _pretrain_teachers(args, command: str) -> int:
     """``pretrain --teacher-da SCENARIO ...``: the shipped domain-adapted teachers."""
-    from dakd.da_teacher import make_teacher
     from dakd.models.pretrained import teacher_file
+    from dakd.recipes.da_teacher import make_teacher
 
     overrides = [f"train.threads={args.threads}", f"seed={args.seed}"]
     if args.steps:
@@ -151,7 +151,7 @@ def _pretrain_teachers(args, command: str) -> int:
 
 def cmd_pretrain(args) -> int:
     from dakd.config import load_config
-    from dakd.pretrain import PretrainConfig, command_line, pretrain
+    from dakd.recipes.pretrain import PretrainConfig, command_line, pretrain
 
     if args.teacher_da:
         return _pretrain_teachers(args, command_line())
@@ -202,7 +202,7 @@ def cmd_models(args) -> int:
 
 def cmd_deploy(args) -> int:
     from dakd.config import load_config
-    from dakd.deploy import DeploySettings, measure, network_label
+    from dakd.evaluation.deploy import DeploySettings, measure, network_label
 
     cfg = load_config(args.config, args.overrides)
     model = getattr(cfg.models, args.network)
@@ -309,7 +309,7 @@ def _pretrain(sub) -> None:
         metavar="SCENARIO",
         choices=["synth_to_real", "real_to_real"],
         help="instead of the backbones, make the shipped domain-adapted teacher of each "
-        "scenario (dakd.da_teacher: its recipe, the teacher-DA stage with a weight average)",
+        "scenario (dakd.recipes.da_teacher: its recipe, the teacher-DA stage with a weight average)",
     )
     p.add_argument("--steps", type=int, default=0, help="default: 3000 (teacher-DA: its recipe)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -346,7 +346,7 @@ def _deploy(sub) -> None:
         help="measure a network's deployment figures: parameters, peak memory, latency, FLOPs",
         description="Build the config's student or teacher with random weights and measure, at "
         "a deployment input, its parameters, the peak memory of one inference pass (weights "
-        "and input included), the median latency and the FLOPs (dakd.deploy).",
+        "and input included), the median latency and the FLOPs (dakd.evaluation.deploy).",
     )
     p.add_argument("config", nargs="?", default="configs/embedded.yaml")
     p.add_argument("--network", choices=["student", "teacher"], default="student")
@@ -394,10 +394,10 @@ def _data(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dakd.checkpoint import CheckpointError
     from dakd.config import ConfigError
-    from dakd.performance import OutOfMemory
-    from dakd.trainer import NonFiniteLossError
+    from dakd.engine.state import NonFiniteLossError
+    from dakd.models.checkpoint import CheckpointError
+    from dakd.runtime.performance import OutOfMemory
 
     args = build_parser().parse_args(argv)
     try:

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     add_overrides(parser, "a spec value", "tune.num_samples=4")
     args = parser.parse_args(argv)
 
-    from dakd.extras import missing_sweep_extra
+    from dakd.optional_deps import missing_sweep_extra
 
     missing = missing_sweep_extra("the sweep")
     if missing:
@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from dakd.config import ConfigError
     from dakd.data.datasets import DataError
-    from dakd.sweep.interrupt import Stopped, Terminated
-    from dakd.sweep.plan import smoke
-    from dakd.sweep.run import run_sweep
-    from dakd.sweep.spec import SpecError, load_spec
+    from dakd.sweep.driver.interrupt import Stopped, Terminated
+    from dakd.sweep.driver.plan import smoke
+    from dakd.sweep.driver.run import run_sweep
+    from dakd.sweep.spec.sweep_spec import SpecError, load_spec
 
     try:
         spec = (
@@ -118,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
 def dry_run(spec, args) -> int:
     """The plan (datasets not there yet listed, not an error), the cluster's checks when one is
     given, and the cost on the cluster planned for; a budget the cost exceeds stops it."""
-    from dakd.sweep.cluster import dry_run_cluster, unmet_request
-    from dakd.sweep.cost import Shape, check_budget, plan_cost
-    from dakd.sweep.plan import plan
-    from dakd.sweep.spec import SpecError
+    from dakd.sweep.driver.cluster import dry_run_cluster, unmet_request
+    from dakd.sweep.driver.cost import Shape, check_budget, plan_cost
+    from dakd.sweep.driver.plan import plan
+    from dakd.sweep.spec.sweep_spec import SpecError
 
     the_plan = plan(spec, without_data=True)
     print(the_plan.text())

@@ -53,12 +53,12 @@ def test_cuda_on_a_machine_without_it_stops_in_one_line_before_any_work(
 def test_running_out_of_memory_stops_in_one_line(config_file, capsys, monkeypatch):
     import torch
 
-    from dakd.trainer import Trainer
+    from dakd.engine.state import TrainState
 
     def oom(self):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(Trainer, "train_step", oom)
+    monkeypatch.setattr(TrainState, "train_step", oom)
     assert main(["train", str(config_file), "--set", "name=oom"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory on cpu in step 0; ") and err.count("\n") == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
-from dakd.sweep.cluster import (
+from dakd.sweep.driver.cluster import (
     DRIVER_CPU,
     NodeWatch,
     check_cluster_storage,
@@ -20,8 +20,8 @@ from dakd.sweep.cluster import (
     trial_resources,
     unmet_request,
 )
-from dakd.sweep.plan import smoke
-from dakd.sweep.spec import SpecError, load_spec
+from dakd.sweep.driver.plan import smoke
+from dakd.sweep.spec.sweep_spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,7 +209,7 @@ def _train_worker_process(rank: int, root: Path, port: int, loop: dict, resume: 
     import torch
     import torch.distributed as dist
 
-    from dakd.sweep import trial as trial_module
+    from dakd.sweep.remote import trial as trial_module
 
     torch.set_num_threads(1)
     store = root / "store"
@@ -240,8 +240,8 @@ def test_data_parallel_worker_reports_in_step_and_resumes(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from dakd.config import from_dict
-    from dakd.sweep.context import SweepContext
-    from dakd.sweep.spec import grid_variants, resolve
+    from dakd.sweep.spec.context import SweepContext
+    from dakd.sweep.spec.sweep_spec import grid_variants, resolve
     from dakd.tracking.runs import RunLogger
     from dakd.tracking.store import prepare
 
@@ -329,7 +329,7 @@ def _trial_runs(place, spec, result):
 def test_sweep_places_trials_on_both_nodes(cluster, tmp_path):
     import ray
 
-    from dakd.sweep.run import run_sweep
+    from dakd.sweep.driver.run import run_sweep
 
     body = (
         "search:\n  optim.lr: {grid: [0.01, 0.02]}\n"
@@ -360,7 +360,7 @@ def test_sweep_places_trials_on_both_nodes(cluster, tmp_path):
 
 @pytest.mark.slow
 def test_data_parallel_trial_trains_through_ray_train(cluster, tmp_path):
-    from dakd.sweep.run import run_sweep
+    from dakd.sweep.driver.run import run_sweep
 
     body = (
         "tune: {search: grid, scheduler: fifo, max_concurrent: 1}\n"
@@ -389,7 +389,7 @@ def test_data_parallel_trial_trains_through_ray_train(cluster, tmp_path):
 def test_without_address_a_sweep_starts_its_own_local_ray(monkeypatch):
     """Ray's own default would join the latest cluster started on this machine; a sweep joins
     only what --address or RAY_ADDRESS names."""
-    from dakd.sweep.cluster import ray_address
+    from dakd.sweep.driver.cluster import ray_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert ray_address(None) == "local"

@@ -192,7 +192,7 @@ def test_the_vocabulary_has_one_home():
         STAGES,
         paradigm_phases,
     )
-    from dakd.teacher_cache import CacheSpec
+    from dakd.teacher.cache import CacheSpec
 
     assert LEVELS == ("feature", "output") and DEFAULT_LEVELS == ("output", "feature")
     assert Segmenter.levels == LEVELS

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dakd.extras import SWEEP_MODULES
+from dakd.optional_deps import SWEEP_MODULES
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: study (``python -m dakd calibrate``), the tag names and store locations the sweep driver
 #: reads before MLflow has loaded.
 EXTRA_FREE_TRACKING = (
-    "dakd.tracking.calibration",
-    "dakd.tracking.calibration_targets",
+    "dakd.recipes.calibration",
+    "dakd.recipes.calibration_targets",
     "dakd.tracking.locations",
     "dakd.tracking.tags",
 )
@@ -79,7 +79,7 @@ def test_the_blocker_blocks_every_module_of_the_extra(tmp_path):
 
 def test_core_modules_import_and_train_without_the_sweep_extra(tmp_path):
     modules = core_modules()
-    assert "dakd.train" in modules and "dakd.pipeline" in modules
+    assert "dakd.engine.trainer" in modules and "dakd.recipes.stages" in modules
     assert not any(m.startswith(("dakd.sweep", "dakd.tracking.store")) for m in modules)
     cfg = {
         **TINY,
@@ -100,7 +100,7 @@ for name in {modules!r}:
         raise SystemExit(f"{{name}}: {{err}}") from err
 
 from dakd.config import from_dict
-from dakd.train import train
+from dakd.engine.trainer import train
 
 cfg = from_dict(json.loads({json.dumps(cfg)!r}))
 result = train(cfg)

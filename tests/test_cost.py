@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
-from dakd.step_times import StepTime, find, recipe_of, record, setting_of
-from dakd.sweep.cost import Shape, check_budget, concurrency, plan_cost
-from dakd.sweep.plan import plan
-from dakd.sweep.spec import SpecError, load_spec
+from dakd.runtime.step_times import StepTime, find, recipe_of, record, setting_of
+from dakd.sweep.driver.cost import Shape, check_budget, concurrency, plan_cost
+from dakd.sweep.driver.plan import plan
+from dakd.sweep.spec.sweep_spec import SpecError, load_spec
 from tests.test_real_specs import place  # noqa: F401  (fixture: data trees and weight files)
 from tests.test_sweep import _cli
 
@@ -94,7 +94,7 @@ def test_the_measured_step_time_of_the_recipe_and_setting(place, tmp_path):  # n
     record(StepTime("GPU A", recipe, "bf16", 50.0), figures)
     record(StepTime("GPU B", recipe, "bf16", 70.0), figures)
     record(StepTime("GPU A", recipe, "bf16", 40.0), figures)  # replaces A's
-    from dakd.step_times import load
+    from dakd.runtime.step_times import load
 
     assert [(f.device, f.step_ms) for f in load(figures)] == [("GPU A", 40.0), ("GPU B", 70.0)]
     slowest, _ = find(recipe, "bf16", figures=load(figures))
@@ -142,7 +142,7 @@ def test_the_dry_run_prints_the_cost_for_the_nodes_given(place, capsys):  # noqa
 
 
 def test_max_concurrent_auto_is_what_the_sweep_counted():
-    from dakd.sweep.tuner import trial_limit
+    from dakd.sweep.driver.tuner import trial_limit
 
     spec = load_spec(PAPER)
     assert spec.tune.max_concurrent == "auto"
@@ -157,7 +157,7 @@ def test_the_runs_took_their_wall_time_times_their_gpus(tmp_path):
     GPUs; a run reporting a reused stage trains nothing and is not counted."""
     from mlflow import MlflowClient
 
-    from dakd.sweep.run import Sweep
+    from dakd.sweep.driver.run import Sweep
     from dakd.tracking.runs import RunLogger
     from dakd.tracking.store import prepare
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from dakd import checkpoint as ckpt
-from dakd.builders import check_teacher
 from dakd.config import SCENARIOS, ConfigError, from_dict, load_config
-from dakd.da_teacher import CHECK_STEPS, first_steps_digest, make_teacher, recipe_config
+from dakd.models import checkpoint as ckpt
 from dakd.models.pretrained import MANIFEST, SHIPPED_DIR, sha256, teacher_file
+from dakd.recipes.da_teacher import CHECK_STEPS, first_steps_digest, make_teacher, recipe_config
+from dakd.runtime.builders import check_teacher
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def test_a_teacher_of_another_scenario_file_or_network_is_refused(tiny_config, t
 
 
 def test_the_trainer_refuses_a_teacher_of_another_scenario(tiny_config, tmp_path):
-    from dakd.train import train
+    from dakd.engine.trainer import train
 
     folder = _folder_with(tiny_config, tmp_path)
     cfg = _distil(tiny_config, folder, "real_to_real")
@@ -163,7 +163,7 @@ def test_retraining_reproduces_the_first_steps_of_the_shipped_teacher(scenario):
     with the same torch and CPU kernels. On another machine the same torch and AVX512 kernels
     gave other last bits (measured), which the digest cannot tell from a changed recipe, so
     there the test says so instead (the next test checks determinism on any machine)."""
-    from dakd.pretrain import machine
+    from dakd.recipes.pretrain import machine
 
     entry = _entry(scenario)
     cfg = recipe_config(scenario, EMBEDDED, [f"train.threads={entry['threads']}"])
@@ -190,7 +190,7 @@ def test_embedded_weights_fit_the_size_budget():
 def test_a_clone_at_another_path_finds_the_same_stages(tmp_path):
     """Shipped files enter fingerprints by content: another checkout path, same stage names;
     a changed file, another name."""
-    from dakd.pipeline import requirements
+    from dakd.recipes.stages import requirements
 
     def names(root):
         cfg = load_config(

@@ -272,14 +272,14 @@ def test_splits_and_protocols_come_from_the_data_section(tiny, trees, monkeypatc
 
 
 def test_training_on_real_trees_and_the_synthia_protocols(tiny, trees, monkeypatch):
-    from dakd.train import train
+    from dakd.engine.trainer import train
 
     monkeypatch.setenv("DAKD_DATA", str(trees))
     cfg = _real(tiny, "student_da", train__steps=2)
     result = train(cfg)
     assert 0 <= result.metrics["miou"] <= 100 and "miou16" not in result.metrics
-    from dakd.sweep.hooks import prediction_panel
-    from dakd.visualize import SEPARATOR
+    from dakd.evaluation.panels import SEPARATOR
+    from dakd.sweep.remote.hooks import prediction_panel
 
     # a sweep's prediction panel shows full-resolution labels at the images' size (16x32)
     panel = prediction_panel(cfg, {"student": str(cfg.run_dir / "model.pt")})
@@ -304,17 +304,17 @@ def test_prefetching_real_batches_changes_no_result(tiny, trees, monkeypatch):
     """Real datasets build their batches ahead in threads by default (data.prefetch -1 = auto:
     4); the run is the same, weights included, as one that builds them in the loop."""
     from dakd.data.loader import Prefetcher
-    from dakd.train import train
-    from dakd.trainer import Trainer
+    from dakd.engine.state import TrainState
+    from dakd.engine.trainer import train
 
     monkeypatch.setenv("DAKD_DATA", str(trees))
     auto = _real(tiny, "student_da", train__steps=3, name="auto")
     off = _real(tiny, "student_da", train__steps=3, name="off", data__prefetch=0)
     assert auto.fingerprint() == off.fingerprint()  # the same stage
-    trainer = Trainer(auto)
+    trainer = TrainState(auto)
     assert isinstance(trainer.source, Prefetcher) and trainer.source.depth == 4
     trainer.close()
-    assert not isinstance(Trainer(off).source, Prefetcher)
+    assert not isinstance(TrainState(off).source, Prefetcher)
     a, b = train(auto), train(off)
     assert a.metrics["miou"] == b.metrics["miou"]
     wa = torch.load(auto.run_dir / "model.pt", weights_only=True)["model"]
@@ -323,7 +323,7 @@ def test_prefetching_real_batches_changes_no_result(tiny, trees, monkeypatch):
 
 
 def test_training_refuses_a_tree_that_fails_its_check(tiny, trees, monkeypatch, capsys):
-    from dakd.train import train
+    from dakd.engine.trainer import train
 
     monkeypatch.setenv("DAKD_DATA", str(trees))
     val_label = sorted((trees / "cityscapes" / "gtFine" / "val").glob("*/*.png"))[0]
@@ -339,7 +339,7 @@ def test_training_refuses_a_tree_that_fails_its_check(tiny, trees, monkeypatch, 
 
 
 def test_synthia_16_and_13_class_protocols_by_hand():
-    from dakd.evaluate import SegMetrics
+    from dakd.evaluation.segmentation import SegMetrics
 
     matrix = np.diag(np.full(19, 2))
     matrix[3, 0] = 2  # 2 wall pixels predicted road: IoU wall 2/4, road 2/4

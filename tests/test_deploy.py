@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dakd.__main__ import main
 from dakd.config import ConfigError, ModelConfig, build
-from dakd.deploy import (
+from dakd.evaluation.deploy import (
     DEPLOY_METRICS,
     DeployError,
     DeployOutOfMemory,

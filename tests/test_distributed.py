@@ -32,16 +32,16 @@ import torch.multiprocessing as mp
 import yaml
 from torch import nn
 
-import dakd.builders
-import dakd.teacher_outputs
-import dakd.trainer
-import dakd.validation
-from dakd import checkpoint as ckpt
+import dakd.engine.state
+import dakd.evaluation.run_metrics
+import dakd.runtime.builders
+import dakd.teacher.outputs
 from dakd.config import from_dict
-from dakd.distributed import World
-from dakd.performance import TIMING_KEYS
-from dakd.runtime import check_world
-from dakd.train import train
+from dakd.engine.trainer import train
+from dakd.models import checkpoint as ckpt
+from dakd.runtime.device import check_world
+from dakd.runtime.distributed import World
+from dakd.runtime.performance import TIMING_KEYS
 from tests.conftest import TINY
 
 WORLD = 2
@@ -66,12 +66,12 @@ def config(root: Path, name: str, teacher: Path, **dotted):
 
 
 # -- networks for the comparisons -------------------------------------------------------------
-build_network = dakd.builders.build_network
+build_network = dakd.runtime.builders.build_network
 
 
 def _use_network(build) -> None:
     """Every builder of a run's networks (student, teacher) builds with ``build``."""
-    for module in (dakd.builders, dakd.trainer, dakd.teacher_outputs):
+    for module in (dakd.runtime.builders, dakd.engine.state, dakd.teacher.outputs):
         module.build_network = build
 
 
@@ -173,23 +173,23 @@ def _worker(rank: int, root: Path, ports: tuple[int, int]) -> None:
         (root / f"resumed-steps-rank{rank}.json").write_text(json.dumps(resumed))
 
         # this process's share of the first global batch, through the trainer
-        shared = dakd.trainer.Trainer(config(root, "x", root / "teacher.pt"))
+        shared = dakd.engine.state.TrainState(config(root, "x", root / "teacher.pt"))
         torch.save(shared.source.batch(0), root / f"batch-rank{rank}.pt")
 
         # distributed evaluation of a finished network
-        model, _ = dakd.builders.network_from_checkpoint(root / "bn-single" / "model.pt")
+        model, _ = dakd.runtime.builders.network_from_checkpoint(root / "bn-single" / "model.pt")
         cfg = config(root, "eval", root / "teacher.pt")
-        _, _, val = dakd.builders.build_data(cfg)
-        metrics = dakd.validation.evaluate_on(model, val, cfg, torch.device("cpu"))
+        _, _, val = dakd.runtime.builders.build_data(cfg)
+        metrics = dakd.evaluation.run_metrics.evaluate_on(model, val, cfg, torch.device("cpu"))
         if rank == 0:
             np.save(root / "eval-ddp.npy", metrics.matrix)
 
         # a NaN loss on one process stops both at the same step (none waits for the other)
         if rank == 1:
-            dakd.trainer.losses.seg_ce = lambda logits, labels: logits.sum() * torch.nan
+            dakd.engine.state.losses.seg_ce = lambda logits, labels: logits.sum() * torch.nan
         try:
             train(config(root, "nan", root / "teacher.pt"))
-        except dakd.trainer.NonFiniteLossError as err:
+        except dakd.engine.state.NonFiniteLossError as err:
             (root / f"nan-rank{rank}.txt").write_text(str(err))
     finally:
         dist.destroy_process_group()
@@ -259,7 +259,7 @@ def test_each_process_takes_a_disjoint_share_of_the_global_batch(runs):
     root, _ = runs
     shares = [torch.load(root / f"batch-rank{r}.pt") for r in range(WORLD)]
     assert all(s["image"].shape[0] == BATCH // WORLD for s in shares)
-    single = dakd.builders.build_data(config(root, "x", root / "teacher.pt"))[0].batch(0)
+    single = dakd.runtime.builders.build_data(config(root, "x", root / "teacher.pt"))[0].batch(0)
     for key in ("image", "label"):
         assert torch.equal(torch.cat([s[key] for s in shares]), single[key])
 
@@ -302,7 +302,7 @@ def test_distributed_evaluation_equals_single_process_evaluation(runs):
     root, refs = runs
     matrix = np.load(root / "eval-ddp.npy")
     reference = refs["bn-single"].evaluation.matrix
-    val = dakd.builders.build_data(config(root, "x", root / "teacher.pt"))[2]
+    val = dakd.runtime.builders.build_data(config(root, "x", root / "teacher.pt"))[2]
     labelled = sum(int((val[i]["label"] != 255).sum()) for i in range(5))
     assert matrix.sum() == labelled  # every image of both shares (3 + 2), counted once
     assert np.array_equal(matrix, reference)
@@ -311,9 +311,11 @@ def test_distributed_evaluation_equals_single_process_evaluation(runs):
 def test_a_run_reports_the_evaluation_of_the_weights_it_saves(runs):
     root, _ = runs
     run = root / "rank0" / "bn-ddp"
-    model, _ = dakd.builders.network_from_checkpoint(run / "model.pt")
+    model, _ = dakd.runtime.builders.network_from_checkpoint(run / "model.pt")
     cfg = config(root, "x", root / "teacher.pt")
-    single = dakd.validation.evaluate_on(model, dakd.builders.build_data(cfg)[2], cfg, "cpu")
+    single = dakd.evaluation.run_metrics.evaluate_on(
+        model, dakd.runtime.builders.build_data(cfg)[2], cfg, "cpu"
+    )
     reported = ckpt.load(run / "last.pt")["history"][-1]
     assert reported["miou"] == 100.0 * single.miou
     assert reported["pixel_acc"] == 100.0 * single.pixel_accuracy

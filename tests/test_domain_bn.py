@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from dakd import checkpoint as ckpt
+from dakd.models import checkpoint as ckpt
 from dakd.models.domain_bn import (
     SOURCE_KEYS,
     add_source_statistics,
@@ -109,8 +109,8 @@ def test_reestimate_is_the_cumulative_average_of_batch_statistics():
 
 
 def test_trained_stages_store_and_reload_both_pairs(tiny):
-    from dakd.builders import network_from_checkpoint
-    from dakd.train import train
+    from dakd.engine.trainer import train
+    from dakd.runtime.builders import network_from_checkpoint
 
     result = train(tiny("student_da", train__steps=3, train__eval_interval=3))
     model, state = network_from_checkpoint(result.checkpoint.parent / "model.pt")
@@ -142,7 +142,7 @@ def test_student_da_target_statistics_come_from_target_batches_only(tiny):
     thing; in ``domain`` mode source batches update only the source pair, so the network's own
     statistics equal those of ``target`` mode (source batches update nothing) bit for bit, and
     differ from ``blended`` mode's."""
-    from dakd.trainer import Trainer
+    from dakd.engine.state import TrainState
 
     cfgs = {
         mode: tiny("student_da", name=mode, train__steps=1, train__bn_stats=mode)
@@ -150,7 +150,7 @@ def test_student_da_target_statistics_come_from_target_batches_only(tiny):
     }
     stats = {}
     for mode, cfg in cfgs.items():
-        trainer = Trainer(cfg)
+        trainer = TrainState(cfg)
         trainer.train_step()
         bn = next(m for m in trainer.model.modules() if isinstance(m, nn.BatchNorm2d))
         stats[mode] = (bn.running_mean.clone(), bn.running_var.clone())
@@ -160,7 +160,7 @@ def test_student_da_target_statistics_come_from_target_batches_only(tiny):
 
 
 def test_checkpoint_without_source_pair_loads_into_a_plain_network(tiny):
-    from dakd.builders import build_network, spec_of
+    from dakd.runtime.builders import build_network, spec_of
 
     cfg = tiny("student_da")
     spec = spec_of(cfg.models.student)
@@ -190,9 +190,9 @@ def test_precise_bn_stores_the_target_statistics_of_the_final_weights(tiny):
     target images: re-estimating them on other target-train images changes the evaluation by
     at most 1 mIoU and the statistics by sampling noise, while blended running averages (the
     behaviour before bn_stats existed) are far from them. Training itself is unchanged."""
-    from dakd.builders import network_from_checkpoint
-    from dakd.tracking.calibration import bn_reestimation_check
-    from dakd.train import train
+    from dakd.engine.trainer import train
+    from dakd.recipes.calibration import bn_reestimation_check
+    from dakd.runtime.builders import network_from_checkpoint
 
     common = {
         "train__steps": 6,

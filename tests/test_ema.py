@@ -5,10 +5,10 @@ and stored, and a run without it unchanged."""
 import pytest
 import torch
 
-from dakd import checkpoint as ckpt
 from dakd.config import ConfigError
-from dakd.train import train
-from dakd.trainer import Trainer
+from dakd.engine.state import TrainState
+from dakd.engine.trainer import train
+from dakd.models import checkpoint as ckpt
 
 
 def _float_params(model):
@@ -18,14 +18,14 @@ def _float_params(model):
 def _record_raw_weights(monkeypatch) -> list[dict[str, torch.Tensor]]:
     """The raw weights after every training step, appended as the run goes."""
     raw_after_step = []
-    original = Trainer.train_step
+    original = TrainState.train_step
 
     def recorded(self):
         terms = original(self)
         raw_after_step.append(_float_params(self.model))
         return terms
 
-    monkeypatch.setattr(Trainer, "train_step", recorded)
+    monkeypatch.setattr(TrainState, "train_step", recorded)
     return raw_after_step
 
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from dakd.data.labels import LABEL_IDS
-from dakd.evaluate import ConfusionMatrix, SegMetrics
+from dakd.evaluation.segmentation import ConfusionMatrix, SegMetrics
 
 
 def test_hand_computed_iou_miou_accuracy():
@@ -109,7 +109,7 @@ def test_cityscapes_val_protocol_agrees_with_the_official_evaluation(tmp_path, m
 
     from dakd.data.datasets import CityscapesDataset
     from dakd.data.loader import eval_batches
-    from dakd.evaluate import evaluate, predict
+    from dakd.evaluation.segmentation import evaluate, predict
     from tests import realdata
 
     realdata.cityscapes(tmp_path / "cityscapes", {"val": 3}, size=(64, 128))

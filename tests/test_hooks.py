@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from dakd.hooks import Hook, PreciseBN
-from dakd.train import train
+from dakd.engine.hooks import Hook, PreciseBN
+from dakd.engine.trainer import train
 
 
 class Recorder(Hook):
@@ -22,14 +22,14 @@ class Recorder(Hook):
             raise RuntimeError(f"hook failed at {point}")
 
     def before_train(self, loop):
-        self.calls.append(("before_train", loop.trainer.step))
+        self.calls.append(("before_train", loop.state.step))
         self._fail("before_train")
 
     def after_step(self, loop, terms):
-        self.calls.append(("after_step", loop.trainer.step, sorted(terms)[0]))
+        self.calls.append(("after_step", loop.state.step, sorted(terms)[0]))
 
     def before_evaluation(self, loop, network):
-        self.calls.append(("before_evaluation", network is loop.trainer.model))
+        self.calls.append(("before_evaluation", network is loop.state.model))
 
     def after_evaluation(self, loop, metrics, checkpoint):
         files = sorted(p.name for p in loop.run_dir.iterdir())
@@ -43,7 +43,7 @@ class Recorder(Hook):
         )
 
     def on_exception(self, loop, error):
-        self.calls.append(("on_exception", loop.trainer is not None, str(error)))
+        self.calls.append(("on_exception", loop.state is not None, str(error)))
 
 
 def test_hooks_are_called_at_each_point_in_order_after_the_default_ones(tiny):
@@ -91,7 +91,7 @@ def test_precise_bn_runs_before_each_network_an_evaluation_reads(tiny, monkeypat
     monkeypatch.setattr(
         PreciseBN,
         "before_evaluation",
-        lambda self, loop, net: seen.append(net is loop.trainer.model),
+        lambda self, loop, net: seen.append(net is loop.state.model),
     )
     cfg = tiny("source_only", train__steps=2, train__eval_interval=2, train__precise_bn=4)
     train(cfg)

@@ -163,8 +163,8 @@ def test_a_new_attempt_closes_the_runs_of_dead_ones_and_leaves_live_ones(tmp_pat
     parent; an attempt whose driver still runs, or runs on another machine, is left alone."""
     import socket
 
-    from dakd.sweep.parent import close_dead_runs
-    from dakd.sweep.plan import smoke
+    from dakd.sweep.driver.parent import close_dead_runs
+    from dakd.sweep.driver.plan import smoke
     from dakd.tracking.runs import RunLogger
     from dakd.tracking.store import prepare
 
@@ -393,7 +393,7 @@ def test_a_signal_stops_the_sweep_at_once_or_through_tune():
     ``Tuner.fit`` the first goes to Tune's stop handler (SIGUSR1's) and the sweep stops after fit
     (check), a second at once; once stopping, signals are ignored; the handlers, SIGUSR1's and
     ``TUNE_DISABLE_SIGINT_HANDLER`` are as before afterwards."""
-    from dakd.sweep.interrupt import TUNE_SIGINT_OFF, Signals, Terminated
+    from dakd.sweep.driver.interrupt import TUNE_SIGINT_OFF, Signals, Terminated
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     env = os.environ.get(TUNE_SIGINT_OFF)

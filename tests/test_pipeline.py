@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from dakd.config import from_dict, load_config
-from dakd.tracking.calibration import CALIBRATION_ROWS, calibrate
+from dakd.recipes.calibration import CALIBRATION_ROWS, calibrate
 from tests.conftest import TINY
 
 
@@ -47,7 +47,7 @@ def test_calibration_runs_every_row_and_reuses_finished_stages(tmp_path):
 def test_the_fair_baseline_trains_on_from_the_student_da_stage_of_its_dakd_runs():
     """One definition, shared by sweeps and the calibration: stage student_da, init auto (the
     same student-DA stage the DAKD runs start from), DAKD's schedule, no distillation keys."""
-    from dakd.pipeline import fair_baseline_config, requirements
+    from dakd.recipes.stages import fair_baseline_config, requirements
 
     dakd = load_config(
         None,
@@ -69,7 +69,7 @@ def test_the_fair_baseline_trains_on_from_the_student_da_stage_of_its_dakd_runs(
 def test_stages_ignore_the_network_they_do_not_train():
     """Two DAKD configs that differ only in the teacher share one student-DA baseline (and the
     other way round); the stage that trains the changed network is not shared."""
-    from dakd.pipeline import requirements
+    from dakd.recipes.stages import requirements
 
     base = load_config(None, ["stage=dakd", "teacher=auto", "init=auto"])
     wide_teacher = from_dict(base.to_dict(), {"models.teacher.width": 0.5})
@@ -85,8 +85,8 @@ def test_stages_ignore_the_network_they_do_not_train():
 
 
 def test_calibration_targets_by_hand():
-    from dakd.tracking.calibration import format_calibration
-    from dakd.tracking.calibration_targets import calibration_targets
+    from dakd.recipes.calibration import format_calibration
+    from dakd.recipes.calibration_targets import calibration_targets
 
     results = {
         "synth_to_real": {
@@ -141,7 +141,7 @@ def test_calibration_targets_by_hand():
 
 
 def test_grid_bound_by_hand():
-    from dakd.evaluate import grid_bound
+    from dakd.evaluation.segmentation import grid_bound
 
     # labels constant on every 2x2 cell: the grid holds them exactly
     blocks = np.kron(np.array([[0, 1], [2, 3]]), np.ones((2, 2))).astype(np.uint8)
@@ -161,7 +161,7 @@ def test_a_stage_failure_is_recorded_in_its_folder_read_back_and_cleared(tiny):
     back, also from a config of the same stage made anew (as a trial process makes it), and
     None for any other stage; an unreadable record still reads as a failure; ``clear_failure``
     removes the record (and is harmless when there is none)."""
-    from dakd.pipeline import FAILURE_FILE, clear_failure, failure_of, mark_failed
+    from dakd.recipes.stages import FAILURE_FILE, clear_failure, failure_of, mark_failed
 
     cfg = tiny("student_da")
     assert failure_of(cfg) is None

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from dakd.checkpoint import CheckpointError
 from dakd.config import ModelConfig, load_config
 from dakd.data.labels import CATEGORY_NAMES, TRAINID_TO_CATEGORY
 from dakd.data.scenes import DOMAINS, PRETRAIN_DOMAIN, render_scene, renderer_version
 from dakd.models import create_model
+from dakd.models.checkpoint import CheckpointError
 from dakd.models.pretrained import MANIFEST, load_pretrained, network_of, sha256
-from dakd.pretrain import HEADS, PretrainConfig, pretrain, weights_name
+from dakd.recipes.pretrain import HEADS, PretrainConfig, pretrain, weights_name
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = ROOT / "configs" / "embedded.yaml"
@@ -176,7 +176,7 @@ def test_bad_weights_files_are_refused(tmp_path):
 
 def test_a_training_run_refuses_weights_of_another_width(tiny, tmp_path):
     """Through the trainer: never a silently random initialisation."""
-    from dakd.trainer import Trainer
+    from dakd.engine.state import TrainState
 
     _, model = _shipped()[1]
     cfg = tiny(
@@ -186,4 +186,4 @@ def test_a_training_run_refuses_weights_of_another_width(tiny, tmp_path):
         models__student__pretrained=str(ROOT / model.pretrained),
     )
     with pytest.raises(CheckpointError, match="holds weights for"):
-        Trainer(cfg)
+        TrainState(cfg)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dakd.checkpoint import CheckpointError
 from dakd.models import create_backbone, create_model
+from dakd.models.checkpoint import CheckpointError
 from dakd.models.pretrained import load_pretrained
 
 KEY = "models.student.pretrained"
@@ -88,10 +88,10 @@ def test_errors_name_the_key(imagenet, tmp_path):
 
 
 def test_trainer_starts_from_the_pretrained_file(imagenet, tiny, capsys):
-    from dakd.trainer import Trainer
+    from dakd.engine.state import TrainState
 
     backbone, path = imagenet
-    trainer = Trainer(
+    trainer = TrainState(
         tiny("source_only", models__student__width=0.0625, models__student__pretrained=str(path))
     )
     assert trainer.pretrained is not None and trainer.pretrained.unexpected == [
@@ -101,7 +101,7 @@ def test_trainer_starts_from_the_pretrained_file(imagenet, tiny, capsys):
     assert torch.equal(trainer.model.encoder.layer8[0].weight, backbone.layer8[0].weight)
     assert "note: models.student.pretrained" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="models.teacher.pretrained: .*nope.pth"):
-        Trainer(tiny("teacher_da", models__teacher__pretrained=str(path.parent / "nope.pth")))
+        TrainState(tiny("teacher_da", models__teacher__pretrained=str(path.parent / "nope.pth")))
 
 
 # -- weights by their content -----------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
-from dakd.sweep.spec import load_spec
+from dakd.sweep.spec.sweep_spec import load_spec
 from tests import realdata
 from tests.test_sweep import _cli
 
@@ -70,8 +70,8 @@ def test_without_data_the_dry_run_plans_and_lists_it_and_a_launch_stops_in_one_l
     """Planning needs no data: the dry run lists each missing or broken split (and weight
     file) and prints the plan and its cost; the launch (the plan a sweep makes before Ray)
     stops in one line naming the key, as before."""
-    from dakd.sweep.plan import plan
-    from dakd.sweep.spec import SpecError
+    from dakd.sweep.driver.plan import plan
+    from dakd.sweep.spec.sweep_spec import SpecError
 
     spec = str(ROOT / "sweeps" / "real_to_real.yaml")
     monkeypatch.delenv("DAKD_DATA")
@@ -115,7 +115,7 @@ def test_the_student_search_on_real_data_checks_its_data_and_students(place, cap
     assert spec.base.data.scenario == "synth_to_real" and spec.resources.gpu == 1
     paper = load_spec(ROOT / "sweeps" / "synth_to_real.yaml")
     teacher_da = {"stage": "teacher_da", "teacher": "", "init": ""}
-    from dakd.sweep.values import experiment_config
+    from dakd.sweep.spec.values import experiment_config
 
     ours = experiment_config(spec.base.to_dict(), {**spec.stages, **teacher_da})
     theirs = experiment_config(paper.base.to_dict(), {**paper.stages, **teacher_da})
@@ -134,9 +134,9 @@ def test_one_teacher_per_scenario_and_the_seeds_on_the_student_side(name, place)
     brings a teacher per seed back."""
     import collections
 
-    from dakd.sweep.context import stages_of
-    from dakd.sweep.plan import _context, plan
-    from dakd.sweep.spec import grid_variants, resolve
+    from dakd.sweep.driver.plan import _context, plan
+    from dakd.sweep.spec.context import stages_of
+    from dakd.sweep.spec.sweep_spec import grid_variants, resolve
 
     spec = load_spec(ROOT / "sweeps" / f"{name}.yaml")
     assert spec.per_seed == ("student_da",)
@@ -168,7 +168,7 @@ def test_one_teacher_per_scenario_and_the_seeds_on_the_student_side(name, place)
 
 
 def test_stages_per_seed_takes_only_the_reused_stages(tmp_path):
-    from dakd.sweep.spec import SpecError
+    from dakd.sweep.spec.sweep_spec import SpecError
 
     spec = str(ROOT / "sweeps" / "synth_to_real.yaml")
     assert load_spec(spec, ["stages.per_seed=[]"]).per_seed == ()

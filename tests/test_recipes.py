@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
-from dakd.sweep.cluster import unmet_request
-from dakd.sweep.spec import load_spec
+from dakd.sweep.driver.cluster import unmet_request
+from dakd.sweep.spec.sweep_spec import load_spec
 from tests.test_sweep import _cli
 
 ROOT = Path(__file__).resolve().parents[1]

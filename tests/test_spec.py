@@ -9,7 +9,7 @@ import yaml
 from ray import tune
 from ray.tune.search.sample import Categorical, Float, Integer, Quantized
 
-from dakd.sweep.spec import (
+from dakd.sweep.spec.sweep_spec import (
     Distribution,
     SpecError,
     describe,
@@ -601,7 +601,7 @@ def _searched(**tune_section):
 
 def test_points_to_evaluate_are_what_optuna_suggests_first(write):
     """A point gives every axis a config value; Tune sees labels, and the first trial is it."""
-    from dakd.sweep.tuner import build_tuner_parts
+    from dakd.sweep.driver.tuner import build_tuner_parts
 
     point = {"paradigm": "d", "loss.kl": 0.1, "loss.temperature": 1.5, "data.batch_size": 4}
     spec = load_spec(write(_searched(points_to_evaluate=[point])))

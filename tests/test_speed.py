@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from dakd import losses
-from dakd.builders import build_network, spec_of
 from dakd.config import TrainConfig
-from dakd.distributed import World
+from dakd.engine.state import TrainState
 from dakd.models import create_model
-from dakd.runtime import Speed, hold_in_amp_dtype, speed_settings
-from dakd.trainer import Trainer
+from dakd.runtime.builders import build_network, spec_of
+from dakd.runtime.device import Speed, hold_in_amp_dtype, speed_settings
+from dakd.runtime.distributed import World
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 ONE = World()
@@ -171,14 +171,14 @@ def test_distillation_on_the_logit_grid_against_a_hand_resize():
 
 
 def test_a_dakd_step_distils_on_the_logit_grid_when_asked(tiny, tmp_path, monkeypatch):
-    from dakd import checkpoint as ckpt
+    from dakd.models import checkpoint as ckpt
 
     spec = spec_of(tiny().models.teacher)
     path = tmp_path / "teacher.pt"
     ckpt.save({"network": spec, "model": build_network(spec).state_dict()}, path)
     common = {"teacher": str(path), "paradigm": "c", "teacher_cache__mode": "off"}
-    image = Trainer(tiny("dakd", name="image", **common))
-    grid = Trainer(tiny("dakd", name="grid", distill__resolution="logits", **common))
+    image = TrainState(tiny("dakd", name="image", **common))
+    grid = TrainState(tiny("dakd", name="grid", distill__resolution="logits", **common))
     seen = []
     upsample = losses.upsample
 
@@ -203,14 +203,14 @@ def test_a_dakd_step_distils_on_the_logit_grid_when_asked(tiny, tmp_path, monkey
 def test_bf16_teacher_outputs_from_the_cache_equal_the_live_teachers(tiny, tmp_path):
     """The cache is built with the teacher held in bf16 as the live teacher is: a run reading
     it computes the same numbers, bit for bit."""
-    from dakd import checkpoint as ckpt
+    from dakd.models import checkpoint as ckpt
 
     spec = spec_of(tiny().models.teacher)
     path = tmp_path / "teacher.pt"
     ckpt.save({"network": spec, "model": build_network(spec).state_dict()}, path)
     common = {"teacher": str(path), "paradigm": "c", "train__amp": "bf16"}
-    live = Trainer(tiny("dakd", name="live", teacher_cache__mode="off", **common))
-    cached = Trainer(tiny("dakd", name="cached", teacher_cache__mode="on", **common))
+    live = TrainState(tiny("dakd", name="live", teacher_cache__mode="off", **common))
+    cached = TrainState(tiny("dakd", name="cached", teacher_cache__mode="on", **common))
     assert live.teacher is not None and cached.teacher is None
     convs = [m for m in live.teacher.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(m.weight.dtype is torch.bfloat16 for m in convs)

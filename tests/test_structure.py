@@ -105,3 +105,74 @@ def test_every_function_fits_a_screen():
                 if lines > MAX_FUNCTION_LINES:
                     long[f"{path.relative_to(PACKAGE)}:{node.name}"] = lines
     assert long == {}
+
+
+#: The package's layers, lowest first (docs/architecture.md). A module may import its own
+#: subpackage and any lower layer, never a higher one or a sibling of its own layer; the method
+#: itself (the first layer) is one room whose parts import each other (without a cycle).
+LAYERS = (
+    (
+        "dakd.paradigms",
+        "dakd.losses",
+        "dakd.config",
+        "dakd.data",
+        "dakd.models",
+        "dakd.optional_deps",
+    ),
+    ("dakd.runtime",),
+    ("dakd.teacher", "dakd.evaluation"),
+    ("dakd.engine",),
+    ("dakd.recipes", "dakd.tracking", "dakd.cluster"),
+    ("dakd.sweep",),  # the package's __init__: Ray's environment, set before ray is imported
+    ("dakd.sweep.spec",),
+    ("dakd.sweep.remote",),
+    ("dakd.sweep.driver",),
+    ("dakd.__main__",),
+)
+
+
+def room(module: str) -> tuple[int, str] | None:
+    """The layer and the subpackage a module belongs to (the longest prefix listed)."""
+    best = None
+    for rank, rooms in enumerate(LAYERS):
+        for name in rooms:
+            if (module == name or module.startswith(name + ".")) and (
+                best is None or len(name) > len(best[1])
+            ):
+                best = (rank, name)
+    return best
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, targets in graph.items():
+        here = room(module)
+        for target in targets:
+            there = room(target)
+            if here is None or there is None or there[1] == here[1]:
+                continue
+            if there[0] > here[0] or (there[0] == here[0] and here[0] != 0):
+                found.append(f"{module} -> {target}")
+    return sorted(found)
+
+
+def test_the_layer_rule_finds_an_upward_import_by_hand():
+    graph = {
+        "dakd.engine.trainer": {"dakd.recipes.stages", "dakd.runtime.device"},
+        "dakd.teacher.outputs": {"dakd.evaluation.segmentation", "dakd.teacher.cache"},
+        "dakd.sweep.remote.trial": {"dakd.sweep.spec.context", "dakd.sweep.driver.run"},
+        "dakd.config.data": {"dakd.data.datasets"},
+    }
+    assert upward_imports(graph) == [
+        "dakd.engine.trainer -> dakd.recipes.stages",
+        "dakd.sweep.remote.trial -> dakd.sweep.driver.run",
+        "dakd.teacher.outputs -> dakd.evaluation.segmentation",
+    ]
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in modules() if m != "dakd" and room(m) is None] == []
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    assert upward_imports(import_graph(modules())) == []

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dakd.sweep.deployment import broken
-from dakd.sweep.objectives import ObjectivesSearch, ParetoScheduler
-from dakd.sweep.spec import SpecError, describe, load_spec
+from dakd.sweep.driver.objectives import ObjectivesSearch, ParetoScheduler
+from dakd.sweep.remote.deployment import broken
+from dakd.sweep.spec.sweep_spec import SpecError, describe, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -232,8 +232,8 @@ def test_auto_picks_each_students_shipped_backbone_or_none():
 
 
 def test_a_student_without_shipped_weights_trains_from_random_init_and_says_so(tiny):
-    from dakd.sweep.context import start_of
-    from dakd.trainer import Trainer
+    from dakd.engine.state import TrainState
+    from dakd.sweep.spec.context import start_of
 
     covered = tiny(
         "student_da",
@@ -242,7 +242,7 @@ def test_a_student_without_shipped_weights_trains_from_random_init_and_says_so(t
         models__student__output_stride=8,
     )
     assert start_of(covered) == "pretrained drn_d_22-w0.125-os2.pt"
-    trainer = Trainer(covered)
+    trainer = TrainState(covered)
     assert trainer.pretrained is not None and trainer.pretrained.matched
     # the decoder of os2 is not in an os8 network; every encoder tensor loaded
     assert not [k for k in trainer.pretrained.missing if k.startswith("encoder.")]
@@ -254,7 +254,7 @@ def test_a_student_without_shipped_weights_trains_from_random_init_and_says_so(t
         models__student__name="drn_d_38",
     )
     assert start_of(bare) == "random initialisation (no shipped weights for drn_d_38 w0.125 os8)"
-    assert Trainer(bare).pretrained is None
+    assert TrainState(bare).pretrained is None
     # its stages are keyed by what auto resolves to: another width, another key
     other = tiny("student_da", models__student__pretrained="auto", models__student__width=0.25)
     assert covered.fingerprint() != other.fingerprint()
@@ -264,10 +264,10 @@ def test_a_student_without_shipped_weights_trains_from_random_init_and_says_so(t
 
 
 def test_a_trial_out_of_memory_is_infeasible_and_another_failure_one_line(spec_file, monkeypatch):
-    import dakd.deploy
-    from dakd.deploy import DeployError, DeployOutOfMemory
-    from dakd.sweep.deployment import measure_trial
-    from dakd.sweep.spec import resolve
+    import dakd.evaluation.deploy
+    from dakd.evaluation.deploy import DeployError, DeployOutOfMemory
+    from dakd.sweep.remote.deployment import measure_trial
+    from dakd.sweep.spec.sweep_spec import resolve
 
     spec = load_spec(spec_file(SEARCH))
     cfg = resolve(spec, {"models.student.width": "0.125", "models.student.output_stride": "2"})
@@ -278,14 +278,14 @@ def test_a_trial_out_of_memory_is_infeasible_and_another_failure_one_line(spec_f
     def oom(*args, **kwargs):
         raise DeployOutOfMemory("drn_d_22 w0.125 os2 at 64x128, batch 1 on cuda:0: out of memory")
 
-    monkeypatch.setattr(dakd.deploy, "measure", oom)
+    monkeypatch.setattr(dakd.evaluation.deploy, "measure", oom)
     found = measure_trial(spec, cfg, "width=0.125", threads=1)
     assert found.metrics == {} and found.infeasible.startswith("out of memory while measured")
 
     def broken_device(*args, **kwargs):
         raise DeployError("drn_d_22 w0.125 os2 at 64x128, batch 1 on cuda:0: no CUDA device")
 
-    monkeypatch.setattr(dakd.deploy, "measure", broken_device)
+    monkeypatch.setattr(dakd.evaluation.deploy, "measure", broken_device)
     with pytest.raises(DeployError) as err:
         measure_trial(spec, cfg, "width=0.125 output_stride=2 seed=0", threads=1)
     assert str(err.value).startswith("trial width=0.125 output_stride=2 seed=0: drn_d_22")
@@ -315,8 +315,8 @@ def _row(trial, miou, mem, status="done", run=""):
 def test_the_summary_prints_the_front_the_best_under_each_constraint_and_the_infeasible(
     spec_file,
 ):
-    from dakd.sweep.front import front_markdown, front_rows
-    from dakd.sweep.summary import SweepResult, headline_metrics, table_view
+    from dakd.sweep.driver.front import front_markdown, front_rows
+    from dakd.sweep.driver.summary import SweepResult, headline_metrics, table_view
 
     spec = load_spec(spec_file(SEARCH))
     spec.tune.constraints = {"peak_memory_mb": {"max": 100.0}}
@@ -370,16 +370,16 @@ def test_the_searcher_does_not_propose_a_configuration_twice():
 
 
 def test_a_bound_on_parameters_rules_a_student_out_before_it_is_timed(spec_file, monkeypatch):
-    import dakd.deploy
-    from dakd.sweep.deployment import measure_trial
-    from dakd.sweep.spec import resolve
+    import dakd.evaluation.deploy
+    from dakd.sweep.remote.deployment import measure_trial
+    from dakd.sweep.spec.sweep_spec import resolve
 
     spec = load_spec(spec_file(_with(tune__constraints={"params_m": {"max": 0.1}})))
 
     def timed(*args, **kwargs):
         raise AssertionError("a student over the parameter bound was run")
 
-    monkeypatch.setattr(dakd.deploy, "measure", timed)
+    monkeypatch.setattr(dakd.evaluation.deploy, "measure", timed)
     cfg = resolve(spec, {"models.student.width": "0.125", "models.student.output_stride": "2"})
     found = measure_trial(spec, cfg, "width=0.125", threads=1)
     assert found.infeasible == "params_m 0.2552 > max 0.1"

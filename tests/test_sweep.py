@@ -13,10 +13,10 @@ import yaml
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
-from dakd.pipeline import FAILURE_FILE  # noqa: E402
-from dakd.sweep.plan import plan, smoke  # noqa: E402
-from dakd.sweep.run import run_sweep  # noqa: E402
-from dakd.sweep.spec import SpecError, load_spec  # noqa: E402
+from dakd.recipes.stages import FAILURE_FILE  # noqa: E402
+from dakd.sweep.driver.plan import plan, smoke  # noqa: E402
+from dakd.sweep.driver.run import run_sweep  # noqa: E402
+from dakd.sweep.spec.sweep_spec import SpecError, load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,7 +166,7 @@ def test_the_plan_trains_the_fair_baseline_after_the_student_da_stage():
 
 
 def test_the_summary_sets_the_best_trial_against_both_baselines():
-    from dakd.sweep.summary import SweepResult, format_summary, headline_metrics
+    from dakd.sweep.driver.summary import SweepResult, format_summary, headline_metrics
 
     spec = load_spec(ROOT / "sweeps" / "loss_weights.yaml")
     row = {"best": 0.0, "step": 300, "status": "done", "error": "", "values": {}}
@@ -199,7 +199,7 @@ def test_the_summary_is_markdown_the_console_adds_where_to_look():
     """The summary's Markdown (the parent run's description) is a table of the best trials and
     lists, without the console's lines on where to look; the console prints both, with the link
     to the runs table best first beside the headline metrics, the view the driver saves."""
-    from dakd.sweep.summary import (
+    from dakd.sweep.driver.summary import (
         SweepResult,
         format_summary,
         headline_columns,
@@ -260,8 +260,8 @@ def test_the_driver_puts_the_summary_on_the_parent_run_and_saves_its_view(tmp_pa
 
     import pandas as pd
 
-    from dakd.sweep import run as sweep_run
-    from dakd.sweep.summary import summary_markdown
+    from dakd.sweep.driver import run as sweep_run
+    from dakd.sweep.driver.summary import summary_markdown
     from dakd.tracking.runs import RunLogger
     from dakd.tracking.store import prepare
     from dakd.tracking.tags import MLFLOW_NOTE, MLFLOW_SAVED_VIEW
@@ -585,7 +585,7 @@ def test_resume_without_a_previous_sweep_says_so(place, tmp_path):
 def test_ray_failing_to_start_leaves_no_running_parent_run(place, tmp_path, monkeypatch):
     """Ray starts while the MLflow parent run opens in a thread; when Ray fails, the error
     reaches the user and the parent run is closed (KILLED), not left RUNNING."""
-    import dakd.sweep.run as sweep_run
+    import dakd.sweep.driver.run as sweep_run
 
     def no_ray(address):
         raise ConnectionError("no Ray cluster at 127.0.0.1:1")
@@ -608,7 +608,7 @@ def test_ctrl_c_in_a_phase_closes_the_parent_run_and_the_ray_the_sweep_started(
 ):
     """One context manager holds Ray and the parent run: Ctrl-C once both are open ends the
     parent run KILLED and shuts down the Ray this sweep started, once; the interrupt goes on."""
-    import dakd.sweep.run as sweep_run
+    import dakd.sweep.driver.run as sweep_run
 
     shutdowns = []
     monkeypatch.setattr(sweep_run, "start_ray", lambda address: True)  # as if it started Ray
@@ -642,8 +642,8 @@ def test_a_sweep_that_stops_itself_fails_with_its_reason_and_closes_its_runs(
     raises Stopped with that reason, its parent run ends KILLED with the reason as ``error``."""
     import threading
 
-    import dakd.sweep.run as sweep_run
-    from dakd.sweep.interrupt import Stopped
+    import dakd.sweep.driver.run as sweep_run
+    from dakd.sweep.driver.interrupt import Stopped
 
     monkeypatch.setattr(sweep_run, "start_ray", lambda address: False)
     monkeypatch.setattr(sweep_run, "check_cluster", lambda spec, address, autoscale, log: None)
@@ -670,7 +670,7 @@ def test_a_sweep_that_stops_itself_fails_with_its_reason_and_closes_its_runs(
 
 def test_a_tracking_server_that_is_down_stops_the_sweep_before_ray(place, tmp_path, monkeypatch):
     """One line naming the URI, before Ray starts and before any run is opened."""
-    import dakd.sweep.run as sweep_run
+    import dakd.sweep.driver.run as sweep_run
     from dakd.cluster.processes import free_port
 
     def no_ray(address):
@@ -693,9 +693,9 @@ def test_the_plan_is_made_without_importing_mlflow():
     import sys
 
     code = (
-        "import sys; from pathlib import Path; from dakd.sweep.plan import plan; "
-        "import dakd.sweep.run; "
-        "from dakd.sweep.spec import load_spec; "
+        "import sys; from pathlib import Path; from dakd.sweep.driver.plan import plan; "
+        "import dakd.sweep.driver.run; "
+        "from dakd.sweep.spec.sweep_spec import load_spec; "
         f"plan(load_spec({str(ROOT / 'sweeps' / 'quickstart.yaml')!r}), Path({str(ROOT)!r})); "
         "print('mlflow' in sys.modules)"
     )

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from dakd import checkpoint as ckpt
-from dakd import teacher_cache as tcache
 from dakd.data.loader import StepSampler
-from dakd.teacher_outputs import cache_decision, distill_reads
-from dakd.train import train
-from dakd.trainer import Trainer
+from dakd.engine.state import TrainState
+from dakd.engine.trainer import train
+from dakd.models import checkpoint as ckpt
+from dakd.teacher import cache as tcache
+from dakd.teacher.outputs import cache_decision, distill_reads
 from tests import realdata
 
 
@@ -55,7 +55,7 @@ def test_cached_run_ends_with_the_weights_of_the_live_teacher_run(stages, paradi
     assert any(k.startswith("loss/kl_") for k in terms)
     assert all(cached.metrics[k] == live.metrics[k] for k in terms)
     # a second run reads the caches (no teacher is loaded) and ends the same
-    trainer = Trainer(stages("again", paradigm=paradigm, teacher_cache__mode="on"))
+    trainer = TrainState(stages("again", paradigm=paradigm, teacher_cache__mode="on"))
     assert trainer.teacher is None and set(trainer.teacher_caches) == (
         {"source"} if paradigm == "a" else {"source", "target"}
     )
@@ -64,9 +64,9 @@ def test_cached_run_ends_with_the_weights_of_the_live_teacher_run(stages, paradi
 
 def test_entries_hold_the_teacher_on_each_image_and_its_mirror(stages):
     cfg = stages("cached", teacher_cache__mode="on")
-    trainer = Trainer(cfg)
+    trainer = TrainState(cfg)
     cache = trainer.teacher_caches["target"]
-    live = Trainer(stages("live", teacher_cache__mode="off"))
+    live = TrainState(stages("live", teacher_cache__mode="off"))
     dataset = trainer.dataset_of("target")
     images = torch.stack([dataset[i]["image"] for i in (3, 3, 7, 7)])
     images[1::2] = images[1::2].flip(-1)
@@ -90,7 +90,7 @@ def test_another_teacher_never_reads_the_cache(stages, tiny):
         k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()
     }
     ckpt.save(state, cfg.teacher)
-    trainer = Trainer(stages("other", paradigm="b", teacher_cache__mode="on"))
+    trainer = TrainState(stages("other", paradigm="b", teacher_cache__mode="on"))
     assert trainer.teacher_caches["target"].folder != first
     assert len(caches(cfg)) == 2
     trainer.close()
@@ -111,7 +111,7 @@ def test_another_teacher_never_reads_the_cache(stages, tiny):
 
 def test_a_corrupt_or_truncated_shard_is_reported_rebuilt_and_never_served(stages, capsys):
     cfg = stages("cached", paradigm="b", teacher_cache__mode="on")
-    trainer = Trainer(cfg)
+    trainer = TrainState(cfg)
     cache = trainer.teacher_caches["target"]
     everything = cache.read(np.arange(cache.entries))
     trainer.close()
@@ -120,7 +120,7 @@ def test_a_corrupt_or_truncated_shard_is_reported_rebuilt_and_never_served(stage
     data[-5] ^= 0xFF  # one flipped byte, same size
     shard.write_bytes(bytes(data))
     capsys.readouterr()
-    again = Trainer(stages("again", paradigm="b", teacher_cache__mode="on"))
+    again = TrainState(stages("again", paradigm="b", teacher_cache__mode="on"))
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "checksum" in line]
     assert len(lines) == 1 and str(cache.folder) in lines[0] and "rebuilding" in lines[0]
@@ -135,7 +135,7 @@ def test_a_corrupt_or_truncated_shard_is_reported_rebuilt_and_never_served(stage
         )
         is None
     )
-    third = Trainer(stages("third", paradigm="b", teacher_cache__mode="on"))
+    third = TrainState(stages("third", paradigm="b", teacher_cache__mode="on"))
     assert "checksum" in capsys.readouterr().err
     assert torch.equal(third.teacher_caches["target"].read([0])["output"], everything["output"][:1])
     third.close()
@@ -227,9 +227,9 @@ def test_a_full_disk_stops_naming_the_folder_and_size_or_runs_live(stages, monke
     with pytest.raises(
         tcache.CacheFullError, match=r"needs 155\.6 KB but the disk has 1\.0 KB free"
     ):
-        Trainer(cfg)
+        TrainState(cfg)
     try:
-        Trainer(cfg)
+        TrainState(cfg)
     except tcache.CacheFullError as err:
         assert cfg.teacher_cache.dir in str(err)
     live = train(stages("live", paradigm="b", teacher_cache__mode="off"))
@@ -243,12 +243,12 @@ def test_a_full_disk_stops_naming_the_folder_and_size_or_runs_live(stages, monke
 
 def test_photometric_augmentation_turns_auto_off_with_one_notice(stages, capsys):
     cfg = stages("jitter", data__color_jitter=0.2, teacher_cache__mode="auto", train__steps=400)
-    trainer = Trainer(cfg)
+    trainer = TrainState(cfg)
     notes = [line for line in capsys.readouterr().err.splitlines() if "teacher_cache" in line]
     assert trainer.teacher_caches == {} and trainer.teacher is not None
     assert len(notes) == 2 and all("data.color_jitter" in n and "mode: on" in n for n in notes)
     trainer.close()
-    forced = Trainer(stages("forced", data__color_jitter=0.2, teacher_cache__mode="on"))
+    forced = TrainState(stages("forced", data__color_jitter=0.2, teacher_cache__mode="on"))
     assert set(forced.teacher_caches) == {"source", "target"}
     assert "approximate" in capsys.readouterr().err
     forced.close()
@@ -257,14 +257,14 @@ def test_photometric_augmentation_turns_auto_off_with_one_notice(stages, capsys)
 def test_auto_builds_where_it_saves_teacher_passes_and_reads_what_exists(stages):
     short = stages("short", train__steps=4)  # 8 samples a domain; the cache holds 32
     assert distill_reads(short) == {"source": 8, "target": 8}
-    trainer = Trainer(short)
+    trainer = TrainState(short)
     assert trainer.teacher_caches == {} and caches(short) == []
     trainer.close()
     long = stages("long", train__steps=16, paradigm="b")  # 32 target samples: worth it
-    trainer = Trainer(long)
+    trainer = TrainState(long)
     assert set(trainer.teacher_caches) == {"target"} and trainer.teacher is None
     trainer.close()
-    trainer = Trainer(stages("short2", train__steps=4))  # reads the target cache that exists
+    trainer = TrainState(stages("short2", train__steps=4))  # reads the target cache that exists
     assert set(trainer.teacher_caches) == {"target"} and trainer.teacher is not None
     trainer.close()
     d = stages("d", paradigm="d", train__steps=10, distill__sequential_split=0.3)
@@ -321,11 +321,11 @@ def test_real_data_crops_cut_the_stored_map_where_the_sample_was_cut(tmp_path):
 def test_the_sweep_plans_caches_by_the_config_keys_the_cache_key_reads(stages):
     """``cache_setting`` (what the sweep groups trials by) decides the cache key: configs that
     agree on it share a key whatever else differs; each compute key it lists changes the key."""
-    from dakd.builders import training_dataset
     from dakd.config import from_dict
-    from dakd.distributed import current_world
-    from dakd.runtime import resolve_device, speed_settings
-    from dakd.teacher_outputs import cache_setting, cache_spec
+    from dakd.runtime.builders import training_dataset
+    from dakd.runtime.device import resolve_device, speed_settings
+    from dakd.runtime.distributed import current_world
+    from dakd.teacher.outputs import cache_setting, cache_spec
 
     base = stages("keyed", teacher_cache__mode="on")
 
@@ -360,7 +360,7 @@ def test_a_dakd_step_on_random_crops_reads_the_stored_map_cut_and_mirrored_as_it
     RoIAlign), mirrored back where the sample is mirrored, and upsampled to the crop."""
     from torchvision.ops import roi_align
 
-    from dakd.builders import build_network, spec_of
+    from dakd.runtime.builders import build_network, spec_of
 
     realdata.write("gta5", tmp_path / "gta5")
     realdata.write("cityscapes", tmp_path / "cityscapes")
@@ -389,7 +389,7 @@ def test_a_dakd_step_on_random_crops_reads_the_stored_map_cut_and_mirrored_as_it
         teacher_cache__mode="on",
         **{k.replace(".", "__"): v for k, v in real.items()},
     )
-    trainer = Trainer(cfg)
+    trainer = TrainState(cfg)
     assert trainer.teacher is None and set(trainer.teacher_caches) == {"source", "target"}
     used = []
     predict = trainer.teacher_outputs.predict

@@ -329,7 +329,7 @@ def test_finish_statuses_and_context_manager(store):
 
 def test_log_evaluation_writes_tables_and_pictures(store):
     from dakd.data.labels import CLASS_NAMES
-    from dakd.evaluate import SegMetrics
+    from dakd.evaluation.segmentation import SegMetrics
 
     uri, experiment_id = store.uri, store.experiment_id
     rng = np.random.default_rng(0)

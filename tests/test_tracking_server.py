@@ -25,7 +25,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from dakd.config import ConfigError
-from dakd.sweep.settings import Tracking, section
+from dakd.sweep.spec.settings import Tracking, section
 from dakd.tracking import store as tracking_store
 from dakd.tracking.runs import RunLogger
 from dakd.tracking.server import TrackingError, check_tracking

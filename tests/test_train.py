@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from dakd import checkpoint as ckpt
 from dakd import losses
+from dakd.engine.state import NonFiniteLossError, TrainState
+from dakd.engine.trainer import TIMING_KEYS, train
+from dakd.models import checkpoint as ckpt
 from dakd.paradigms import paradigm_phases, phase_at
-from dakd.train import TIMING_KEYS, train
-from dakd.trainer import NonFiniteLossError, Trainer
 
 
 def weights(path):
@@ -40,13 +40,13 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny, monkeypatch)
     train(cfg, stop_after=3)  # stops between evaluations: step 3 of 4
     assert ckpt.load(cfg.run_dir / "last.pt")["step"] == 3
     steps = []
-    original = Trainer.train_step
+    original = TrainState.train_step
 
     def counted(self):
         steps.append(self.step)
         return original(self)
 
-    monkeypatch.setattr(Trainer, "train_step", counted)
+    monkeypatch.setattr(TrainState, "train_step", counted)
     reports = []
     resumed = train(cfg, report=lambda metrics, path: reports.append(metrics["step"]))
     assert steps == [3] and reports == [4]
@@ -106,7 +106,7 @@ def test_sequential_paradigm_switches_to_target_only():
 def test_teacher_is_frozen_and_in_eval_mode(tiny, monkeypatch):
     teacher = train(tiny("teacher_da"))
     before = weights(teacher.checkpoint)
-    trainer = Trainer(tiny("dakd", teacher=str(teacher.checkpoint)))
+    trainer = TrainState(tiny("dakd", teacher=str(teacher.checkpoint)))
     trainer.train_step()
     assert not trainer.teacher.training
     assert all(not p.requires_grad for p in trainer.teacher.parameters())
@@ -156,7 +156,7 @@ def test_oracle_and_source_only_train_without_discriminators(tiny):
 
 
 def test_bf16_autocast_runs_on_cpu_with_finite_losses(tiny):
-    fp32, bf16 = Trainer(tiny(name="fp32")), Trainer(tiny(name="bf16", train__amp="bf16"))
+    fp32, bf16 = TrainState(tiny(name="fp32")), TrainState(tiny(name="bf16", train__amp="bf16"))
     assert bf16.speed.amp_dtype is torch.bfloat16 and not bf16.scaler.is_enabled()
     reference, terms = fp32.train_step(), bf16.train_step()
     assert all(math.isfinite(v.item()) for v in terms.values())
@@ -168,9 +168,9 @@ def test_bf16_autocast_runs_on_cpu_with_finite_losses(tiny):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the notices are about a CPU-only machine")
 def test_switches_the_cpu_lacks_stay_off_with_one_notice_each(tiny, capsys):
-    plain = Trainer(tiny(name="plain"))
+    plain = TrainState(tiny(name="plain"))
     capsys.readouterr()
-    asked = Trainer(
+    asked = TrainState(
         tiny(
             name="asked", train__amp="fp16", train__cudnn_benchmark=True, train__deterministic=False
         )
@@ -187,7 +187,10 @@ def test_switches_the_cpu_lacks_stay_off_with_one_notice_each(tiny, capsys):
 
 
 def test_channels_last_networks_and_inputs(tiny):
-    plain, nhwc = Trainer(tiny(name="plain")), Trainer(tiny(name="nhwc", train__channels_last=True))
+    plain, nhwc = (
+        TrainState(tiny(name="plain")),
+        TrainState(tiny(name="nhwc", train__channels_last=True)),
+    )
     convs = [m.weight for m in nhwc.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     a, b = plain.train_step(), nhwc.train_step()
@@ -212,8 +215,8 @@ def test_evaluations_report_step_time_and_throughput(tiny):
 def test_counting_the_flops_of_a_step_changes_no_number(tiny):
     """The step run under the FLOP counter computes what it computes without it, bit for bit:
     every step's loss terms, the weights, the discriminators and the optimiser state."""
-    from dakd.hooks import Hook, default_hooks
-    from dakd.train import Loop
+    from dakd.engine.hooks import Hook, default_hooks
+    from dakd.engine.trainer import Trainer
 
     class Terms(Hook):
         def __init__(self):
@@ -226,7 +229,7 @@ def test_counting_the_flops_of_a_step_changes_no_number(tiny):
     for counted in (True, False):
         cfg = tiny(name=f"counted-{counted}", train__steps=3, train__eval_interval=3)
         terms = Terms()
-        loop = Loop(cfg, [*default_hooks(cfg), terms])
+        loop = Trainer(cfg, [*default_hooks(cfg), terms])
         loop.count_flops = counted
         result = loop.run(resume=False, stop_after=None)
         assert (loop.meter.flops is not None) == counted
@@ -248,7 +251,7 @@ def test_counting_the_flops_of_a_step_changes_no_number(tiny):
 def test_the_meter_counts_once_and_leaves_the_counted_step_out_of_the_mean(monkeypatch):
     """FLOPs are counted in the first step only; the counted step (slower: the counter's Python
     work per operation) is out of the mean step time unless it is the window's only step."""
-    from dakd import performance
+    from dakd.runtime import performance
 
     clock = iter([0.0, 5.0, 10.0, 11.0, 20.0, 22.0])
     monkeypatch.setattr(performance.time, "perf_counter", lambda: next(clock))
@@ -269,11 +272,11 @@ def test_the_meter_counts_once_and_leaves_the_counted_step_out_of_the_mean(monke
 # -- faults: a device torch does not see, running out of GPU memory ---------------------------------
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_cuda_without_cuda_is_a_config_error_before_any_work(tiny, monkeypatch, device):
-    import dakd.trainer
+    import dakd.engine.state
     from dakd.config import ConfigError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(dakd.trainer, "build_data", lambda *a: pytest.fail("data was built"))
+    monkeypatch.setattr(dakd.engine.state, "build_data", lambda *a: pytest.fail("data was built"))
     cfg = tiny(train__device=device)
     with pytest.raises(
         ConfigError, match=rf"train.device: '{device}' but torch sees no CUDA device"
@@ -284,7 +287,7 @@ def test_cuda_without_cuda_is_a_config_error_before_any_work(tiny, monkeypatch, 
 
 def test_a_gpu_index_past_the_last_gpu_names_the_count(monkeypatch):
     from dakd.config import ConfigError
-    from dakd.runtime import resolve_device
+    from dakd.runtime.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -301,9 +304,9 @@ def _oom(self):
 def test_running_out_of_memory_stops_with_what_to_change(tiny, monkeypatch):
     """The step's OutOfMemoryError becomes one line naming the device, the batch, the crops and
     the network, and the settings that use less memory in the order to try them."""
-    from dakd.train import OutOfMemory
+    from dakd.engine.trainer import OutOfMemory
 
-    monkeypatch.setattr(Trainer, "train_step", _oom)
+    monkeypatch.setattr(TrainState, "train_step", _oom)
     with pytest.raises(OutOfMemory) as caught:
         train(tiny(data__batch_size=4))
     message = str(caught.value)
@@ -321,8 +324,7 @@ def test_out_of_memory_on_a_gpu_names_the_peak_the_total_and_the_live_teacher(ti
     teacher suggests the teacher-output cache; the allocator's cache is given back."""
     from types import SimpleNamespace
 
-    from dakd import performance
-    from dakd.runtime import Speed
+    from dakd.runtime.device import Speed, performance
 
     emptied = []
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 70 * 2**30)

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import dakd.sweep  # noqa: F401  (sets Ray's environment before ray is imported)
-from dakd import checkpoint as ckpt
-from dakd.sweep import trial as trial_module
-from dakd.sweep.context import SweepContext
-from dakd.sweep.plan import smoke
-from dakd.sweep.spec import grid_variants
+from dakd.models import checkpoint as ckpt
+from dakd.sweep.driver.plan import smoke
+from dakd.sweep.remote import trial as trial_module
+from dakd.sweep.spec.context import SweepContext
+from dakd.sweep.spec.sweep_spec import grid_variants
 from dakd.tracking.store import find_runs, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,14 +148,14 @@ def test_a_failing_trial_marks_its_run_failed(sweep, tmp_path, monkeypatch):
 def test_a_trial_out_of_gpu_memory_says_what_to_change_in_one_line(sweep, tmp_path, monkeypatch):
     """The trial's run is FAILED with the out-of-memory line as its error tag (what the sweep's
     summary shows too); its retry, which trains, takes the tag off again."""
-    from dakd.pipeline import error_line
-    from dakd.train import OutOfMemory
-    from dakd.trainer import Trainer
+    from dakd.engine.state import TrainState
+    from dakd.engine.trainer import OutOfMemory
+    from dakd.recipes.stages import error_line
 
     spec, context, config = sweep
     (tmp_path / "store").mkdir()
     fake = FakeTune(tmp_path / "t", tmp_path / "store")
-    step = Trainer.train_step
+    step = TrainState.train_step
     with monkeypatch.context() as patch:
 
         def oom(self):
@@ -163,7 +163,7 @@ def test_a_trial_out_of_gpu_memory_says_what_to_change_in_one_line(sweep, tmp_pa
                 return step(self)
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-        patch.setattr(Trainer, "train_step", oom)
+        patch.setattr(TrainState, "train_step", oom)
         with pytest.raises(OutOfMemory) as caught:
             _run(patch, fake, config, context)
     line = error_line(caught.value)
@@ -211,7 +211,7 @@ def test_a_trial_stopped_at_its_last_report_still_keeps_its_final_artifacts(
 def test_a_trial_stopped_early_is_closed_by_the_driver(sweep, tmp_path, monkeypatch):
     """The stopped trial's thread ends at once (a reused actor waits for it); the driver's
     callback then tags the run early_stopped and closes it."""
-    from dakd.sweep.tuner import _Closer
+    from dakd.sweep.driver.tuner import _Closer
 
     spec, context, config = sweep
     (tmp_path / "store").mkdir()
@@ -232,7 +232,7 @@ def test_the_trial_time_split_adds_up_from_the_loop_hook_times(monkeypatch):
     """``time/*_s``: setup until ``train`` is called, the Tune and MLflow hooks' own time as
     ``report`` and ``logging``, the trainer alone as the rest of ``train``, the artifacts, and a
     total that covers them all; then the run is FINISHED."""
-    from dakd.sweep import hooks
+    from dakd.sweep.remote import hooks
 
     logged = []
     logger = SimpleNamespace(
@@ -267,8 +267,8 @@ def test_the_trial_time_split_adds_up_from_the_loop_hook_times(monkeypatch):
 def test_a_stage_with_a_recorded_failure_fails_the_trial_without_training_it(tiny, monkeypatch):
     """A trial that builds on a stage whose training failed (the driver's attempt, or another
     trial's) raises StageFailedError with the recorded line and never trains the stage again."""
-    from dakd.pipeline import StageFailedError, mark_failed
-    from dakd.sweep import stage_tasks
+    from dakd.recipes.stages import StageFailedError, mark_failed
+    from dakd.sweep.remote import stages as stage_tasks
 
     trained = []
     monkeypatch.setattr(stage_tasks, "train_stage", lambda *args: trained.append(args))
@@ -293,8 +293,8 @@ def test_system_metrics_reach_the_trial_run_when_asked_and_stay_off_on_cpu_under
     ``auto`` leaves them off on a CPU."""
     import time
 
-    from dakd.sweep.hooks import SystemMetrics
-    from dakd.sweep.settings import Tracking
+    from dakd.sweep.remote.hooks import SystemMetrics
+    from dakd.sweep.spec.settings import Tracking
     from dakd.tracking.runs import RunLogger
     from dakd.tracking.store import get_run
 

@@ -11,8 +11,7 @@ from PIL import Image
 
 from dakd.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE
 from dakd.data.scenes import denormalize, to_tensor
-from dakd.evaluate import SegMetrics
-from dakd.visualize import (
+from dakd.evaluation.panels import (
     SEPARATOR,
     TITLE_HEIGHT,
     confusion_figure,
@@ -21,6 +20,7 @@ from dakd.visualize import (
     prediction_panel,
     save_png,
 )
+from dakd.evaluation.segmentation import SegMetrics
 
 ROAD = (128, 64, 128)
 CAR = (0, 0, 142)

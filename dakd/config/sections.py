@@ -150,7 +150,7 @@ class OptimConfig:
 
 @dataclass
 class TeacherCacheConfig:
-    """The teacher-output cache (``dakd.teacher_cache``): the frozen teacher's outputs on every
+    """The teacher-output cache (``dakd.teacher.cache``): the frozen teacher's outputs on every
     training image, computed once and read by every DAKD run with the same teacher and data.
 
     ``mode``: ``auto`` (default) reads a cache wherever it gives exactly the live teacher's
@@ -255,7 +255,7 @@ class TrainConfig:
     PyTorch, which evaluates the target with a mixture of both domains' statistics).
     ``precise_bn``: before each evaluation, re-estimate those statistics with the current
     weights from this many training images per pair (0: off, the running averages are used as
-    they are); see ``Trainer.precise_bn``.
+    they are); see ``TrainState.precise_bn``.
     ``ema``: decay of an exponential moving average of the trained network's weights (0: off;
     e.g. 0.998, a window of about 500 steps). When on, evaluations, reports and the final
     ``model.pt`` use the averaged weights (their BatchNorm statistics are the raw network's,

@@ -11,7 +11,7 @@ cropped at a random place (padded with the mean colour and ignore where it is sm
 crop). The random numbers come from the caller (:meth:`RealDataset.augmented`), which draws them
 from the step's seed (:class:`dakd.data.loader.StepSampler`), so a resumed run reads exactly the
 crops an uninterrupted one would. Evaluation samples keep the label at the file's resolution
-(``full_label``); the evaluator upsamples the logits to it (:func:`dakd.evaluate.evaluate`).
+(``full_label``); the evaluator upsamples the logits to it (:func:`dakd.evaluation.segmentation.evaluate`).
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dakd.checkpoint import CheckpointError
 from dakd.config.build import ConfigError
 from dakd.config.weights import check_published
+from dakd.models.checkpoint import CheckpointError
 from dakd.paradigms import AUTO
 
 MANIFEST = "manifest.json"
@@ -196,7 +196,7 @@ def load_pretrained(
     match the ``manifest.json`` beside it (its sha256 always, ``network`` when given), and one that
     leaves any encoder tensor of ``model`` at its random initialisation (absent from the file
     or of another shape: weights of another architecture) raise
-    :class:`~dakd.checkpoint.CheckpointError`. Heads and a decoder may be absent (ImageNet files
+    :class:`~dakd.models.checkpoint.CheckpointError`. Heads and a decoder may be absent (ImageNet files
     have neither); they keep their initialisation and the report lists them.
     """
     path = Path(path)

@@ -1,8 +1,7 @@
-"""Sweeps: YAML specs (:mod:`dakd.sweep.spec`, with the search space in :mod:`dakd.sweep.space`
-and the Tune, resources and tracking sections in :mod:`dakd.sweep.settings`), planned
-(:mod:`dakd.sweep.plan`) and run on Ray Tune (:mod:`dakd.sweep.run`, :mod:`dakd.sweep.trial`),
-every trial tracked in MLflow
-(:mod:`dakd.tracking`)."""
+"""Sweeps on Ray Tune, in three layers: the spec (:mod:`dakd.sweep.spec`: the YAML file, its search
+space and sections), what runs inside Ray (:mod:`dakd.sweep.remote`: trials, stage and cache
+tasks, the loop's hooks) and what runs in the driver (:mod:`dakd.sweep.driver`: plan, waves,
+Tuner, summary). Every trial is tracked in MLflow (:mod:`dakd.tracking`)."""
 
 import os
 

@@ -18,6 +18,6 @@ them; import what you use from its module:
   trial under a budget, its plot; :mod:`~dakd.tracking.drawing` and
   :mod:`~dakd.tracking.placement`: the figure, paradigm colours, ticks and point labels every
   plot shares. Plain Python and matplotlib, like the calibration.
-- :mod:`~dakd.tracking.calibration`, :mod:`~dakd.tracking.calibration_targets`: the embedded
+- :mod:`~dakd.recipes.calibration`, :mod:`~dakd.recipes.calibration_targets`: the embedded
   benchmark's calibration (``python -m dakd calibrate``); plain Python, like the core.
 """

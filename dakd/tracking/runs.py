@@ -31,7 +31,7 @@ from dakd.tracking.store import client_for, retry_locked
 from dakd.tracking.tags import ERROR, MLFLOW_NOTE, MLFLOW_PARENT_RUN_ID
 
 if TYPE_CHECKING:
-    from dakd.evaluate import SegMetrics
+    from dakd.evaluation.segmentation import SegMetrics
 
 __all__ = ["STATUSES", "RunLogger", "finish_run", "finite_float", "save_view", "set_run_tags"]
 
@@ -204,10 +204,10 @@ class RunLogger:
         """Log the pictures and tables of one evaluation under the artifact folder ``prefix``:
         ``confusion.png`` (row-normalised), ``confusion.csv`` (counts), ``per_class_iou.md``
         and ``per_class_iou.csv`` (percent, blank where absent) and, given a ``panel`` from
-        :func:`dakd.visualize.prediction_panel`, ``predictions.png``. Returns the artifact paths.
+        :func:`dakd.evaluation.panels.prediction_panel`, ``predictions.png``. Returns the artifact paths.
         Scalars (mIoU, per-class IoU) are :meth:`log_metrics`' job."""
         from dakd.data.labels import CLASS_NAMES
-        from dakd.visualize import confusion_figure, per_class_table, save_png
+        from dakd.evaluation.panels import confusion_figure, per_class_table, save_png
 
         matrix = np.asarray(metrics.matrix)
         names = (

@@ -89,7 +89,7 @@ __all__ = [
 ]
 
 #: How long (seconds) a store call keeps retrying an unavailable store by default: the default
-#: of the spec's ``tracking.retry_seconds`` (:class:`dakd.sweep.settings.Tracking`).
+#: of the spec's ``tracking.retry_seconds`` (:class:`dakd.sweep.spec.settings.Tracking`).
 RETRY_SECONDS = 300.0
 
 #: :data:`dakd.tracking.server.RETRY_ENV`: the environment variable that carries the retry

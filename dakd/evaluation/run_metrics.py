@@ -1,0 +1,81 @@
+"""A run's evaluation on its target val split, and the metrics it reports.
+
+``dakd.evaluation.segmentation`` holds the evaluator (one confusion matrix per split); this module applies it
+to a run: the val split of the experiment, shared between data-parallel processes, the metrics
+in percent with the source dataset's protocols, and every metric name a run may report (what a
+sweep may optimise or stop on).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dakd import losses
+from dakd.config import ExperimentConfig, from_dict
+from dakd.data.datasets import protocols
+from dakd.data.labels import CLASS_NAMES
+from dakd.data.loader import eval_batches
+from dakd.evaluation.segmentation import SegMetrics, evaluate
+from dakd.runtime.builders import network_from_checkpoint, val_dataset
+from dakd.runtime.device import resolve_device
+from dakd.runtime.distributed import World, current_world
+from dakd.runtime.performance import TIMING_KEYS
+
+
+def metrics_of(result: SegMetrics, cfg: ExperimentConfig) -> dict[str, float]:
+    """An evaluation's metrics in percent, plus the source dataset's class-subset protocols
+    (SYNTHIA: ``miou16``, ``miou13``)."""
+    out = result.as_dict()
+    for name, classes in protocols(cfg.data).items():
+        out[name] = 100.0 * result.miou_over(classes)
+    return out
+
+
+#: The loss terms a step can report (``loss/<term>``), by stage and paradigm.
+LOSS_TERMS = (
+    "total",
+    "seg",
+    "seg_aux",
+    "adv_output",
+    "adv_feature",
+    "disc",
+    "distill",
+    *(f"{term}_{domain}" for domain in ("source", "target") for term in losses.DISTILL_TERMS),
+)
+
+
+def reported_metrics(cfg: ExperimentConfig) -> list[str]:
+    """Every metric name an evaluation of ``cfg`` may report (``report`` and Tune): mIoU,
+    pixel accuracy, the step, learning rate, what a step costs (``dakd.runtime.performance``: time,
+    TFLOP/s, GPU memory), per-class IoU, the source dataset's protocols (SYNTHIA: ``miou16``,
+    ``miou13``) and the loss terms."""
+    names = ["miou", "pixel_acc", "step", "lr", *TIMING_KEYS, "raw/miou", "raw/pixel_acc"]
+    names += list(protocols(cfg.data))
+    names += [f"iou/{name.replace(' ', '_')}" for name in CLASS_NAMES]
+    return names + [f"loss/{term}" for term in LOSS_TERMS]
+
+
+def evaluate_on(
+    model, val, cfg: ExperimentConfig, device, world: World | None = None
+) -> SegMetrics:
+    """Evaluate on the val split; data-parallel processes each take a share of the images and
+    sum their confusion matrices (the result equals one process's evaluation exactly)."""
+    world = world or current_world()
+    batches = eval_batches(
+        val, cfg.data.val_batch_size, cfg.data.val_size, rank=world.rank, world_size=world.size
+    )
+    return evaluate(model, batches, device=device)
+
+
+def evaluate_checkpoint(path, overrides: dict[str, Any] | None = None):
+    """Evaluate a checkpoint's network on its experiment's target val split.
+
+    ``overrides`` (dotted keys) change the experiment, e.g. ``{"data.target": "dashcam"}``.
+    Returns the resolved config, the network description and the metrics.
+    """
+    model, state = network_from_checkpoint(path)
+    # evaluation needs neither the teacher nor the initial weights of the run
+    base = {**state["config"], "stage": "source_only", "init": "", "teacher": ""}
+    cfg = from_dict(base, overrides or {})
+    device = resolve_device(cfg.train.device)
+    return cfg, state["network"], evaluate_on(model.to(device), val_dataset(cfg), cfg, device)
