@@ -324,7 +324,8 @@ def test_out_of_memory_on_a_gpu_names_the_peak_the_total_and_the_live_teacher(ti
     teacher suggests the teacher-output cache; the allocator's cache is given back."""
     from types import SimpleNamespace
 
-    from dakd.runtime.device import Speed, performance
+    from dakd.runtime import performance
+    from dakd.runtime.device import Speed
 
     emptied = []
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 70 * 2**30)
