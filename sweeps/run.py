@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from dakd.data.datasets import DataError
     from dakd.sweep.driver.interrupt import Stopped, Terminated
     from dakd.sweep.driver.plan import smoke
+    from dakd.sweep.driver.restore import TuneStateError
     from dakd.sweep.driver.run import run_sweep
     from dakd.sweep.spec.sweep_spec import SpecError, load_spec
 
@@ -105,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return stop.exit_code
+    except TuneStateError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except Stopped as stop:
         print(
             f"error: sweep {spec.name} stopped: {stop.reason}; {stop.closed} MLflow run(s) "

@@ -14,6 +14,7 @@ import math
 from dakd.config import ExperimentConfig
 from dakd.recipes.stages import error_line
 from dakd.sweep.driver.cluster import trial_resources
+from dakd.sweep.driver.restore import restore_tuner
 from dakd.sweep.remote.trial import run_trial
 from dakd.sweep.spec.context import SweepContext
 from dakd.sweep.spec.sweep_spec import SweepSpec, param_space
@@ -125,7 +126,7 @@ def tuner_for(
     )
     if previous and tune.Tuner.can_restore(previous):
         log(f"resuming {previous}")
-        return tune.Tuner.restore(previous, trainable=trainable, resume_errored=True)
+        return restore_tuner(previous, trainable)
     # a new sweep, or one killed before its trials began
     return new_tuner(spec, trainable, storage, name, context.tracking_uri, at_once)
 
