@@ -153,7 +153,7 @@ class Trainer:
         )
 
     def _evaluate(self) -> tuple[SegMetrics, SegMetrics | None]:
-        """The evaluation a run reports and stores (the weight average's when ``train.ema`` is
+        """The evaluation a run reports and stores (the weight average's when ``train.ema_decay`` is
         on), and the trained network's own when it differs (else None)."""
         trainer = self.state
         self.call("before_evaluation", trainer.model)
