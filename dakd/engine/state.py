@@ -45,10 +45,10 @@ from dakd.paradigms import LEVELS, STAGES, phase_at
 from dakd.runtime.builders import build_data, build_network, spec_of, weight_average
 from dakd.runtime.device import (
     check_world,
-    resolve_device,
     seed_everything,
     set_threads,
     speed_settings,
+    training_device,
 )
 from dakd.runtime.distributed import current_world
 from dakd.teacher.outputs import TeacherOutputs
@@ -75,7 +75,7 @@ class TrainState:
         self.stage = STAGES[cfg.stage]
         self.world = world = current_world()
         check_world(cfg, world)
-        self.device = device or resolve_device(cfg.train.device, world)
+        self.device = device or training_device(cfg.train.device, world)
         set_threads(cfg.train.threads)
         self.speed, notices = speed_settings(cfg.train, self.device, world)
         seed_everything(cfg.seed, self.speed.deterministic)

@@ -17,7 +17,7 @@ from dakd.data.labels import CLASS_NAMES
 from dakd.data.loader import eval_batches
 from dakd.evaluation.segmentation import SegMetrics, evaluate
 from dakd.runtime.builders import network_from_checkpoint, val_dataset
-from dakd.runtime.device import resolve_device
+from dakd.runtime.device import training_device
 from dakd.runtime.distributed import World, current_world
 from dakd.runtime.performance import TIMING_KEYS
 
@@ -79,5 +79,5 @@ def evaluate_checkpoint(path, overrides: dict[str, Any] | None = None):
     stored = current_tree(state["config"], note=False)
     base = {**stored, "stage": "source_only", "init": "", "teacher": ""}
     cfg = from_dict(base, overrides or {})
-    device = resolve_device(cfg.train.device)
+    device = training_device(cfg.train.device)
     return cfg, state["network"], evaluate_on(model.to(device), val_dataset(cfg), cfg, device)

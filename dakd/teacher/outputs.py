@@ -30,9 +30,9 @@ from dakd.runtime.builders import build_network, load_teacher, spec_of, training
 from dakd.runtime.device import (
     Speed,
     hold_in_amp_dtype,
-    resolve_device,
     set_threads,
     speed_settings,
+    training_device,
 )
 from dakd.runtime.distributed import World, current_world
 from dakd.teacher import cache as tcache
@@ -195,7 +195,7 @@ def _resolve_cache_inputs(cfg: ExperimentConfig, role: str) -> CacheInputs:
     """The :class:`CacheInputs` of ``role``'s domain in a run of ``cfg`` in this process (torch's
     thread count set as the run sets it: on CPU it enters the key)."""
     world = current_world()
-    device = resolve_device(cfg.train.device, world)
+    device = training_device(cfg.train.device, world)
     set_threads(cfg.train.threads)
     speed, _ = speed_settings(cfg.train, device, world)
     dataset = training_dataset(cfg, role)

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from dakd.config import ExperimentConfig
 from dakd.evaluation.deploy import DEPLOY_METRICS
-from dakd.tracking.pareto import best_under, front_table, plot_pareto
-from dakd.tracking.pareto import front_rows as pareto_rows
+from dakd.tracking.pareto import best_under, front_table, nondominated_rows, plot_pareto
 
 if TYPE_CHECKING:
     from dakd.sweep.spec.sweep_spec import SweepSpec
@@ -56,10 +55,10 @@ def _candidates(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r["status"] == "done"]
 
 
-def front_rows(rows: list[dict[str, Any]], spec: SweepSpec) -> list[dict[str, Any]]:
+def trials_on_front(rows: list[dict[str, Any]], spec: SweepSpec) -> list[dict[str, Any]]:
     """The finished rows on the Pareto front of ``spec``'s objectives, the first minimised
     objective ascending (memory, say), else the first objective best first."""
-    return list(pareto_rows(_candidates(rows), spec.tune.objectives, spec.tune.modes))
+    return list(nondominated_rows(_candidates(rows), spec.tune.objectives, spec.tune.modes))
 
 
 def _table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
