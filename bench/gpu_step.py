@@ -70,8 +70,7 @@ from dakd.runtime.builders import build_network, prefetch_depth, spec_of  # noqa
 from dakd.runtime.device import speed_settings, training_device  # noqa: E402
 from dakd.runtime.distributed import current_world  # noqa: E402
 from dakd.runtime.step_times import SETTINGS as SPEED_SETTINGS  # noqa: E402
-from dakd.runtime.step_times import StepTime, recipe_of, record  # noqa: E402
-from dakd.runtime.step_times import overrides as setting_overrides  # noqa: E402
+from dakd.runtime.step_times import StepTime, recipe_of, record, setting_overrides  # noqa: E402
 from tests import realdata  # noqa: E402  (the fixture-tree writers of the test suite)
 
 #: The real datasets' file sizes (H, W) and the val images written per tree.

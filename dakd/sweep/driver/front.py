@@ -27,7 +27,7 @@ SweepResult = Any
 COLUMNS = ("label", "paradigm", "miou", "peak_memory_mb", "latency_ms", "params_m", "gflops")
 
 
-def short_label(cfg: ExperimentConfig) -> str:
+def student_label(cfg: ExperimentConfig) -> str:
     """A trial's student in a few characters, for plots: ``D22 w0.125 os2 o+f``."""
     model = cfg.models.student
     name = model.name.replace("drn_d_", "D")
@@ -46,7 +46,7 @@ def figures_of(spec: SweepSpec, cfg: ExperimentConfig | None, metrics: dict) -> 
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[name] = float(value)
     if cfg is not None:
-        out["short_label"] = short_label(cfg)
+        out["short_label"] = student_label(cfg)
         out["paradigm"] = cfg.paradigm if cfg.stage == "dakd" else cfg.stage
     return out
 
