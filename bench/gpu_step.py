@@ -67,11 +67,10 @@ from dakd.data.loader import DEVICE_KEYS  # noqa: E402
 from dakd.engine.state import TrainState  # noqa: E402
 from dakd.models import checkpoint as ckpt  # noqa: E402
 from dakd.runtime.builders import build_network, prefetch_depth, spec_of  # noqa: E402
-from dakd.runtime.device import resolve_device, speed_settings  # noqa: E402
+from dakd.runtime.device import speed_settings, training_device  # noqa: E402
 from dakd.runtime.distributed import current_world  # noqa: E402
 from dakd.runtime.step_times import SETTINGS as SPEED_SETTINGS  # noqa: E402
-from dakd.runtime.step_times import StepTime, recipe_of, record  # noqa: E402
-from dakd.runtime.step_times import overrides as setting_overrides  # noqa: E402
+from dakd.runtime.step_times import StepTime, recipe_of, record, setting_overrides  # noqa: E402
 from tests import realdata  # noqa: E402  (the fixture-tree writers of the test suite)
 
 #: The real datasets' file sizes (H, W) and the val images written per tree.
@@ -275,7 +274,7 @@ def measure_setting(job: dict) -> dict:
     live_cfg = load_config(job["config"], [*job["overrides"], "teacher_cache.mode=off"])
     cached_cfg = load_config(job["config"], [*job["overrides"], "teacher_cache.mode=on"])
     world = current_world()
-    device = resolve_device(live_cfg.train.device, world)
+    device = training_device(live_cfg.train.device, world)
     speed, notices = speed_settings(live_cfg.train, device, world)
     warm = max(job["warmup"], 3 if speed.compile else 1)
     live = TrainState(live_cfg)

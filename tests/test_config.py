@@ -1,8 +1,18 @@
 """The config tree: YAML, dotted overrides, and errors that name the key."""
 
+from pathlib import Path
+
 import pytest
 
-from dakd.config import ConfigError, ExperimentConfig, from_dict, load_config, parse_override
+from dakd.config import (
+    ConfigError,
+    ExperimentConfig,
+    current_tree,
+    from_dict,
+    load_config,
+    parse_override,
+    renamed,
+)
 
 
 def test_defaults_are_the_paper_weights():
@@ -202,3 +212,67 @@ def test_the_vocabulary_has_one_home():
     assert all(paradigm_phases(p) for p in PARADIGMS)
     with pytest.raises(ConfigError, match=r"^stage: 'x' is not one of source_only, oracle, "):
         from_dict({"stage": "x"})
+
+
+# -- keys renamed since runs were first stored -------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED = ROOT / "configs" / "embedded.yaml"
+OLD_AND_NEW = {
+    "old": ("train.precise_bn", "train.ema"),
+    "current": ("train.precise_bn_images", "train.ema_decay"),
+}
+
+
+@pytest.fixture
+def notes(monkeypatch, capsys):
+    """``notes()`` -> the ``note:`` lines on stderr so far; every old name is noted afresh
+    (once per process otherwise)."""
+    monkeypatch.setattr(renamed, "_NOTED", set())
+    capsys.readouterr()
+    return lambda: [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+
+
+@pytest.mark.parametrize("names", list(OLD_AND_NEW))
+def test_a_rename_keeps_the_fingerprints_of_stored_stages(names, monkeypatch):
+    """The fingerprints stored stages were keyed by before ``train.precise_bn`` and
+    ``train.ema`` were renamed (recorded then), under either name. A new scene renderer or
+    shipped weight file is other data, so other stages: only such a change may move them."""
+    monkeypatch.chdir(ROOT)  # the shipped weights by the relative paths the config names
+    images, decay = OLD_AND_NEW[names]
+    assert ExperimentConfig().fingerprint() == "88eaeb9f72aa"
+    assert load_config(EMBEDDED).fingerprint() == "51d5c972718c"  # precise BN on 400 images
+    off = load_config(EMBEDDED, [f"{images}=0"])
+    assert off.fingerprint() == "2d7007982bdb"
+    averaged = load_config(EMBEDDED, [f"{images}=64", f"{decay}=0.99", "train.ema_warmup=true"])
+    assert averaged.fingerprint() == "391b31f2c1b2"
+    teacher = load_config(EMBEDDED, ["stage=teacher_da", f"{decay}=0.998"])
+    assert teacher.fingerprint() == "cfe42795ff61"
+
+
+def test_old_key_names_are_read_with_one_note_each(tmp_path, notes):
+    path = tmp_path / "old.yaml"
+    path.write_text("stage: student_da\ntrain: {precise_bn: 64, ema: 0.99, steps: 7}\n")
+    cfg = load_config(path)
+    assert (cfg.train.precise_bn_images, cfg.train.ema_decay, cfg.train.steps) == (64, 0.99, 7)
+    assert load_config(path).train.ema_decay == 0.99
+    dotted = load_config(None, ["stage=student_da", "train.ema=0.5"])
+    assert dotted.train.ema_decay == 0.5
+    section = from_dict({"stage": "student_da"}, {"train": {"ema": 0.25}})
+    assert section.train.ema_decay == 0.25
+    assert notes() == [
+        "note: train.precise_bn is now train.precise_bn_images; the old name is still read for now",
+        "note: train.ema is now train.ema_decay; the old name is still read for now",
+    ]
+    assert load_config(path, ["train.ema_decay=0.9"]).train.ema_decay == 0.9  # the override wins
+    with pytest.raises(ConfigError, match=r"^train\.ema: renamed train\.ema_decay, which is set"):
+        from_dict({"stage": "student_da", "train": {"ema": 0.9, "ema_decay": 0.9}})
+
+
+def test_configs_stored_under_old_names_are_read_without_a_note(notes):
+    stored = {"stage": "teacher_da", "train": {"precise_bn": 400, "ema": 0.998, "steps": 600}}
+    assert current_tree(stored, note=False) == {
+        "stage": "teacher_da",
+        "train": {"precise_bn_images": 400, "ema_decay": 0.998, "steps": 600},
+    }
+    assert notes() == []

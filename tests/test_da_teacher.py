@@ -19,7 +19,7 @@ from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = ROOT / "configs" / "embedded.yaml"
-SMALL = ["train.steps=4", "train.eval_interval=2", "train.precise_bn=4"]
+SMALL = ["train.steps=4", "train.eval_interval=2", "train.precise_bn_images=4"]
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_the_command_reproduces_resumes_and_records(tiny_config, tmp_path):
     assert entry["domains"] == ["game", "city"] and entry["threads"] == 1
     assert [row["step"] for row in entry["history"]] == [2, 4]
     assert all({"miou", "raw/miou"} <= set(row) for row in entry["history"])  # averaged and raw
-    assert entry["recipe"]["train.ema"] > 0
+    assert entry["recipe"]["train.ema_decay"] > 0
     assert entry["first_steps"]["steps"] == CHECK_STEPS
     # float16 on disk, the averaged weights of the run, loadable as a teacher
     state = ckpt.load(path)

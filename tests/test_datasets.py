@@ -279,10 +279,10 @@ def test_training_on_real_trees_and_the_synthia_protocols(tiny, trees, monkeypat
     result = train(cfg)
     assert 0 <= result.metrics["miou"] <= 100 and "miou16" not in result.metrics
     from dakd.evaluation.panels import SEPARATOR
-    from dakd.sweep.remote.hooks import prediction_panel
+    from dakd.sweep.remote.hooks import panel_of_checkpoints
 
     # a sweep's prediction panel shows full-resolution labels at the images' size (16x32)
-    panel = prediction_panel(cfg, {"student": str(cfg.run_dir / "model.pt")})
+    panel = panel_of_checkpoints(cfg, {"student": str(cfg.run_dir / "model.pt")})
     assert panel.shape[1] == 3 * 32 + 2 * SEPARATOR
     synthia = train(_real(tiny, data__source="synthia", train__steps=2, name="syn"))
     # the protocols by hand from the confusion matrix: IoU per class (rows: ground truth), the

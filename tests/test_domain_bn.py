@@ -186,7 +186,7 @@ def _bn_buffers(model):
 
 
 def test_precise_bn_stores_the_target_statistics_of_the_final_weights(tiny):
-    """With train.precise_bn the stored target statistics are those of the final weights on
+    """With train.precise_bn_images the stored target statistics are those of the final weights on
     target images: re-estimating them on other target-train images changes the evaluation by
     at most 1 mIoU and the statistics by sampling noise, while blended running averages (the
     behaviour before bn_stats existed) are far from them. Training itself is unchanged."""
@@ -201,7 +201,7 @@ def test_precise_bn_stores_the_target_statistics_of_the_final_weights(tiny):
         "data__val_batch_size": 20,
     }
     runs = {
-        "precise": tiny("student_da", name="precise", train__precise_bn=64, **common),
+        "precise": tiny("student_da", name="precise", train__precise_bn_images=64, **common),
         "plain": tiny("student_da", name="plain", **common),
         "blended": tiny("student_da", name="blended", train__bn_stats="blended", **common),
     }

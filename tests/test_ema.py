@@ -1,4 +1,4 @@
-"""The weight average (``train.ema``): the averaged weights against an exponential moving
+"""The weight average (``train.ema_decay``): the averaged weights against an exponential moving
 average computed by hand from the raw weights of every step, exact resume, what is reported
 and stored, and a run without it unchanged."""
 
@@ -34,7 +34,7 @@ def test_averaged_weights_equal_an_ema_computed_by_hand(tiny, monkeypatch):
     with get_ema_multi_avg_fn); the final model.pt holds them, last.pt the raw weights."""
     decay = 0.75
     raw_after_step = _record_raw_weights(monkeypatch)
-    cfg = tiny("teacher_da", train__ema=decay, train__precise_bn=4)
+    cfg = tiny("teacher_da", train__ema_decay=decay, train__precise_bn_images=4)
     result = train(cfg)
     by_hand = {k: v.double() for k, v in raw_after_step[0].items()}
     for raw in raw_after_step[1:]:
@@ -53,9 +53,9 @@ def test_averaged_weights_equal_an_ema_computed_by_hand(tiny, monkeypatch):
 
 
 def test_resumed_average_equals_an_uninterrupted_one(tiny):
-    whole = tiny("student_da", name="whole", train__ema=0.9)
+    whole = tiny("student_da", name="whole", train__ema_decay=0.9)
     train(whole)
-    split = tiny("student_da", name="split", train__ema=0.9)
+    split = tiny("student_da", name="split", train__ema_decay=0.9)
     train(split, stop_after=3)
     train(split)
     a = ckpt.load(whole.run_dir / "model.pt")["model"]
@@ -66,24 +66,28 @@ def test_resumed_average_equals_an_uninterrupted_one(tiny):
 def test_a_checkpoint_without_an_average_is_refused_when_ema_is_on(tiny):
     cfg = tiny("student_da", name="plain")
     train(cfg, stop_after=1)
-    averaged = tiny("student_da", name="plain", train__ema=0.9)
+    averaged = tiny("student_da", name="plain", train__ema_decay=0.9)
     with pytest.raises(ckpt.CheckpointError, match="no weight average"):
         train(averaged)
 
 
 def test_ema_off_leaves_the_run_unchanged(tiny):
-    """``train.ema: 0`` is the behaviour from before the option, and its fingerprint too."""
+    """``train.ema_decay: 0`` is the behaviour from before the option, and its fingerprint too."""
     plain = train(tiny("student_da", name="a"))
-    off = train(tiny("student_da", name="b", train__ema=0.0))
+    off = train(tiny("student_da", name="b", train__ema_decay=0.0))
     assert plain.metrics["miou"] == off.metrics["miou"] and "raw/miou" not in off.metrics
-    assert tiny("student_da").fingerprint() == tiny("student_da", train__ema=0.0).fingerprint()
-    assert tiny("student_da").fingerprint() != tiny("student_da", train__ema=0.99).fingerprint()
+    assert (
+        tiny("student_da").fingerprint() == tiny("student_da", train__ema_decay=0.0).fingerprint()
+    )
+    assert (
+        tiny("student_da").fingerprint() != tiny("student_da", train__ema_decay=0.99).fingerprint()
+    )
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.0, 1.5])
 def test_bad_decay_is_named(tiny, value):
-    with pytest.raises(ConfigError, match="train.ema"):
-        tiny("student_da", train__ema=value)
+    with pytest.raises(ConfigError, match="train.ema_decay"):
+        tiny("student_da", train__ema_decay=value)
 
 
 def test_mean_teacher_warmup_is_the_plain_mean_until_the_decay_takes_over(tiny, monkeypatch):
@@ -91,7 +95,7 @@ def test_mean_teacher_warmup_is_the_plain_mean_until_the_decay_takes_over(tiny, 
     1/2 (the mean of the first two), then 0.4 (the decay has taken over); computed by hand."""
     decay = 0.6
     raw_after_step = _record_raw_weights(monkeypatch)
-    cfg = tiny("source_only", train__ema=decay, train__ema_warmup=True)
+    cfg = tiny("source_only", train__ema_decay=decay, train__ema_warmup=True)
     train(cfg)
     by_hand = {k: v.double() for k, v in raw_after_step[0].items()}
     for t, raw in enumerate(raw_after_step[1:], start=1):

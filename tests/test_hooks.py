@@ -93,9 +93,17 @@ def test_precise_bn_runs_before_each_network_an_evaluation_reads(tiny, monkeypat
         "before_evaluation",
         lambda self, loop, net: seen.append(net is loop.state.model),
     )
-    cfg = tiny("source_only", train__steps=2, train__eval_interval=2, train__precise_bn=4)
+    cfg = tiny("source_only", train__steps=2, train__eval_interval=2, train__precise_bn_images=4)
     train(cfg)
     assert seen == [True]
     seen.clear()
-    train(tiny("source_only", name="ema", train__steps=2, train__ema=0.9, train__precise_bn=4))
+    train(
+        tiny(
+            "source_only",
+            name="ema",
+            train__steps=2,
+            train__ema_decay=0.9,
+            train__precise_bn_images=4,
+        )
+    )
     assert seen == [True, False]

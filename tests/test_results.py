@@ -14,8 +14,10 @@ One store for the whole file (module fixture), four experiments:
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import itertools
+import json
 import math
 import statistics
 import subprocess
@@ -33,7 +35,14 @@ from dakd.config import ExperimentConfig
 from dakd.data.labels import CLASS_NAMES
 from dakd.tracking.drawing import PARADIGM_COLOURS
 from dakd.tracking.groups import aggregate, dakd_groups
-from dakd.tracking.load import AnalysisError, load_runs, row_name, select, write_runs
+from dakd.tracking.load import (
+    BOOKKEEPING_PARAMS,
+    AnalysisError,
+    load_runs,
+    row_name,
+    select,
+    write_runs,
+)
 from dakd.tracking.locations import default_uri
 from dakd.tracking.plots import make_plots, parameters_figure, sensitivity_figure
 from dakd.tracking.report import log_sweep_analysis
@@ -307,6 +316,45 @@ def test_stages_recorded_by_an_earlier_sweep_are_linked(store):
     table = build_tables(aggregate(runs))[0]
     dakd = table.data.to_pylist()[-1]
     assert dakd["row"] == "DAKD (c)" and dakd["delta_miou"] == pytest.approx(12.5 - 10.0)
+
+
+def test_runs_logged_before_a_key_was_renamed_are_the_same_configuration(tmp_path):
+    """A run logged with ``train.ema``/``train.precise_bn`` and one logged with their current
+    names, the same config otherwise: one group, read under the current names, its ``config``
+    the hash the old run always had (its params as logged, bookkeeping aside, and its row)."""
+    uri = default_uri(tmp_path / "runs")
+    experiment = prepare(uri, "renamed")
+    parent = _parent(uri, experiment, "sweep renamed")
+    current = {
+        **BASE,
+        "stage": "student_da",
+        "train.ema_decay": 0.99,
+        "train.precise_bn_images": 64,
+    }
+    old = {
+        k: v for k, v in current.items() if k not in ("train.ema_decay", "train.precise_bn_images")
+    }
+    old.update({"train.ema": 0.99, "train.precise_bn": 64})
+    for seed, (params, miou) in enumerate([(old, 10.0), (current, 12.0)]):
+        name = f"student seed={seed}"
+        logger = RunLogger(
+            uri, experiment, run_name=name, parent_run_id=parent, tags={"stage": "student_da"}
+        )
+        logger.log_params({**params, "name": name, "seed": seed})
+        logger.log_metrics(_metrics(miou, 2), step=2)
+        logger.finish("FINISHED")
+    runs = load_runs(select(uri, "renamed", parent))
+    assert "params.train.ema" not in runs.column_names
+    assert "params.train.precise_bn" not in runs.column_names
+    rows = runs.to_pylist()
+    assert [(r["params.train.ema_decay"], r["params.train.precise_bn_images"]) for r in rows] == [
+        ("0.99", "64")
+    ] * 2
+    logged = {k: str(v) for k, v in old.items() if k not in BOOKKEEPING_PARAMS}
+    text = json.dumps({**logged, "row": "student-DA"}, sort_keys=True)
+    assert {r["config"] for r in rows} == {hashlib.sha256(text.encode()).hexdigest()[:12]}
+    (group,) = aggregate(runs).to_pylist()
+    assert (group["n"], group["miou_mean"]) == (2, 11.0)
 
 
 # -- aggregation ---------------------------------------------------------------------------------

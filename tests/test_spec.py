@@ -9,6 +9,7 @@ import yaml
 from ray import tune
 from ray.tune.search.sample import Categorical, Float, Integer, Quantized
 
+from dakd.config import renamed
 from dakd.sweep.spec.sweep_spec import (
     Distribution,
     SpecError,
@@ -646,3 +647,41 @@ def test_points_to_evaluate_need_optuna_and_a_list(write):
     with pytest.raises(SpecError, match=r"tune\.points_to_evaluate: expected a non-empty list"):
         load_spec(write(_searched(points_to_evaluate=[])))
     assert load_spec(write(_searched(points_to_evaluate=None))).tune.points_to_evaluate == []
+
+
+def test_old_key_names_in_a_spec_are_read_with_one_note_each(write, tmp_path, monkeypatch, capsys):
+    """A spec that still writes ``train.precise_bn`` and ``train.ema`` (in its base file, its
+    experiment, stages and search sections and a ``--set``) gives what the current names give,
+    with one note per old name."""
+    monkeypatch.setattr(renamed, "_NOTED", set())
+    (tmp_path / "configs" / "old.yaml").write_text("train: {steps: 10, precise_bn: 16}\n")
+    axes = {
+        "train.ema": {"choice": [0.0, 0.99]},
+        "schedule": {
+            "choice": [{"train.precise_bn": 8, "train.steps": 4}, {"train": {"precise_bn": 0}}]
+        },
+    }
+    experiment = {"base": "../configs/old.yaml", "stage": "student_da", "train.ema": 0.5}
+    path = write(minimal(experiment=experiment, stages={"train": {"ema": 0.9}}, search=axes))
+    spec = load_spec(path)
+    assert (spec.base.train.precise_bn_images, spec.base.train.ema_decay) == (16, 0.5)
+    assert spec.stages == {"train.ema_decay": 0.9}
+    assert list(spec.search) == ["train.ema_decay", "schedule"]
+    assert spec.search["schedule"].labels() == [
+        "train.precise_bn_images=8 train.steps=4",
+        "train.precise_bn_images=0",
+    ]
+    cfg = resolve(
+        spec, {"train.ema_decay": "0.99", "schedule": "train.precise_bn_images=8 train.steps=4"}
+    )
+    assert (cfg.train.ema_decay, cfg.train.precise_bn_images, cfg.train.steps) == (0.99, 8, 4)
+    # a sweep resumed from before the rename samples the axis under its old name
+    assert trial_overrides(spec, {"train.ema": "0.99"})["train.ema_decay"] == 0.99
+    pinned = load_spec(path, ["search.train.ema=0.99"])
+    assert pinned.fixed == {"train.ema_decay": 0.99} and list(pinned.search) == ["schedule"]
+    assert pinned.base.train.ema_decay == 0.99
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert sorted(notes) == [
+        "note: train.ema is now train.ema_decay; the old name is still read for now",
+        "note: train.precise_bn is now train.precise_bn_images; the old name is still read for now",
+    ]

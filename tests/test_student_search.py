@@ -315,7 +315,7 @@ def _row(trial, miou, mem, status="done", run=""):
 def test_the_summary_prints_the_front_the_best_under_each_constraint_and_the_infeasible(
     spec_file,
 ):
-    from dakd.sweep.driver.front import front_markdown, front_rows
+    from dakd.sweep.driver.front import front_markdown, trials_on_front
     from dakd.sweep.driver.summary import SweepResult, headline_metrics, table_view
 
     spec = load_spec(spec_file(SEARCH))
@@ -328,7 +328,7 @@ def test_the_summary_prints_the_front_the_best_under_each_constraint_and_the_inf
         _row("failed", 50.0, 10.0, status="error"),  # never on the front
         {**_row("huge", float("nan"), 900.0, status="infeasible"), "miou": None},
     ]
-    front = front_rows(rows, spec)
+    front = trials_on_front(rows, spec)
     assert [r["trial"] for r in front] == ["small", "mid", "big"]
     result = SweepResult("ray", "parent", "uri", rows, {}, errors=1, front=front)
     text = "\n".join(front_markdown(result, spec))

@@ -323,14 +323,14 @@ def test_the_sweep_plans_caches_by_the_config_keys_the_cache_key_reads(stages):
     agree on it share a key whatever else differs; each compute key it lists changes the key."""
     from dakd.config import from_dict
     from dakd.runtime.builders import training_dataset
-    from dakd.runtime.device import resolve_device, speed_settings
+    from dakd.runtime.device import speed_settings, training_device
     from dakd.runtime.distributed import current_world
     from dakd.teacher.outputs import cache_setting, cache_spec
 
     base = stages("keyed", teacher_cache__mode="on")
 
     def key(cfg, role="source"):
-        device = resolve_device(cfg.train.device)
+        device = training_device(cfg.train.device)
         speed, _ = speed_settings(cfg.train, device, current_world())
         return cache_spec(cfg, training_dataset(cfg, role), role, device, speed).key
 

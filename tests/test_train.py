@@ -287,14 +287,14 @@ def test_cuda_without_cuda_is_a_config_error_before_any_work(tiny, monkeypatch, 
 
 def test_a_gpu_index_past_the_last_gpu_names_the_count(monkeypatch):
     from dakd.config import ConfigError
-    from dakd.runtime.device import resolve_device
+    from dakd.runtime.device import training_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(ConfigError, match=r"'cuda:2' but torch sees 2 CUDA devices \(cuda:0 to"):
-        resolve_device("cuda:2")
+        training_device("cuda:2")
     with pytest.raises(ConfigError, match="'cuda:x' is not a device"):
-        resolve_device("cuda:x")
+        training_device("cuda:x")
 
 
 def _oom(self):
@@ -346,7 +346,7 @@ def test_out_of_memory_on_a_gpu_names_the_peak_the_total_and_the_live_teacher(ti
         teacher=object(),
         speed=Speed(amp_dtype=torch.bfloat16),  # bf16 on, channels_last off (as resolved)
     )
-    message = str(performance.out_of_memory(cfg, trainer, "step 7"))
+    message = str(performance.out_of_memory_error(cfg, trainer, "step 7"))
     assert emptied
     assert message.startswith(
         "out of memory on cuda:1 in step 7, peak 71680 MiB allocated by this process of the "

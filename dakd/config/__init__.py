@@ -11,6 +11,8 @@ values, and the experiment what spans sections.
   teacher-output cache.
 * :mod:`dakd.config.experiment`: the whole tree, its fingerprint, :func:`from_dict` and
   :func:`load_config`.
+* :mod:`dakd.config.renamed`: keys renamed since runs were first stored, still read under
+  their old names.
 
 The vocabulary the checks use (stages, paradigms, levels, ``auto``) lives in
 :mod:`dakd.paradigms`.
@@ -40,6 +42,7 @@ from dakd.config.experiment import (
     shipped_content,
     validate,
 )
+from dakd.config.renamed import RENAMED_KEYS, current_key, current_tree, stored_names
 from dakd.config.sections import (
     AMP_MODES,
     BN_MODES,
@@ -57,6 +60,7 @@ __all__ = [
     "BN_MODES",
     "DATASETS",
     "FINGERPRINT_NEUTRAL",
+    "RENAMED_KEYS",
     "SCENARIOS",
     "ConfigError",
     "DataConfig",
@@ -70,6 +74,8 @@ __all__ = [
     "TrainConfig",
     "build",
     "coerce",
+    "current_key",
+    "current_tree",
     "fail",
     "flatten",
     "from_dict",
@@ -82,6 +88,7 @@ __all__ = [
     "require",
     "set_dotted",
     "shipped_content",
+    "stored_names",
     "validate",
     "within",
 ]

@@ -21,6 +21,7 @@ from dakd.config.build import (
     set_dotted,
 )
 from dakd.config.data import DataConfig
+from dakd.config.renamed import current_key, current_tree, stored_names
 from dakd.config.sections import (
     DistillConfig,
     LossConfig,
@@ -41,7 +42,7 @@ FINGERPRINT_NEUTRAL = {
     "train.compile": False,
     "train.cudnn_benchmark": False,
     "train.sync_bn": False,
-    "train.ema": 0.0,
+    "train.ema_decay": 0.0,
     "train.ema_warmup": False,
     "distill.resolution": "image",
     "models.teacher.pretrained": "",
@@ -147,7 +148,9 @@ class ExperimentConfig:
         stage). Backbone weight files enter by their content's sha256 (shipped ones through their
         manifest, others through the digest remembered beside them: :mod:`dakd.config.weights`),
         so a clone at another path, or another node of a cluster, finds the same stages; a
-        weights file that is not there (yet) by its absolute path.
+        weights file that is not there (yet) by its absolute path. Renamed keys enter under
+        their old names (:data:`dakd.config.renamed.RENAMED_KEYS`), so a rename finds the stages
+        stored before it.
         """
         flat = {
             k: FINGERPRINT_AUTO[k] if k in FINGERPRINT_AUTO and v == AUTO else v
@@ -178,6 +181,7 @@ class ExperimentConfig:
                     flat[key] = shipped
                 elif key.endswith("pretrained"):
                     flat[key] = weights_identity(value)
+        flat = stored_names(flat)
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 
     # -- checks -------------------------------------------------------------------------------
@@ -247,12 +251,16 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
 def from_dict(
     data: dict[str, Any] | None, overrides: dict[str, Any] | None = None
 ) -> ExperimentConfig:
-    """Build and validate a config from nested plain data plus ``{dotted.key: value}`` overrides."""
+    """Build and validate a config from nested plain data plus ``{dotted.key: value}`` overrides.
+    Keys renamed since (:mod:`dakd.config.renamed`) are read under their old names too, with a
+    note."""
     tree = json.loads(json.dumps(data or {}))  # a deep, plain copy
     if not isinstance(tree, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}")
+    tree = current_tree(tree)
     for key, value in (overrides or {}).items():
-        set_dotted(tree, key, value)
+        key = current_key(key)
+        set_dotted(tree, key, current_tree(value, key + ".") if isinstance(value, dict) else value)
     return validate(build(ExperimentConfig, tree))
 
 

@@ -253,21 +253,24 @@ class TrainConfig:
     with the target pair, and the frozen teacher predicts on each domain with that domain's
     pair), ``target`` (only target batches update them) or ``blended`` (every batch: plain
     PyTorch, which evaluates the target with a mixture of both domains' statistics).
-    ``precise_bn``: before each evaluation, re-estimate those statistics with the current
-    weights from this many training images per pair (0: off, the running averages are used as
-    they are); see ``TrainState.precise_bn``.
-    ``ema``: decay of an exponential moving average of the trained network's weights (0: off;
-    e.g. 0.998, a window of about 500 steps). When on, evaluations, reports and the final
+    ``precise_bn_images``: before each evaluation, re-estimate those statistics with the
+    current weights from this many training images per pair (0: off, the running averages are
+    used as they are); see ``dakd.engine.hooks.PreciseBN``.
+    ``ema_decay``: decay of an exponential moving average of the trained network's weights (0:
+    off; e.g. 0.998, a window of about 500 steps). When on, evaluations, reports and the final
     ``model.pt`` use the averaged weights (their BatchNorm statistics are the raw network's,
-    re-estimated for the averaged weights when ``precise_bn`` is on); the raw weights are
+    re-estimated for the averaged weights when ``precise_bn_images`` is on); the raw weights are
     still evaluated and reported as ``raw/miou`` and ``raw/pixel_acc``. Training itself never
     reads the average, so the trajectory of the raw weights is unchanged. Adversarial
     alignment swings by a few mIoU from one evaluation to the next; the average does not (the
     mean teacher of UDA self-training frameworks, Polyak averaging).
     ``ema_warmup``: ramp the decay up as the mean teacher does (Tarvainen & Valpola, 2017;
-    DAFormer): the t-th update uses min(ema, 1 - 1/(t + 1)), an exact mean of the weights so
-    far until that reaches ``ema``; so the first step's weights (the random heads of a
-    pretrained start) keep a share of 1/t instead of ema^t (0.30 after 600 steps at 0.998).
+    DAFormer): the t-th update uses min(ema_decay, 1 - 1/(t + 1)), an exact mean of the
+    weights so far until that reaches ``ema_decay``; so the first step's weights (the random
+    heads of a pretrained start) keep a share of 1/t instead of ema_decay^t (0.30 after 600
+    steps at 0.998).
+    ``precise_bn_images`` and ``ema_decay`` were ``precise_bn`` and ``ema`` in earlier versions;
+    the old names are still read for now (``dakd.config.renamed``).
     """
 
     steps: int = 1000
@@ -283,8 +286,8 @@ class TrainConfig:
     cudnn_benchmark: bool | str = "auto"
     sync_bn: bool = False
     bn_stats: str = "domain"
-    precise_bn: int = 0
-    ema: float = 0.0
+    precise_bn_images: int = 0
+    ema_decay: float = 0.0
     ema_warmup: bool = False
 
     def check(self) -> None:
@@ -296,8 +299,12 @@ class TrainConfig:
             "train.device",
             "must be auto, cpu, cuda or cuda:N",
         )
-        require(self.precise_bn >= 0, "train.precise_bn", "must be >= 0 (0: off)")
-        require(0.0 <= self.ema < 1.0, "train.ema", "must be in [0, 1) (0: off; e.g. 0.998)")
+        require(self.precise_bn_images >= 0, "train.precise_bn_images", "must be >= 0 (0: off)")
+        require(
+            0.0 <= self.ema_decay < 1.0,
+            "train.ema_decay",
+            "must be in [0, 1) (0: off; e.g. 0.998)",
+        )
         require(self.threads >= 0, "train.threads", "must be >= 0 (0 = torch's default)")
         require(
             self.amp in AMP_MODES, "train.amp", f"{self.amp!r} is not one of {', '.join(AMP_MODES)}"

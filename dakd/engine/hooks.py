@@ -6,7 +6,7 @@ The loop (:func:`dakd.engine.trainer.train`) calls every hook, in list order, at
 * ``before_train(loop)``: once, after a resumed state is loaded, before the first step;
 * ``after_step(loop, terms)``: after every step, with its loss terms (tensors);
 * ``before_evaluation(loop, network)``: before each network an evaluation reads (the trained
-  one, then the weight average when ``train.ema`` is on), in train mode's statistics;
+  one, then the weight average when ``train.ema_decay`` is on), in train mode's statistics;
 * ``after_evaluation(loop, metrics, checkpoint)``: after every evaluation, with its metrics and
   ``last.pt`` (None on processes other than rank 0, which alone writes files);
 * ``after_train(loop, result)``: once, when the run ends without an error;
@@ -148,7 +148,7 @@ class Progress(Hook):
 
 class PreciseBN(Hook):
     """Re-estimate the BatchNorm statistics of each evaluated network with its current weights
-    (``train.precise_bn`` training images per pair, the first ones of each split, the same on
+    (``train.precise_bn_images`` training images per pair, the first ones of each split, the same on
     every process): the pair a network is evaluated with from its evaluation domain (the target
     in stages that see both domains, else the one domain it trains on), the source pair
     (``domain`` mode) from source images, and in ``blended`` mode the one pair from both halves.
@@ -194,8 +194,8 @@ def default_hooks(cfg) -> list[Hook]:
     """What every run does besides its steps, in the order it happens at an evaluation:
     precise BN (before), then the checkpoint, the metrics file and the progress bar."""
     hooks: list[Hook] = [Checkpointer(), MetricsFile(), Progress()]
-    if cfg.train.precise_bn:
-        hooks.insert(0, PreciseBN(cfg.train.precise_bn))
+    if cfg.train.precise_bn_images:
+        hooks.insert(0, PreciseBN(cfg.train.precise_bn_images))
     return hooks
 
 

@@ -45,10 +45,10 @@ from dakd.paradigms import LEVELS, STAGES, phase_at
 from dakd.runtime.builders import build_data, build_network, spec_of, weight_average
 from dakd.runtime.device import (
     check_world,
-    resolve_device,
     seed_everything,
     set_threads,
     speed_settings,
+    training_device,
 )
 from dakd.runtime.distributed import current_world
 from dakd.teacher.outputs import TeacherOutputs
@@ -75,7 +75,7 @@ class TrainState:
         self.stage = STAGES[cfg.stage]
         self.world = world = current_world()
         check_world(cfg, world)
-        self.device = device or resolve_device(cfg.train.device, world)
+        self.device = device or training_device(cfg.train.device, world)
         set_threads(cfg.train.threads)
         self.speed, notices = speed_settings(cfg.train, self.device, world)
         seed_everything(cfg.seed, self.speed.deterministic)
@@ -372,7 +372,7 @@ class TrainState:
         return evaluate_on(network, self.val, self.cfg, self.device, self.world)
 
     def averaged(self) -> torch.nn.Module:
-        """The weight average (``train.ema``) with the trained network's BatchNorm statistics
+        """The weight average (``train.ema_decay``) with the trained network's BatchNorm statistics
         (an average of weights has none of its own; precise BN re-estimates them when on)."""
         averaged = self.ema.module
         with torch.no_grad():
@@ -381,7 +381,7 @@ class TrainState:
         return averaged
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The weights later stages load: the average when ``train.ema`` is on."""
+        """The weights later stages load: the average when ``train.ema_decay`` is on."""
         return (self.model if self.ema is None else self.ema.module).state_dict()
 
     def state_dict(self) -> dict[str, Any]:
@@ -419,7 +419,7 @@ class TrainState:
         if self.ema is not None:
             if "ema" not in state:
                 raise ckpt.CheckpointError(
-                    f"checkpoint {path} has no weight average, but train.ema is on"
+                    f"checkpoint {path} has no weight average, but train.ema_decay is on"
                 )
             self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])

@@ -37,7 +37,7 @@ from dakd.models import checkpoint as ckpt
 from dakd.paradigms import AUTO
 from dakd.runtime.device import check_device
 from dakd.runtime.distributed import World
-from dakd.runtime.performance import TIMING_KEYS, OutOfMemory, StepMeter, out_of_memory
+from dakd.runtime.performance import TIMING_KEYS, OutOfMemory, StepMeter, out_of_memory_error
 
 
 @dataclass
@@ -118,7 +118,7 @@ class Trainer:
             try:
                 terms = meter.step(trainer.train_step)
             except torch.cuda.OutOfMemoryError as error:
-                raise out_of_memory(self.cfg, trainer, f"step {trainer.step}") from error
+                raise out_of_memory_error(self.cfg, trainer, f"step {trainer.step}") from error
             for k, v in terms.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             self.pending_steps += 1
@@ -129,7 +129,7 @@ class Trainer:
                     evaluation, raw = self._evaluate()
                 except torch.cuda.OutOfMemoryError as error:
                     where = f"the evaluation at step {trainer.step}"
-                    raise out_of_memory(self.cfg, trainer, where) from error
+                    raise out_of_memory_error(self.cfg, trainer, where) from error
                 meter.reset()
                 metrics = {
                     "step": trainer.step,
@@ -153,7 +153,7 @@ class Trainer:
         )
 
     def _evaluate(self) -> tuple[SegMetrics, SegMetrics | None]:
-        """The evaluation a run reports and stores (the weight average's when ``train.ema`` is
+        """The evaluation a run reports and stores (the weight average's when ``train.ema_decay`` is
         on), and the trained network's own when it differs (else None)."""
         trainer = self.state
         self.call("before_evaluation", trainer.model)

@@ -182,8 +182,9 @@ def check_size(model_cfg: ModelConfig, size) -> None:
             )
 
 
-def resolve_device(name: str) -> torch.device:
-    """``deploy.device`` as a torch device; CUDA that is not there is a :class:`DeployError`."""
+def deploy_device(name: str) -> torch.device:
+    """``deploy.device`` as the torch device a student's deployment figures are measured on;
+    CUDA that is not there is a :class:`DeployError`."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -215,7 +216,7 @@ def _first_line(err: BaseException) -> str:
     return lines[0].strip() if lines else type(err).__name__
 
 
-def out_of_memory(err: BaseException) -> bool:
+def is_out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` says the device ran out of memory (CUDA's error, or the CPU allocator's
     "can't allocate memory")."""
     if isinstance(err, torch.cuda.OutOfMemoryError | MemoryError):
@@ -242,7 +243,7 @@ def _classified(where: str, device: torch.device) -> Iterator[None]:
     except DeployError:
         raise
     except Exception as err:
-        if out_of_memory(err):
+        if is_out_of_memory(err):
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             raise DeployOutOfMemory(f"{where}: out of memory ({_first_line(err)})") from err
@@ -390,7 +391,7 @@ def measure_model(model: nn.Module, settings: DeploySettings, label: str) -> Dep
     """The deployment figures of a built network (moved to the settings' device; its train or
     eval mode is restored afterwards). ``label`` names it in errors."""
     settings.check()
-    device = resolve_device(settings.device)
+    device = deploy_device(settings.device)
     where = _where(label, settings, str(device))
     was_training = model.training
     model.eval()

@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from dakd import losses
-from dakd.config import ExperimentConfig, from_dict
+from dakd.config import ExperimentConfig, current_tree, from_dict
 from dakd.data.datasets import protocols
 from dakd.data.labels import CLASS_NAMES
 from dakd.data.loader import eval_batches
 from dakd.evaluation.segmentation import SegMetrics, evaluate
 from dakd.runtime.builders import network_from_checkpoint, val_dataset
-from dakd.runtime.device import resolve_device
+from dakd.runtime.device import training_device
 from dakd.runtime.distributed import World, current_world
 from dakd.runtime.performance import TIMING_KEYS
 
@@ -75,7 +75,9 @@ def evaluate_checkpoint(path, overrides: dict[str, Any] | None = None):
     """
     model, state = network_from_checkpoint(path)
     # evaluation needs neither the teacher nor the initial weights of the run
-    base = {**state["config"], "stage": "source_only", "init": "", "teacher": ""}
+    # a stored config is read under the names it was written with (dakd.config.renamed)
+    stored = current_tree(state["config"], note=False)
+    base = {**stored, "stage": "source_only", "init": "", "teacher": ""}
     cfg = from_dict(base, overrides or {})
-    device = resolve_device(cfg.train.device)
+    device = training_device(cfg.train.device)
     return cfg, state["network"], evaluate_on(model.to(device), val_dataset(cfg), cfg, device)

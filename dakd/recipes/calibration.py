@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dakd.config import ExperimentConfig, from_dict, load_config
+from dakd.config import ExperimentConfig, current_tree, from_dict, load_config
 from dakd.recipes.calibration_targets import calibration_targets, format_targets, mean_std
 from dakd.recipes.stages import (
     dependency_config,
@@ -296,7 +296,7 @@ BN_CHECK_IMAGES = 400
 
 def bn_reestimation_check(checkpoint: str) -> tuple[float, float]:
     """(mIoU with the checkpoint's stored BatchNorm statistics, mIoU after re-estimating them
-    on target-train images, from the second half of the split, which ``train.precise_bn``
+    on target-train images, from the second half of the split, which ``train.precise_bn_images``
     does not read): equal up to noise when the stored statistics are the target's."""
     import torch
 
@@ -306,12 +306,13 @@ def bn_reestimation_check(checkpoint: str) -> tuple[float, float]:
     from dakd.runtime.builders import build_data, network_from_checkpoint
 
     model, state = network_from_checkpoint(checkpoint)
-    cfg = from_dict({**state["config"], "stage": "source_only", "init": "", "teacher": ""})
+    stored = current_tree(state["config"], note=False)  # under the names it was written with
+    cfg = from_dict({**stored, "stage": "source_only", "init": "", "teacher": ""})
     cfg.data.prefetch = 0
     device = torch.device("cpu")
     _, target, val = build_data(cfg)
     stored = evaluate_on(model, val, cfg, device).miou
-    # images from the second half of target-train: not the ones train.precise_bn used
+    # images from the second half of target-train: not the ones train.precise_bn_images used
     train_set = target.dataset
     first = len(train_set) // 2
     count = min(BN_CHECK_IMAGES, len(train_set) - first)

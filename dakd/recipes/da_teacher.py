@@ -12,7 +12,7 @@ weights at every evaluation). A spec names the file in ``teacher:``.
 
 Why an average: adversarial alignment swings by about +-2.5 mIoU from one evaluation to the
 next, so the last iterate of a teacher-DA run is a draw from that band, and a longer schedule
-alone does not help. An exponential moving average of the weights (``train.ema``, torch's
+alone does not help. An exponential moving average of the weights (``train.ema_decay``, torch's
 ``AveragedModel``) holds steady; the measurements behind the recipe are in
 ``docs/benchmark-history.md``.
 
@@ -40,7 +40,7 @@ from dakd.recipes.pretrain import machine
 RECIPE: dict[str, Any] = {
     "train.steps": 600,
     "train.eval_interval": 100,
-    "train.ema": 0.998,
+    "train.ema_decay": 0.998,
     "train.threads": 1,
     "seed": 0,
 }
@@ -65,10 +65,11 @@ def recipe_config(
 
 def _recipe_of(config: dict[str, Any]) -> dict[str, Any]:
     """A run's config less what does not decide its weights (where it writes, its progress);
-    keys added since it was written read as their defaults."""
-    from dakd.config import from_dict
+    keys added since it was written read as their defaults, keys renamed since by their
+    current names."""
+    from dakd.config import current_tree, from_dict
 
-    config = from_dict(config).to_dict()
+    config = from_dict(current_tree(config, note=False)).to_dict()
     out = {k: v for k, v in config.items() if k not in ("name", "out_dir")}
     out["train"] = {k: v for k, v in config.get("train", {}).items() if k != "progress"}
     return out

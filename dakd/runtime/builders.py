@@ -126,7 +126,7 @@ def load_teacher(cfg: ExperimentConfig, device: torch.device) -> torch.nn.Module
     return teacher.to(device)
 
 
-# -- the weight average (train.ema) --------------------------------------------------------------
+# -- the weight average (train.ema_decay) --------------------------------------------------------
 
 
 def mean_teacher_average(decay: float):
@@ -145,15 +145,15 @@ def mean_teacher_average(decay: float):
 
 
 def weight_average(cfg: ExperimentConfig, model: torch.nn.Module) -> AveragedModel | None:
-    """``train.ema``: an exponential moving average of ``model``'s weights (torch's
+    """``train.ema_decay``: an exponential moving average of ``model``'s weights (torch's
     ``AveragedModel``; its BatchNorm statistics come from the raw network at each evaluation),
     ramped up as the mean teacher's with ``train.ema_warmup``; None when off."""
-    if not cfg.train.ema:
+    if not cfg.train.ema_decay:
         return None
     average = (
-        mean_teacher_average(cfg.train.ema)
+        mean_teacher_average(cfg.train.ema_decay)
         if cfg.train.ema_warmup
-        else get_ema_multi_avg_fn(cfg.train.ema)
+        else get_ema_multi_avg_fn(cfg.train.ema_decay)
     )
     return AveragedModel(model, multi_avg_fn=average, use_buffers=False)
 

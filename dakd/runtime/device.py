@@ -50,9 +50,10 @@ def check_device(name: str) -> None:
         )
 
 
-def resolve_device(name: str, world: World | None = None) -> torch.device:
-    """``train.device`` as a torch device; data-parallel CUDA ranks use their current GPU. A
-    device torch does not see is a ConfigError (:func:`check_device`)."""
+def training_device(name: str, world: World | None = None) -> torch.device:
+    """``train.device`` as the torch device this process of a run computes on; data-parallel
+    CUDA ranks use their current GPU. A device torch does not see is a ConfigError
+    (:func:`check_device`)."""
     world = world or current_world()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

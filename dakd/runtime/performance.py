@@ -111,7 +111,7 @@ class OutOfMemory(RuntimeError):
     that lower memory, in the order to try them; the torch error is its ``__cause__``."""
 
 
-def out_of_memory(cfg, trainer, where: str) -> OutOfMemory:
+def out_of_memory_error(cfg, trainer, where: str) -> OutOfMemory:
     """The :class:`OutOfMemory` of ``trainer`` (running ``cfg``) at ``where`` (e.g. ``step
     12``), after giving back the memory torch's allocator caches."""
     device = trainer.device
@@ -167,4 +167,4 @@ def _network(model) -> str:
     return f"{model.name} w{model.width:g} os{model.output_stride}"
 
 
-__all__ = ["TIMING_KEYS", "OutOfMemory", "StepMeter", "out_of_memory"]
+__all__ = ["TIMING_KEYS", "OutOfMemory", "StepMeter", "out_of_memory_error"]

@@ -33,7 +33,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def overrides(setting: str) -> list[str]:
+def setting_overrides(setting: str) -> list[str]:
     """The ``--set`` overrides of a named setting (``train.amp=bf16``, ...)."""
     return [
         f"train.{k}={json.dumps(v) if isinstance(v, bool) else v}"

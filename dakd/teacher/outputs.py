@@ -30,9 +30,9 @@ from dakd.runtime.builders import build_network, load_teacher, spec_of, training
 from dakd.runtime.device import (
     Speed,
     hold_in_amp_dtype,
-    resolve_device,
     set_threads,
     speed_settings,
+    training_device,
 )
 from dakd.runtime.distributed import World, current_world
 from dakd.teacher import cache as tcache
@@ -178,13 +178,28 @@ def teacher_forward(cfg: ExperimentConfig, teacher, teacher_step, role: str, dev
     return forward
 
 
-def _cache_setting(cfg: ExperimentConfig, role: str):
+@dataclass(frozen=True)
+class CacheInputs:
+    """What finding or building the teacher-output cache of one domain of a run needs, resolved
+    in this process: the process world, the run's device and speed switches, the domain's
+    training images and the cache's key (``spec``)."""
+
+    world: World
+    device: torch.device
+    speed: Speed
+    dataset: Any
+    spec: tcache.CacheSpec
+
+
+def _resolve_cache_inputs(cfg: ExperimentConfig, role: str) -> CacheInputs:
+    """The :class:`CacheInputs` of ``role``'s domain in a run of ``cfg`` in this process (torch's
+    thread count set as the run sets it: on CPU it enters the key)."""
     world = current_world()
-    device = resolve_device(cfg.train.device, world)
+    device = training_device(cfg.train.device, world)
     set_threads(cfg.train.threads)
     speed, _ = speed_settings(cfg.train, device, world)
     dataset = training_dataset(cfg, role)
-    return world, device, speed, dataset, cache_spec(cfg, dataset, role, device, speed)
+    return CacheInputs(world, device, speed, dataset, cache_spec(cfg, dataset, role, device, speed))
 
 
 def _cache_summary(cached: tcache.TeacherCache, seconds: float, built: bool) -> dict[str, Any]:
@@ -202,15 +217,13 @@ def _cache_summary(cached: tcache.TeacherCache, seconds: float, built: bool) -> 
 
 def teacher_cache_folder(cfg: ExperimentConfig, role: str) -> Path:
     """Where the teacher-output cache of ``role`` for runs of ``cfg`` lives (its key's folder)."""
-    *_, spec = _cache_setting(cfg, role)
-    return Path(cfg.teacher_cache.dir) / spec.key
+    return Path(cfg.teacher_cache.dir) / _resolve_cache_inputs(cfg, role).spec.key
 
 
 def find_teacher_cache(cfg: ExperimentConfig, role: str) -> dict[str, Any] | None:
     """The summary of the complete, intact teacher-output cache for ``role`` in runs of
     ``cfg``, or None when it has to be built."""
-    *_, spec = _cache_setting(cfg, role)
-    cached = tcache.open_cache(cfg.teacher_cache.dir, spec)
+    cached = tcache.open_cache(cfg.teacher_cache.dir, _resolve_cache_inputs(cfg, role).spec)
     return None if cached is None else _cache_summary(cached, 0.0, False)
 
 
@@ -220,10 +233,11 @@ def build_teacher_cache(
     """Build (or find) the teacher-output cache of ``role``'s training images for runs of
     ``cfg`` (a DAKD config with its teacher checkpoint): what a sweep's cache stage runs.
     Returns a summary (key, folder, entries, bytes, seconds, whether it was built)."""
-    world, device, speed, dataset, spec = _cache_setting(cfg, role)
+    inputs = _resolve_cache_inputs(cfg, role)
+    device, speed = inputs.device, inputs.speed
     root = Path(cfg.teacher_cache.dir)
     tic = time.perf_counter()
-    cached = tcache.open_cache(root, spec)
+    cached = tcache.open_cache(root, inputs.spec)
     built = cached is None
     if built:
         teacher = hold_in_amp_dtype(load_teacher(cfg, device), speed)
@@ -231,8 +245,10 @@ def build_teacher_cache(
             teacher.to(memory_format=torch.channels_last)
         step = torch.compile(teacher) if speed.compile else teacher
         forward = teacher_forward(cfg, teacher, step, role, device, speed)
-        batch = max(cfg.data.batch_size // world.size, 2)
-        cached = tcache.ensure(root, spec, dataset, forward, batch, progress=progress, log=log)
+        batch = max(cfg.data.batch_size // inputs.world.size, 2)
+        cached = tcache.ensure(
+            root, inputs.spec, inputs.dataset, forward, batch, progress=progress, log=log
+        )
     return _cache_summary(cached, time.perf_counter() - tic, built)
 
 

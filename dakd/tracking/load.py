@@ -14,6 +14,10 @@ What a run is comes from its params (the flattened config) and tags:
 * ``config`` is a hash of every param except the seed and run bookkeeping
   (:data:`BOOKKEEPING_PARAMS`: names, output folders, checkpoint paths, the ``sweep.*`` copies
   of the sampled values), plus the row. Runs with the same ``config`` are one group.
+* A param whose config key was renamed since (:mod:`dakd.config.renamed`) is read under its
+  current name (``params.train.ema_decay`` for a run that logged ``train.ema``), and enters
+  ``config`` under its old one, as in stage fingerprints: runs logged before and after a rename
+  are one group, with the ``config`` they always had.
 * The same configuration and seed recorded twice (a reused stage replayed as a table row, a
   sweep run again) counts once: the newest finished record; the others are marked
   ``duplicate``.
@@ -44,6 +48,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from dakd.config.renamed import current_key, stored_names
 from dakd.paradigms import AUTO
 from dakd.tracking.store import retry_locked, search_runs
 from dakd.tracking.tags import (
@@ -198,8 +203,9 @@ def is_bookkeeping(key: str) -> bool:
 
 
 def _config_hash(params: dict[str, str], row: str) -> str:
-    """What was trained, apart from the seed: 12 hex digits."""
-    key = {k: v for k, v in params.items() if not is_bookkeeping(k)}
+    """What was trained, apart from the seed: 12 hex digits (renamed params under the names
+    they had before, so the hash of a run does not change with a rename)."""
+    key = stored_names({k: v for k, v in params.items() if not is_bookkeeping(k)})
     key["row"] = row
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -234,7 +240,8 @@ def _best_evaluation(client: MlflowClient, run: Run) -> dict[str, Any]:
 
 def _record(client: MlflowClient, run: Run, linked: bool) -> dict[str, Any]:
     """One row of :func:`load_runs`."""
-    params, tags = run.data.params, run.data.tags
+    params = {current_key(k, note=False): v for k, v in run.data.params.items()}
+    tags = run.data.tags
     stage = params.get("stage") or tags.get(STAGE)
     paradigm = (params.get("paradigm") or tags.get(PARADIGM)) if stage == "dakd" else None
     row = row_name(stage, paradigm, params.get("init"), params.get("network"))

@@ -34,7 +34,7 @@ __all__ = [
     "MODES",
     "best_under",
     "dominates",
-    "front_rows",
+    "nondominated_rows",
     "front_table",
     "pareto_figure",
     "pareto_front",
@@ -140,7 +140,7 @@ def pareto_front(points: list[Sequence[float]], modes: Sequence[str]) -> list[in
     return front
 
 
-def front_rows(
+def nondominated_rows(
     rows: Sequence[Mapping[str, Any]], objectives: Sequence[str], modes: Sequence[str]
 ) -> list[Mapping[str, Any]]:
     """The non-dominated rows, sorted by the first minimised objective ascending (else the
@@ -176,7 +176,7 @@ def front_table(
         present = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
         columns = present + [o for o in objectives if o not in present]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in front_rows(rows, objectives, modes):
+    for row in nondominated_rows(rows, objectives, modes):
         lines.append("| " + " | ".join(_cell(c, row.get(c)) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from dakd.config import ExperimentConfig
 from dakd.evaluation.deploy import DEPLOY_METRICS
-from dakd.tracking.pareto import best_under, front_table, plot_pareto
-from dakd.tracking.pareto import front_rows as pareto_rows
+from dakd.tracking.pareto import best_under, front_table, nondominated_rows, plot_pareto
 
 if TYPE_CHECKING:
     from dakd.sweep.spec.sweep_spec import SweepSpec
@@ -28,7 +27,7 @@ SweepResult = Any
 COLUMNS = ("label", "paradigm", "miou", "peak_memory_mb", "latency_ms", "params_m", "gflops")
 
 
-def short_label(cfg: ExperimentConfig) -> str:
+def student_label(cfg: ExperimentConfig) -> str:
     """A trial's student in a few characters, for plots: ``D22 w0.125 os2 o+f``."""
     model = cfg.models.student
     name = model.name.replace("drn_d_", "D")
@@ -47,7 +46,7 @@ def figures_of(spec: SweepSpec, cfg: ExperimentConfig | None, metrics: dict) -> 
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[name] = float(value)
     if cfg is not None:
-        out["short_label"] = short_label(cfg)
+        out["short_label"] = student_label(cfg)
         out["paradigm"] = cfg.paradigm if cfg.stage == "dakd" else cfg.stage
     return out
 
@@ -56,10 +55,10 @@ def _candidates(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r["status"] == "done"]
 
 
-def front_rows(rows: list[dict[str, Any]], spec: SweepSpec) -> list[dict[str, Any]]:
+def trials_on_front(rows: list[dict[str, Any]], spec: SweepSpec) -> list[dict[str, Any]]:
     """The finished rows on the Pareto front of ``spec``'s objectives, the first minimised
     objective ascending (memory, say), else the first objective best first."""
-    return list(pareto_rows(_candidates(rows), spec.tune.objectives, spec.tune.modes))
+    return list(nondominated_rows(_candidates(rows), spec.tune.objectives, spec.tune.modes))
 
 
 def _table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

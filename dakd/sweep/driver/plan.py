@@ -35,7 +35,7 @@ SMOKE = {
     "experiment.data.val_batch_size": 4,
     "experiment.data.val_size": 4,
     "experiment.data.cache_dir": "",
-    "experiment.train.precise_bn": 8,
+    "experiment.train.precise_bn_images": 8,
 }
 """What ``--smoke`` changes: a few steps on tiny crops rendered on the fly (the stages too), and
 BatchNorm statistics re-estimated from 8 images instead of hundreds (each one rendered)."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dakd.config import ConfigError
 from dakd.recipes.stages import error_line
-from dakd.sweep.driver.front import figures_of, front_markdown, front_rows
+from dakd.sweep.driver.front import figures_of, front_markdown, trials_on_front
 from dakd.sweep.spec.sweep_spec import SpecError, SweepSpec, resolve, trial_label, trial_overrides
 from dakd.tracking.locations import ui_address, ui_link
 
@@ -77,7 +77,7 @@ def summarize(grid, spec: SweepSpec, the_plan: Plan, parent_run_id: str, uri: st
     sign = -1.0 if spec.tune.primary_mode == "max" else 1.0
     rows.sort(key=lambda r: math.inf if math.isnan(r["final"]) else sign * r["final"])
     out = SweepResult(path, parent_run_id, uri, rows, baselines_of(the_plan, metric), errors)
-    out.front = front_rows(rows, spec) if spec.tune.multi else []
+    out.front = trials_on_front(rows, spec) if spec.tune.multi else []
     return out
 
 

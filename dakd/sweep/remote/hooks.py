@@ -163,9 +163,10 @@ class StageTracking(Hook):
         self.logger.finish("FAILED")
 
 
-def prediction_panel(cfg: ExperimentConfig, checkpoints: dict[str, str], count: int = 4):
-    """Image / ground truth / one column per network, on the first ``count`` target val images."""
-    from dakd.evaluation.panels import prediction_panel as panel
+def panel_of_checkpoints(cfg: ExperimentConfig, checkpoints: dict[str, str], count: int = 4):
+    """The prediction panel of the networks stored in ``checkpoints`` (column name -> path):
+    image / ground truth / one column per network, on the first ``count`` target val images."""
+    from dakd.evaluation.panels import prediction_panel
 
     val = val_dataset(cfg)
     samples = [val[i] for i in range(min(count, len(val)))]
@@ -180,7 +181,7 @@ def prediction_panel(cfg: ExperimentConfig, checkpoints: dict[str, str], count: 
             model, _ = network_from_checkpoint(path)
             logits = upsample(model.eval()(images)["output"], labels.shape[-2:])
             predictions[name] = logits.argmax(1)
-    return panel(images, labels, predictions)
+    return prediction_panel(images, labels, predictions)
 
 
 def log_final_artifacts(logger, cfg: ExperimentConfig, result, teacher: str | None) -> None:
@@ -194,5 +195,5 @@ def log_final_artifacts(logger, cfg: ExperimentConfig, result, teacher: str | No
     if result.evaluation is not None:
         columns = {"teacher": teacher} if teacher else {}
         columns["student" if cfg.stage in ("dakd", "student_da") else cfg.stage] = str(final)
-        panel = prediction_panel(cfg, columns) if final.exists() else None
+        panel = panel_of_checkpoints(cfg, columns) if final.exists() else None
         logger.log_evaluation(result.evaluation, panel=panel)

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dakd.config import ExperimentConfig, coerce, fail, require, within
+from dakd.config import ExperimentConfig, coerce, current_key, current_tree, fail, require, within
 from dakd.sweep.spec.values import (
     assignments,
     config_path,
@@ -185,6 +185,26 @@ def _fixed(axis: str, value: Any, kind: str | None) -> dict[str, Any]:
     for sub in assigned:
         require(config_path(sub) is not None, key, f"{sub!r} is not a config path")
     return assigned
+
+
+def current_axis(axis: str, value: Any) -> tuple[str, Any]:
+    """One ``search`` entry with config keys renamed since (:mod:`dakd.config.renamed`) under
+    their current names: the axis itself, and the keys of mappings it sets (a fixed mapping, or
+    the options of a choice or grid)."""
+    axis = current_key(axis)
+    prefix = f"{axis}." if config_path(axis) is not None else ""
+
+    def current(item: Any) -> Any:
+        return current_tree(item, prefix) if isinstance(item, dict) else item
+
+    if not isinstance(value, dict):
+        return axis, value
+    if not any(k in KINDS for k in value):
+        return axis, current(value)
+    return axis, {
+        kind: [current(o) for o in args] if kind in CATEGORICAL and isinstance(args, list) else args
+        for kind, args in value.items()
+    }
 
 
 def search_space(

@@ -34,6 +34,8 @@ from dakd.config import (
     ConfigError,
     ExperimentConfig,
     coerce,
+    current_key,
+    current_tree,
     fail,
     flatten,
     parse_override,
@@ -43,6 +45,7 @@ from dakd.config import (
     set_dotted,
     within,
 )
+from dakd.config.renamed import STORED_NAMES
 from dakd.paradigms import AUTO
 from dakd.sweep.spec.settings import (
     Resources,
@@ -60,6 +63,7 @@ from dakd.sweep.spec.space import (
     NAME,
     Distribution,
     check_against_tune,
+    current_axis,
     search_space,
 )
 from dakd.sweep.spec.students import check_students, deploy_settings, students_of
@@ -191,6 +195,7 @@ def _apply_overrides(raw: dict, overrides: Sequence[str]) -> tuple[dict[str, Any
             search = raw.get("search")
             search = search if isinstance(search, dict) else {}
             raw["search"] = search
+            rest, value = current_axis(rest, value)
             search[rest] = _pin(search.get(rest), value)
         else:
             node = raw.get(section)
@@ -241,8 +246,8 @@ def _experiment(raw: Any, extra: dict[str, Any], path: Path):
     if base is not None:
         base_file = _base_file(base, path)
         with within("experiment.base"):
-            tree = read_yaml(base_file)
-    assigned = {**flatten(section), **extra}
+            tree = current_tree(read_yaml(base_file))
+    assigned = {current_key(k): v for k, v in {**flatten(section), **extra}.items()}
     for key in assigned:
         require(
             config_path(key) is not None, f"experiment.{key}", "not a config key of the experiment"
@@ -288,6 +293,7 @@ def _stages(raw: Any, extra: dict[str, Any], base: ExperimentConfig) -> dict:
         raw = {k: v for k, v in raw.items() if k != "per_seed"}
     for key, value in {**flatten(raw), **extra}.items():
         for leaf, item in assignments(key, value).items():
+            leaf = current_key(leaf)
             require(config_path(leaf) is not None, f"stages.{leaf}", "not a config path")
             require(
                 leaf != "stage", "stages.stage", "the sweep picks the stage; set other keys here"
@@ -324,6 +330,8 @@ def _spec(path: Path, raw: dict, overrides: Sequence[str]) -> SweepSpec:
     for key in raw:
         require(isinstance(key, str), "", f"keys must be strings, got {key!r}")
     reject_unknown(raw, SECTIONS)
+    if isinstance(raw.get("search"), dict):  # renamed keys first, so an override finds its axis
+        raw["search"] = dict(current_axis(k, v) for k, v in raw["search"].items())
     experiment_extra, stages_extra = _apply_overrides(raw, overrides)
     name, description = _header(raw)
     base, tree, implicit, base_file, explicit = _experiment(
@@ -452,12 +460,15 @@ def _seed(spec: SweepSpec, sampled: Mapping) -> int:
 def trial_overrides(spec: SweepSpec, sampled: Mapping) -> dict[str, Any]:
     """Dotted config key -> value for one sampled Tune config: labels mapped back to values,
     mapping options expanded to their assignments, ``seed`` from ``"seed"`` or the Repeater's
-    ``"__trial_index__"`` (``tune.seeds[0]`` when neither is there). Unknown keys are ignored."""
+    ``"__trial_index__"`` (``tune.seeds[0]`` when neither is there). Unknown keys are ignored;
+    an axis renamed since the sweep began (a resumed one samples it under its old name) is read
+    under either name."""
     out: dict[str, Any] = {}
     for axis, dist in spec.search.items():
-        if axis not in sampled:
+        name = axis if axis in sampled else STORED_NAMES.get(axis, axis)
+        if name not in sampled:
             continue
-        value = _value(spec, axis, dist, sampled[axis])
+        value = _value(spec, axis, dist, sampled[name])
         out.update(assignments("" if config_path(axis) is None else axis, value))
     out["seed"] = _seed(spec, sampled)
     return out
