@@ -115,7 +115,7 @@ def test_the_student_search_on_real_data_checks_its_data_and_students(place, cap
     assert spec.base.data.scenario == "synth_to_real" and spec.resources.gpu == 1
     paper = load_spec(ROOT / "sweeps" / "synth_to_real.yaml")
     teacher_da = {"stage": "teacher_da", "teacher": "", "init": ""}
-    from dakd.sweep.spec.values import experiment_config
+    from dakd.sweep.spec.tree import experiment_config
 
     ours = experiment_config(spec.base.to_dict(), {**spec.stages, **teacher_da})
     theirs = experiment_config(paper.base.to_dict(), {**paper.stages, **teacher_da})

@@ -426,7 +426,7 @@ def test_every_spec_runs_in_smoke_mode(path, local_ray, place):
     spec, result = _smoke_sweep(path.stem, place)
     expected = len(spec.tune.seeds) * spec.tune.num_samples
     for dist in spec.search.values():
-        if dist.kind == "grid":
+        if dist.grid:
             expected *= len(dist.options)
     assert len(result.rows) == expected
     assert result.errors == 0

@@ -226,7 +226,7 @@ def _input_variants(spec: SweepSpec) -> list[dict[str, Any]]:
     every file a trial may read is checked, not only the first option's."""
     variants = grid_variants(spec)
     for axis, dist in spec.search.items():
-        if dist.kind == "choice":
+        if dist.categorical and not dist.grid:
             variants += [{**variants[0], axis: label} for label in dist.labels()[1:]]
     return variants
 
@@ -286,7 +286,7 @@ def plan_caches(spec: SweepSpec, context: SweepContext) -> list[CachePlan]:
     variants = grid_variants(spec)
     share = num_trials(spec) / max(len(variants), 1)  # trials each grid variant stands for
     searched = spec.search.get("paradigm")
-    both = searched is not None and searched.kind != "grid"
+    both = searched is not None and not searched.grid
     threads = max(1, int(spec.resources.cpu))
     plans: dict[str, CachePlan] = {}
     datasets = {}

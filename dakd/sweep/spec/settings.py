@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dakd.config import ExperimentConfig, coerce, fail, reject_unknown, require
-from dakd.sweep.spec.values import number
 
 SEARCHERS = ("grid", "random", "optuna")
 SCHEDULERS = ("fifo", "asha", "pareto")
@@ -28,6 +27,14 @@ TUNE_METRICS = ("training_iteration", "time_total_s", "time_this_iter_s")
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
 #: Storage URIs pyarrow opens for Ray Tune (a plain path is a folder).
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
+
+
+def number(value: Any, key: str) -> float:
+    """A number (ints accepted); NaN is refused too, since it passes no range check and would
+    reach Tune or a trial unnoticed."""
+    value = coerce(value, float, key)
+    require(not math.isnan(value), key, f"expected a number, got {value!r}")
+    return value
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dakd.config import ExperimentConfig, fail
 from dakd.paradigms import AUTO
 from dakd.sweep.spec.settings import section
 from dakd.sweep.spec.space import Distribution
-from dakd.sweep.spec.values import assignments, config_path
+from dakd.sweep.spec.tree import assignments, config_path
 
 
 def students_of(base: ExperimentConfig, axes: dict[str, Distribution]) -> list[tuple[str, Any]]:

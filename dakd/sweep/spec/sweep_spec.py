@@ -11,8 +11,9 @@ section's ``check``); the other sections are typed by the config's builder and c
 values (:mod:`dakd.sweep.spec.settings`); the search space is :mod:`dakd.sweep.spec.space`. Every check
 raises a ConfigError naming the key, and :func:`load_spec` adds the file, once.
 
-Options of ``choice`` and ``grid`` axes reach Tune as string *labels* (Optuna only accepts
-primitives); :func:`trial_overrides` maps a sampled config back to dotted config values, and
+Each search axis is a :class:`~dakd.sweep.spec.space.Distribution`, which knows its Tune domain
+(:func:`param_space`), the config value behind a sampled label or number and the label a trial
+name shows; :func:`trial_overrides` maps a sampled config back to dotted config values, and
 :func:`resolve` turns it into a validated :class:`~dakd.config.ExperimentConfig`.
 
 A sweep's DAKD runs build on the reused stages: a config with ``stage: dakd`` whose ``teacher``
@@ -22,10 +23,9 @@ or ``init`` is empty gets ``auto`` there (the teacher-DA / student-DA stage of t
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,24 +58,23 @@ from dakd.sweep.spec.settings import (
     tune_settings,
 )
 from dakd.sweep.spec.space import (
-    CATEGORICAL,
     KINDS,
     NAME,
     Distribution,
     check_against_tune,
     current_axis,
+    label_of,
+    pinned,
     search_space,
 )
 from dakd.sweep.spec.students import check_students, deploy_settings, students_of
-from dakd.sweep.spec.values import (
+from dakd.sweep.spec.tree import (
     EXPLICIT_EMPTY,
     assignments,
     config_path,
     experiment_config,
-    label_of,
     merged,
     plain,
-    short_label,
 )
 
 __all__ = [
@@ -196,7 +195,7 @@ def _apply_overrides(raw: dict, overrides: Sequence[str]) -> tuple[dict[str, Any
             search = search if isinstance(search, dict) else {}
             raw["search"] = search
             rest, value = current_axis(rest, value)
-            search[rest] = _pin(search.get(rest), value)
+            search[rest] = pinned(search.get(rest), value)
         else:
             node = raw.get(section)
             if node is None:
@@ -205,17 +204,6 @@ def _apply_overrides(raw: dict, overrides: Sequence[str]) -> tuple[dict[str, Any
             with within(key):
                 set_dotted(node, rest, value)
     return experiment, stages
-
-
-def _pin(current: Any, value: Any) -> Any:
-    """An override of a choice/grid axis by one of its labels pins that option's value."""
-    if isinstance(value, str) and isinstance(current, dict) and len(current) == 1:
-        (kind, options), *_ = current.items()
-        if kind in CATEGORICAL and isinstance(options, list):
-            for option in options:
-                if label_of(option) == value:
-                    return option
-    return value
 
 
 def _base_file(base: Any, path: Path) -> Path:
@@ -393,54 +381,24 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
-    """The Ray Tune ``param_space``: axis name -> Tune domain (choice/grid over labels), plus
+    """The Ray Tune ``param_space``: axis name -> its Tune domain (choice/grid over labels), plus
     ``"seed": tune.grid_search(seeds)`` for the grid and random searchers. With Optuna the seeds
     are not in the space: wrap the searcher in ``Repeater(repeat=len(seeds), set_index=True)``."""
     from ray import tune
 
-    space: dict[str, Any] = {}
-    for axis, dist in spec.search.items():
-        if dist.kind == "choice":
-            space[axis] = tune.choice(dist.labels())
-        elif dist.kind == "grid":
-            space[axis] = tune.grid_search(dist.labels())
-        elif dist.kind == "uniform":
-            space[axis] = tune.uniform(*dist.args)
-        elif dist.kind == "loguniform":
-            space[axis] = tune.loguniform(*dist.args)
-        elif dist.kind == "randint":
-            space[axis] = tune.randint(*dist.args)
-        elif dist.kind == "quniform":
-            space[axis] = tune.quniform(*dist.args)
-        else:  # pragma: no cover - load_spec admits only KINDS
-            raise SpecError(f"{spec.path}: search.{axis}: unknown distribution {dist.kind!r}")
+    space = {axis: dist.tune_domain() for axis, dist in spec.search.items()}
     if spec.tune.search != "optuna":
         space["seed"] = tune.grid_search(list(spec.tune.seeds))
     return space
 
 
-def _value(spec: SweepSpec, axis: str, dist: Distribution, sampled: Any) -> Any:
-    """The config value behind a sampled label or number."""
-    if dist.categorical:
-        for label, value in dist.options:
-            if isinstance(sampled, str) and sampled == label:
-                return json.loads(json.dumps(value))
-        for _, value in dist.options:
-            if type(sampled) is type(value) and sampled == value:
-                return json.loads(json.dumps(value))
-        raise SpecError(
-            f"{spec.path}: search.{axis}: {sampled!r} is not one of its options "
-            f"({', '.join(dist.labels())})"
-        )
-    sampled = plain(sampled)
-    if isinstance(sampled, bool) or not isinstance(sampled, int | float):
-        raise SpecError(f"{spec.path}: search.{axis}: expected a number, got {sampled!r}")
-    if dist.kind == "randint":
-        return int(sampled)
-    if dist.kind == "quniform":
-        q = dist.args[2]
-        return float(f"{round(sampled / q) * q:.12g}")
-    return float(sampled)
+def _sampled(spec: SweepSpec, axis: str, read: Callable[[Any, str], Any], sampled: Any) -> Any:
+    """``read(sampled, key)`` of an axis's distribution (its config value or label); a value
+    that is none of the axis's is a SpecError naming the file and the axis."""
+    try:
+        return read(sampled, f"search.{axis}")
+    except ConfigError as err:
+        raise SpecError(f"{spec.path}: {err}") from None
 
 
 def _seed(spec: SweepSpec, sampled: Mapping) -> int:
@@ -468,7 +426,7 @@ def trial_overrides(spec: SweepSpec, sampled: Mapping) -> dict[str, Any]:
         name = axis if axis in sampled else STORED_NAMES.get(axis, axis)
         if name not in sampled:
             continue
-        value = _value(spec, axis, dist, sampled[name])
+        value = _sampled(spec, axis, dist.config_value, sampled[name])
         out.update(assignments("" if config_path(axis) is None else axis, value))
     out["seed"] = _seed(spec, sampled)
     return out
@@ -508,11 +466,8 @@ def trial_label(spec: SweepSpec, sampled: Mapping) -> str:
     for axis, dist in spec.search.items():
         if axis not in sampled:
             continue
-        value = _value(spec, axis, dist, sampled[axis])
-        if config_path(axis) is None:
-            parts.append(label_of(value))
-        else:
-            parts.append(f"{names[axis]}={short_label(value)}")
+        label = _sampled(spec, axis, dist.label, sampled[axis])
+        parts.append(label if config_path(axis) is None else f"{names[axis]}={label}")
     parts.append(f"seed={_seed(spec, sampled)}")
     return " ".join(parts)
 
@@ -522,14 +477,14 @@ def num_trials(spec: SweepSpec) -> int:
     optuna: num_samples x seeds."""
     n = spec.tune.num_samples * len(spec.tune.seeds)
     if spec.tune.search != "optuna":
-        n *= math.prod(len(d.options) for d in spec.search.values() if d.kind == "grid")
+        n *= math.prod(len(d.options) for d in spec.search.values() if d.grid)
     return n
 
 
 def grid_variants(spec: SweepSpec) -> list[dict[str, Any]]:
     """The cartesian product of the grid axes and the seeds, as sampled-like dicts (labels and
     ``"seed"``); other axes take their first option or low bound. For ``--dry-run``."""
-    grids = {axis: d.labels() for axis, d in spec.search.items() if d.kind == "grid"}
+    grids = {axis: d.labels() for axis, d in spec.search.items() if d.grid}
     variants = []
     for combo in itertools.product(*grids.values(), spec.tune.seeds):
         chosen = dict(zip(grids, combo[:-1]))

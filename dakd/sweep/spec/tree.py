@@ -1,20 +1,15 @@
-"""Config values as a sweep handles them: dotted assignments merged into the experiment's tree
-and built with the config's own builder, and the short labels that name them.
-
-Options of ``choice`` and ``grid`` axes reach Tune as string labels (Optuna only accepts
-primitives): :func:`label_of` makes them, and trial names use :func:`short_label`.
+"""The experiment's config tree as a sweep spec writes it: dotted paths into it, assignments
+expanded leaf by leaf and merged into a plain copy, and the config built from it by the config's
+own builder (with the sweep's reading of an empty ``teacher``/``init`` in DAKD).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
-from dakd.config import ExperimentConfig, coerce, flatten, from_dict, path_kind, require, set_dotted
+from dakd.config import ExperimentConfig, from_dict, path_kind, set_dotted
 from dakd.paradigms import AUTO
 
 
@@ -22,14 +17,6 @@ def config_path(key: str) -> str | None:
     """``"leaf"``/``"section"`` when ``key`` is a dotted path into the experiment config, else
     None."""
     return path_kind(ExperimentConfig, key)
-
-
-def number(value: Any, key: str) -> float:
-    """A number (ints accepted); NaN is refused too, since it passes no range check and would
-    reach Tune or a trial unnoticed."""
-    value = coerce(value, float, key)
-    require(not math.isnan(value), key, f"expected a number, got {value!r}")
-    return value
 
 
 def assignments(key: str, value: Any) -> dict[str, Any]:
@@ -81,31 +68,3 @@ def experiment_config(tree: dict[str, Any], overrides: Mapping[str, Any] = ()) -
         if tree.get(key) == EXPLICIT_EMPTY:
             tree[key] = ""
     return from_dict(tree)
-
-
-def label_of(value: Any) -> str:
-    """A short string that names an option: ``0.1``, ``a``, ``output+feature``, ``k=v k2=v2``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return value or '""'
-    if isinstance(value, Mapping):
-        return " ".join(f"{k}={label_of(v)}" for k, v in flatten(plain(value)).items())
-    if isinstance(value, list | tuple):
-        if value and all(isinstance(v, str | int | float | bool) for v in value):
-            return "+".join(label_of(v) for v in value)
-        return yaml.safe_dump(plain(value), default_flow_style=True, width=10**6).strip()
-    return str(value)
-
-
-def short_label(value: Any) -> str:
-    """Like :func:`label_of`, floats with 3 significant digits (trial names)."""
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, list | tuple) and value and all(isinstance(v, float) for v in value):
-        return "+".join(f"{v:.3g}" for v in value)
-    return label_of(value)
