@@ -39,12 +39,14 @@ The sweep's hooks (``dakd.sweep.remote.hooks``) come after these: its system met
 before its MLflow run finishes, which comes before its last Tune report.
 
 Errors: at ``after_train`` and ``on_exception`` every hook runs even when an earlier one
-raises (none leaves a resource another one would close open). After ``after_train`` the
-first error raised there propagates (and reaches ``on_exception``); in ``on_exception`` the
-error that ended the run propagates. Each hook error that does not propagate is added to the
-one that does as a note (PEP 678's ``add_note``: which hook, at which point, and its
-traceback), so nothing is lost and the error a caller catches is the first. At every other
-point a hook's error ends the run at once, as an error of the step would.
+raises, so one failing hook leaves no other hook's thread or run open. After ``after_train``
+the first error raised there propagates (and reaches every ``on_exception``, so a hook whose
+``after_train`` has run may see ``on_exception`` too: closing twice must be harmless); in
+``on_exception`` the error that ended the run propagates, never a hook's. Each hook error that
+does not propagate is added to the one that does as a note (PEP 678's ``add_note``: which
+hook, at which point, and its traceback), so nothing is lost and what a caller catches is the
+first error. At every other point a hook's error ends the run at once, as an error of the step
+would.
 
 State across a resume: :meth:`Hook.state_dict` (plain data: tensors, numbers, strings,
 booleans, None, and lists, tuples and dicts of them; what ``torch.load(weights_only=True)``
