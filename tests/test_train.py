@@ -222,17 +222,17 @@ def test_counting_the_flops_of_a_step_changes_no_number(tiny):
         def __init__(self):
             self.steps = []
 
-        def after_step(self, loop, terms):
+        def after_step(self, trainer, terms):
             self.steps.append({k: v.clone() for k, v in terms.items()})
 
     runs = {}
     for counted in (True, False):
         cfg = tiny(name=f"counted-{counted}", train__steps=3, train__eval_interval=3)
         terms = Terms()
-        loop = Trainer(cfg, [*default_hooks(cfg), terms])
-        loop.count_flops = counted
-        result = loop.run(resume=False, stop_after=None)
-        assert (loop.meter.flops is not None) == counted
+        trainer = Trainer(cfg, [*default_hooks(cfg), terms])
+        trainer.count_flops = counted
+        result = trainer.run(resume=False, stop_after=None)
+        assert (trainer.meter.flops is not None) == counted
         runs[counted] = (terms.steps, ckpt.load(result.checkpoint), result.history)
     (terms_a, state_a, history_a), (terms_b, state_b, history_b) = runs[True], runs[False]
     assert len(terms_a) == len(terms_b) == 3

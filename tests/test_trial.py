@@ -242,12 +242,13 @@ def test_the_trial_time_split_adds_up_from_the_loop_hook_times(monkeypatch):
     now = iter([1.0, 20.0, 21.0, 22.0])
     monkeypatch.setattr(hooks.time, "perf_counter", lambda: next(now))
     monkeypatch.setattr(hooks, "log_final_artifacts", lambda *args: None)
-    tracking = hooks.TrialTracking(logger, None, started=0.0)  # made at 1.0: setup
-    loop = SimpleNamespace(
-        cfg=SimpleNamespace(train=SimpleNamespace(steps=4)),
-        seconds={"TuneReport": 2.5, "TrialTracking": 1.0, "Checkpointer": 0.5},
+    report = hooks.TuneReport(lambda metrics, checkpoint: None)
+    tracking = hooks.TrialTracking(logger, None, started=0.0, report=report)  # made at 1.0: setup
+    seconds = {report: 2.5, tracking: 1.0}  # the loop's time per hook object
+    trainer = SimpleNamespace(
+        cfg=SimpleNamespace(train=SimpleNamespace(steps=4)), seconds_of=seconds.__getitem__
     )
-    tracking.after_train(loop, SimpleNamespace(seconds={"train": 10.0}))
+    tracking.after_train(trainer, SimpleNamespace(seconds={"train": 10.0}))
     assert logged == [
         (
             {
@@ -300,16 +301,16 @@ def test_system_metrics_reach_the_trial_run_when_asked_and_stay_off_on_cpu_under
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = prepare(uri, "system")
-    loop = SimpleNamespace(trainer=SimpleNamespace(device=torch.device("cpu")))
+    trainer = SimpleNamespace(state=SimpleNamespace(device=torch.device("cpu")))
     metrics = {}
     for setting, end in ((True, "after_train"), (True, "on_exception"), ("auto", "after_train")):
         logger = RunLogger(uri, experiment, run_name=f"{setting}-{end}")
         tracking = Tracking(system_metrics=setting, system_metrics_interval=0.1)
         hook = SystemMetrics(uri, logger.run_id, tracking)
-        hook.before_train(loop)
+        hook.before_train(trainer)
         assert (hook.monitor is not None) == (setting is True)
         time.sleep(0.6)
-        getattr(hook, end)(loop, SystemExit(0) if end == "on_exception" else None)
+        getattr(hook, end)(trainer, SystemExit(0) if end == "on_exception" else None)
         assert hook.monitor is None and not _system_threads()
         logger.finish()
         metrics[(setting, end)] = get_run(uri, logger.run_id).data.metrics

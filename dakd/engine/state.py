@@ -10,7 +10,8 @@
 Data-parallel: when torch's default process group is initialised, the student and the
 discriminators are wrapped in ``DistributedDataParallel``, which averages their gradients; the
 frozen teacher is loaded by every process, without a wrapper. The loop that calls the step,
-evaluates and checkpoints is :func:`dakd.engine.trainer.train`.
+evaluates and checkpoints is :func:`dakd.engine.trainer.train`; its ``after_backward`` hooks
+run inside the step (:attr:`TrainState.after_backward`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -111,6 +113,10 @@ class TrainState:
         self._build_optimizers()
         self.step = 0
         self.history: list[dict[str, float]] = []
+        #: called between the segmenter's backward pass and its optimiser step, on gradients
+        #: unscaled when a GradScaler is on (the loop's ``after_backward`` hooks); None: nothing
+        #: runs there and nothing is unscaled early (the optimiser step unscales, as always)
+        self.after_backward: Callable[[], None] | None = None
 
     def _build_model(self) -> None:
         """The trained network: initial weights from ``cfg.init``, the shipped pretrained
@@ -238,6 +244,9 @@ class TrainState:
         self._check_finite(total, terms)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
+        if self.after_backward is not None:
+            self.scaler.unscale_(self.optimizer)  # true gradients; nothing to do without scaling
+            self.after_backward()
         self.scaler.step(self.optimizer)
         if stage.adversarial:
             terms["disc"] = self._discriminator_step(pred_s, pred_t)

@@ -170,8 +170,11 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
 
     system = SystemMetrics(context.tracking_uri, logger.run_id, spec.tracking)
     label = trial_label(spec, config)
-    tracking = TrialTracking(logger, checkpoints.get("teacher"), started, label=label)
-    train(cfg, resume=True, hooks=[system, tracking, TuneReport(send)])
+    report = TuneReport(send)
+    tracking = TrialTracking(
+        logger, checkpoints.get("teacher"), started, label=label, report=report
+    )
+    train(cfg, resume=True, hooks=[system, tracking, report])
 
 
 def _log_deployment(logger, deployment: Deployment | None) -> dict[str, float]:
@@ -325,8 +328,9 @@ def train_worker(loop: dict[str, Any]) -> None:
 
     # every worker logs its own machine's system metrics to the trial's run, under rank<r>/
     system = SystemMetrics(context.tracking_uri, run_id, context.spec.tracking, f"rank{rank}")
-    tracking = TrialTracking(logger, loop["teacher"], time.perf_counter(), False)
-    train(cfg, resume=True, hooks=[system, tracking, TuneReport(send)])
+    report = TuneReport(send)
+    tracking = TrialTracking(logger, loop["teacher"], time.perf_counter(), False, report=report)
+    train(cfg, resume=True, hooks=[system, tracking, report])
 
 
 def _replay_stage(stage: ExperimentConfig, final: str, config: dict, context: SweepContext):
