@@ -210,7 +210,7 @@ def test_priorities_order_the_hooks_whatever_their_list_order_and_ties_keep_it(t
 
 def test_the_default_hooks_order_holds_whatever_the_list_order(tiny):
     """Precise BN, the checkpointer, the metrics file, the bar: given in reverse, sorted."""
-    cfg = tiny("source_only", train__precise_bn=4)
+    cfg = tiny("source_only", train__precise_bn_images=4)
     hooks = list(reversed(default_hooks(cfg)))
     sorted_hooks = Trainer(cfg, hooks).hooks
     assert [type(h) for h in sorted_hooks] == [PreciseBN, Checkpointer, MetricsFile, Progress]
