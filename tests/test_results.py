@@ -33,11 +33,12 @@ from dakd.config import ExperimentConfig
 from dakd.data.labels import CLASS_NAMES
 from dakd.tracking.drawing import PARADIGM_COLOURS
 from dakd.tracking.groups import aggregate, dakd_groups
-from dakd.tracking.load import AnalysisError, load_runs, row_name, select, write_runs
+from dakd.tracking.load import load_runs, row_name, select
 from dakd.tracking.locations import default_uri
 from dakd.tracking.plots import make_plots, parameters_figure, sensitivity_figure
 from dakd.tracking.report import log_sweep_analysis
 from dakd.tracking.runs import RunLogger
+from dakd.tracking.runs_table import AnalysisError, write_runs
 from dakd.tracking.store import prepare
 from dakd.tracking.tables import FORMATS, build_tables, write_tables
 
