@@ -19,10 +19,11 @@ from tests.conftest import TINY
 ROOT = Path(__file__).resolve().parents[1]
 #: Modules of the tracking package that promise to load without the extra: the calibration
 #: study (``python -m dakd calibrate``), the tag names and store locations the sweep driver
-#: reads before MLflow has loaded.
+#: reads before MLflow has loaded, the options of ``python -m dakd tables``.
 EXTRA_FREE_TRACKING = (
     "dakd.recipes.calibration",
     "dakd.recipes.calibration_targets",
+    "dakd.tracking.cli",
     "dakd.tracking.locations",
     "dakd.tracking.tags",
 )
@@ -155,6 +156,7 @@ def test_the_sweep_and_the_tables_say_how_to_install_the_extra(tmp_path):
     for script, args in (
         ("sweeps/run.py", ["sweeps/quickstart.yaml"]),
         ("analysis/tables.py", ["--experiment", "quickstart"]),
+        ("analysis/tables.py", ["--runs", "runs.parquet"]),
     ):
         code = f"""
 import runpy
