@@ -1,7 +1,8 @@
-"""Plots of a study, from its MLflow runs (PNG).
+"""Plots of a study, from its MLflow runs or a saved runs.parquet (PNG).
 
 python analysis/plots.py --experiment loss_weights --sweep latest
 python analysis/plots.py --experiment paradigms
+python analysis/plots.py --runs runs/analysis/paradigms/runs.parquet   # no MLflow needed
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without install
 
-from analysis.common import add_selection, run  # noqa: E402
+from dakd.tracking.cli import add_source, check_args, run  # noqa: E402
 
 EPILOG = """writes, as the runs allow: sensitivity.png (mIoU against each swept loss weight, seed
 std as error bars), miou_vs_parameters.png (teacher-DA, student-DA, DAKD students) and
@@ -24,25 +25,13 @@ support is skipped with a one-line notice.
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python analysis/plots.py",
-        description="Plots (PNG) from a study's MLflow runs.",
+        description="Plots (PNG) from a study's MLflow runs or a saved runs.parquet.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_selection(parser)
+    add_source(parser)
     args = parser.parse_args(argv)
-
-    def write(selection, out):
-        from dakd.tracking.report import write_report
-
-        return write_report(
-            selection,
-            out,
-            tables=False,
-            plots=True,
-            best_of_evaluations=args.best_of_evaluations,
-        )
-
-    return run(args, write)
+    return run(args, tables=False, plots=True, formats=check_args(parser, args))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from dakd.engine.state import TrainState  # noqa: E402
 from dakd.engine.trainer import train  # noqa: E402
 from dakd.models import checkpoint as ckpt  # noqa: E402
 from dakd.runtime.builders import build_network, spec_of  # noqa: E402
+from dakd.tabular import markdown_table  # noqa: E402
 from dakd.teacher import cache as tcache  # noqa: E402
 
 #: Real datasets at the paper's recipe (AdaptSegNet's, the real-data specs): training images,
@@ -254,14 +255,21 @@ def formats_bench(args) -> None:
                     shutil.rmtree(p)
     live_weights = results[0][4]
     print("DAKD (c), embedded synth_to_real, seed 0, 1 thread, calibration stages")
-    print("| teacher outputs | cache size | final mIoU | vs live | same weights as live | s |")
-    print("|---|---|---|---|---|---|")
+    header = ["teacher outputs", "cache size", "final mIoU", "vs live", "same weights as live", "s"]
+    rows = []
     for name, miou, size, seconds, weights in results:
         same = all(torch.equal(weights[k], live_weights[k]) for k in weights)
-        print(
-            f"| {name} | {size / 1e6:.0f} MB | {miou:.2f} | {miou - results[0][1]:+.2f} | "
-            f"{'yes' if same else 'no'} | {seconds:.0f} |"
+        rows.append(
+            [
+                name,
+                f"{size / 1e6:.0f} MB",
+                f"{miou:.2f}",
+                f"{miou - results[0][1]:+.2f}",
+                "yes" if same else "no",
+                f"{seconds:.0f}",
+            ]
         )
+    print(markdown_table(header, rows))
 
 
 def main_job_bench(args) -> None:
@@ -306,14 +314,15 @@ def main_job_bench(args) -> None:
 
 def sizes_table(args) -> None:
     """Cache sizes of the real datasets at the paper's recipe (DRN-D-38 teacher, stride 8)."""
-    print("| dataset | images | stored at | float32 | float16 | float16 top-5 |")
-    print("|---|---|---|---|---|---|")
+    header = ["dataset", "images", "stored at", "float32", "float16", "float16 top-5"]
+    rows = []
     for name, (images, (h, w)) in REAL.items():
         shape = (19, -(-h // 8), -(-w // 8))
         cells = []
         for storage in (tcache.Storage(), tcache.Storage("float16"), tcache.Storage("float16", 5)):
             cells.append(images * 2 * storage.entry_bytes(shape) / 1e9)  # output + feature level
-        print(f"| {name} | {images} | {h}x{w} | " + " | ".join(f"{c:.1f} GB" for c in cells) + " |")
+        rows.append([name, images, f"{h}x{w}", *(f"{c:.1f} GB" for c in cells)])
+    print(markdown_table(header, rows))
 
 
 def main() -> int:

@@ -1,4 +1,5 @@
-"""Command line: ``python -m dakd {train,eval,calibrate,pretrain,scenes,models,deploy,data} ...``."""
+"""Command line: ``python -m dakd {train,eval,calibrate,pretrain,scenes,models,deploy,data,tables,
+cluster} ...``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ EXAMPLES = """examples:
   python -m dakd models
   python -m dakd deploy configs/embedded.yaml --network student --size 1024 2048 --device cpu
   python -m dakd data check --dataset cityscapes --root /data/cityscapes
+  python -m dakd tables --runs runs/analysis/paradigms/runs.parquet --plots   (no MLflow needed)
   python -m dakd cluster local up --nodes 3      (PostgreSQL, an MLflow server, 3 Ray nodes)
 """
 
@@ -238,9 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     from dakd.cluster.cli import add_cluster_parser
+    from dakd.tracking.cli import add_tables_parser
 
     for add in (_train, _eval, _calibrate, _pretrain, _scenes, _models, _deploy, _data):
         add(sub)
+    add_tables_parser(sub)
     add_cluster_parser(sub)
     return parser
 

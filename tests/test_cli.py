@@ -1,4 +1,4 @@
-"""The command line as a user runs it: train, eval, scenes, models, and its error messages."""
+"""The command line as a user runs it: train, eval, scenes, models, tables, and its error messages."""
 
 import pytest
 import yaml
@@ -79,3 +79,66 @@ def test_models_lists_sizes(capsys):
     assert (
         "drn_d_22" in out and "15.90M" in out and "26.01M" in out and "deeplabv2_resnet101" in out
     )
+
+
+def _record(name, row, stage, seed, miou, status="FINISHED", paradigm=None):
+    """One run as the runs table holds it (the columns ``load_runs`` writes, by hand)."""
+    params = {"models.student.name": "drn_d_22", "models.student.width": "0.125"}
+    return {
+        "run_id": name,
+        "run_name": name,
+        "status": status,
+        "start_time": seed,
+        "linked": False,
+        "row": row,
+        "stage": stage,
+        "scenario": "synth_to_real",
+        "paradigm": paradigm,
+        "levels": "output" if stage == "dakd" else None,
+        "seed": seed,
+        "config": f"{row}-config",
+        **{f"params.{k}": v for k, v in params.items()},
+        "metrics.miou": miou,
+    }
+
+
+def test_tables_from_a_runs_table_written_by_hand(tmp_path, capsys):
+    """``tables --runs``: student-DA over 10 and 14 (std 2.83), DAKD (c) over 15 and 17 (std
+    1.41), a failed DAKD run counted but not averaged; tables beside the file by default."""
+    from dakd.tracking.runs_table import mark_duplicates, records_table, write_runs
+
+    records = [
+        _record("s0", "student-DA", "student_da", 0, 10.0),
+        _record("s1", "student-DA", "student_da", 1, 14.0),
+        _record("d0", "DAKD (c)", "dakd", 0, 15.0, paradigm="c"),
+        _record("d1", "DAKD (c)", "dakd", 1, 17.0, paradigm="c"),
+        _record("d2", "DAKD (c)", "dakd", 2, 90.0, "FAILED", paradigm="c"),
+    ]
+    mark_duplicates(records)
+    path = write_runs(records_table(records), tmp_path)
+    assert main(["tables", "--runs", str(path), "--format", "md"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        out[0]
+        == f"{path}: 5 runs (0 linked stage runs, 0 duplicate records), 2 configurations, 2 files written"
+    )
+    assert out[1:] == [str(tmp_path / "scenario_synth_to_real.md"), str(tmp_path / "tables.md")]
+    lines = (tmp_path / "scenario_synth_to_real.md").read_text().splitlines()
+    dashes = " – |" * 19
+    assert lines[6:] == [
+        f"| student-DA |{dashes} 12.00 ± 2.83 | – | 0.25 | +0.00 | 2 |",
+        f"| DAKD (c) |{dashes} 16.00 ± 1.41 | – | 0.25 | +4.00 | 2 |",
+        "",
+        "- DAKD (c): 1 failed run(s), not averaged",
+    ]
+
+
+def test_tables_name_a_missing_runs_table_and_forbid_a_store_with_it(tmp_path, capsys):
+    assert main(["tables", "--runs", str(tmp_path / "runs.parquet")]) == 2
+    assert capsys.readouterr().err == f"error: no runs table at {tmp_path / 'runs.parquet'}\n"
+    with pytest.raises(SystemExit):
+        main(["tables", "--runs", str(tmp_path), "--sweep", "latest"])
+    assert "--sweep: a tracking store's option, not one of --runs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tables", "--runs", str(tmp_path), "--format", "html"])
+    assert "--format: unknown format 'html'" in capsys.readouterr().err

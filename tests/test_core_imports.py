@@ -19,10 +19,11 @@ from tests.conftest import TINY
 ROOT = Path(__file__).resolve().parents[1]
 #: Modules of the tracking package that promise to load without the extra: the calibration
 #: study (``python -m dakd calibrate``), the tag names and store locations the sweep driver
-#: reads before MLflow has loaded.
+#: reads before MLflow has loaded, the options of ``python -m dakd tables``.
 EXTRA_FREE_TRACKING = (
     "dakd.recipes.calibration",
     "dakd.recipes.calibration_targets",
+    "dakd.tracking.cli",
     "dakd.tracking.locations",
     "dakd.tracking.tags",
 )
@@ -45,6 +46,22 @@ class SweepExtraBlocker:
 sys.meta_path.insert(0, SweepExtraBlocker())
 """
 
+#: Modules of the tracking package that build tables and plots from a runs table: they may
+#: import PyArrow, never MLflow, Ray or Optuna (``python -m dakd tables --runs``).
+TABLE_MODULES = (
+    "dakd.tracking.cli",
+    "dakd.tracking.drawing",
+    "dakd.tracking.groups",
+    "dakd.tracking.pareto",
+    "dakd.tracking.placement",
+    "dakd.tracking.plots",
+    "dakd.tracking.results",
+    "dakd.tracking.runs_table",
+    "dakd.tracking.tables",
+)
+#: What the table modules never import.
+NOT_FOR_TABLES = ("mlflow", "ray", "optuna")
+
 
 def core_modules() -> list[str]:
     """Every module of ``dakd`` outside the sweep and tracking layers, plus the tracking modules
@@ -58,9 +75,12 @@ def core_modules() -> list[str]:
     return names + list(EXTRA_FREE_TRACKING)
 
 
-def run_blocked(code: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``code`` in a fresh interpreter in which importing the sweep extra fails."""
-    script = BLOCKER.format(blocked=tuple(SWEEP_MODULES)) + code
+def run_blocked(
+    code: str, cwd: Path, blocked: tuple[str, ...] = tuple(SWEEP_MODULES)
+) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter in which importing ``blocked`` (default: the sweep
+    extra) fails."""
+    script = BLOCKER.format(blocked=blocked) + code
     return subprocess.run(
         [sys.executable, "-c", script],
         cwd=cwd,
@@ -136,6 +156,7 @@ def test_the_sweep_and_the_tables_say_how_to_install_the_extra(tmp_path):
     for script, args in (
         ("sweeps/run.py", ["sweeps/quickstart.yaml"]),
         ("analysis/tables.py", ["--experiment", "quickstart"]),
+        ("analysis/tables.py", ["--runs", "runs.parquet"]),
     ):
         code = f"""
 import runpy
@@ -151,3 +172,25 @@ except SystemExit as stop:
         assert done.stdout.strip().splitlines()[-1] == "exit 2"
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "pip install 'dakd[sweep]'" in lines[0], done.stderr
+
+
+def test_the_tables_import_without_mlflow_ray_or_optuna(tmp_path):
+    """The modules that build tables and plots from a runs table load where importing MLflow,
+    Ray and Optuna fails; reading runs from MLflow does not (the blocker works)."""
+    code = f"""
+import importlib
+
+for name in {TABLE_MODULES!r}:
+    try:
+        importlib.import_module(name)
+    except ImportError as err:
+        raise SystemExit(f"{{name}}: {{err}}") from err
+assert "pyarrow" in sys.modules
+try:
+    import dakd.tracking.load
+except ImportError as err:
+    print("load:", err)
+"""
+    done = run_blocked(code, ROOT, NOT_FOR_TABLES)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "load: blocked: the core imports mlflow"

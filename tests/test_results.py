@@ -31,24 +31,21 @@ import pytest
 from matplotlib.colors import to_rgb
 from mlflow import MlflowClient
 
+from dakd.__main__ import main
 from dakd.config import ExperimentConfig
 from dakd.data.labels import CLASS_NAMES
+from dakd.tracking.cli import FORMATS as CLI_FORMATS
 from dakd.tracking.drawing import PARADIGM_COLOURS
 from dakd.tracking.groups import aggregate, dakd_groups
-from dakd.tracking.load import (
-    BOOKKEEPING_PARAMS,
-    AnalysisError,
-    load_runs,
-    row_name,
-    select,
-    write_runs,
-)
+from dakd.tracking.load import load_runs, row_name, select
 from dakd.tracking.locations import default_uri
 from dakd.tracking.plots import make_plots, parameters_figure, sensitivity_figure
 from dakd.tracking.report import log_sweep_analysis
 from dakd.tracking.runs import RunLogger
+from dakd.tracking.runs_table import BOOKKEEPING_PARAMS, AnalysisError, read_runs, write_runs
 from dakd.tracking.store import prepare
 from dakd.tracking.tables import FORMATS, build_tables, write_tables
+from tests.test_core_imports import NOT_FOR_TABLES, run_blocked
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ExperimentConfig().flat()
@@ -470,6 +467,7 @@ def test_loss_ablation_and_best_trials(store):
 
 
 def test_every_format_is_written_and_reads_back(study, tmp_path):
+    assert CLI_FORMATS == FORMATS  # the command line names them without importing pyarrow
     tables = build_tables(aggregate(study))
     files = write_tables(tables, tmp_path)
     names = {p.name for p in files}
@@ -700,3 +698,105 @@ def test_cli_writes_tables_and_plots(store, tmp_path, capsys):
     assert "no runs to analyse" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tables.main([*common, "--format", "html"])
+
+
+# -- tables from a saved runs table, without MLflow ----------------------------------------------
+
+
+def test_tables_from_runs_parquet_equal_the_tables_from_the_store(store, tmp_path, capsys):
+    """``python -m dakd tables`` from the store writes ``runs.parquet``; ``--runs`` on that file
+    writes the same files, byte for byte."""
+    uri, ids = store
+    for experiment in ("study", "weights", "crowded"):
+        stored, saved = tmp_path / experiment / "store", tmp_path / experiment / "parquet"
+        common = ["tables", "--best-of-evaluations", "--plots", "--top", "3"]
+        argv = [*common, "--experiment", experiment, "--tracking-uri", uri, "--sweep", "latest"]
+        assert main([*argv, "--out", str(stored), "--no-log"]) == 0
+        assert main([*common, "--runs", str(stored / "runs.parquet"), "--out", str(saved)]) == 0
+        from_store = {p.name: p.read_bytes() for p in stored.iterdir() if p.suffix != ".png"}
+        from_file = {p.name: p.read_bytes() for p in saved.iterdir() if p.suffix != ".png"}
+        assert from_store.pop("runs.parquet") and len(from_file) > 4
+        assert from_file == from_store, experiment
+        assert {p.name for p in stored.glob("*.png")} == {p.name for p in saved.glob("*.png")}
+    runs = read_runs(tmp_path / "study" / "store")  # the folder holding runs.parquet
+    assert runs.equals(load_runs(select(uri, "study", ids["study"])).select(runs.column_names))
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'study' / 'store' / 'runs.parquet'}: 17 runs (0 linked" in out
+
+
+def test_a_file_that_is_not_a_runs_table_is_one_error_line(study, tmp_path, capsys):
+    pq.write_table(study.drop_columns(["config", "row"]), tmp_path / "runs.parquet")
+    (tmp_path / "notes.parquet").write_text("not parquet")
+    assert main(["tables", "--runs", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'runs.parquet'} is not a runs table (no column row, config)\n"
+    )
+    assert main(["tables", "--runs", str(tmp_path / "notes.parquet")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'notes.parquet'} cannot be read")
+    with pytest.raises(AnalysisError, match="no runs table at"):
+        read_runs(tmp_path / "missing.parquet")
+    with pytest.raises(SystemExit):
+        main(["tables", "--runs", str(tmp_path), "--tracking-uri", "sqlite:///x.db"])
+    assert "--tracking-uri: a tracking store's option" in capsys.readouterr().err
+
+
+#: The rows of scenario_synth_to_real.md of the ``study`` sweep, by hand: class IoUs are 2x
+#: (road) and 0.5x (traffic light) each run's mIoU, pixel accuracy 50 + mIoU; DAKD (a) averages
+#: 11, 13 and 18 (std sqrt(13) = 3.61), student-DA 10, 12 and 14; the student has 0.252152 M
+#: parameters; delta against student-DA's 12.
+STUDY_ROWS = (
+    "| student-DA | 24.0 | – | – | – | – | – | 6.0 |"
+    + " – |" * 12
+    + " 12.00 ± 2.00 | 62.00 ± 2.00 | 0.25 | +0.00 | 3 |",
+    "| DAKD (a) | 28.0 | – | – | – | – | – | 7.0 |"
+    + " – |" * 12
+    + " 14.00 ± 3.61 | 64.00 ± 3.61 | 0.25 | +2.00 | 3 |",
+)
+
+
+def test_tables_and_plots_from_runs_parquet_where_mlflow_and_ray_cannot_be_imported(
+    study, tmp_path
+):
+    """The command runs in an interpreter where importing MLflow, Ray or Optuna fails, on the
+    ``runs.parquet`` this suite's store exported."""
+    write_runs(study, tmp_path)
+    out = tmp_path / "tables"
+    argv = ["python -m dakd", "tables", "--runs", str(tmp_path / "runs.parquet")]
+    argv += ["--out", str(out), "--format", "md,tex", "--plots"]
+    code = f"""
+import runpy
+
+sys.argv = {argv!r}
+try:
+    runpy.run_module("dakd", run_name="__main__", alter_sys=True)
+except SystemExit as stop:
+    assert stop.code in (0, None), stop.code
+loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set(BLOCKED))
+assert not loaded and "pyarrow" in sys.modules, loaded
+"""
+    done = run_blocked(code, ROOT, NOT_FOR_TABLES)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (out / "scenario_synth_to_real.md").read_text().splitlines()
+    assert lines[0] == "### Results, synth-to-real"
+    assert (
+        lines[4].startswith("| row | road | sidewalk |") and lines[5] == "|---|" * 1 + "---|" * 24
+    )
+    assert [line for line in lines if line.startswith(("| student-DA |", "| DAKD (a) |"))] == list(
+        STUDY_ROWS
+    )
+    assert "- DAKD (a): 1 failed and 1 unfinished run(s), not averaged" in lines
+    tex = (out / "scenario_synth_to_real.tex").read_text()
+    assert "DAKD (a) & 28.0 & -- &" in tex and "14.00 $\\pm$ 3.61 & 64.00 $\\pm$ 3.61" in tex
+    assert (out / "miou_vs_parameters.png").read_bytes().startswith(PNG)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "levels_paradigm.md",
+        "levels_paradigm.tex",
+        "miou_vs_parameters.png",
+        "per_class_synth_to_real.png",
+        "scenario_real_to_real.md",
+        "scenario_real_to_real.tex",
+        "scenario_synth_to_real.md",
+        "scenario_synth_to_real.tex",
+        "tables.md",
+    ]
+    assert done.stdout.splitlines()[-1] == str(out / "per_class_synth_to_real.png")

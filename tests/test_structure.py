@@ -118,6 +118,7 @@ LAYERS = (
         "dakd.data",
         "dakd.models",
         "dakd.optional_deps",
+        "dakd.tabular",
     ),
     ("dakd.runtime",),
     ("dakd.teacher", "dakd.evaluation"),

@@ -6,7 +6,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dakd.sweep.driver.objectives import ObjectivesSearch, ParetoScheduler
+from dakd.sweep.driver.objectives import (
+    ObjectivesSearch,
+    ParetoScheduler,
+    fail_suggestion,
+    optuna_state,
+)
 from dakd.sweep.remote.deployment import broken
 from dakd.sweep.spec.sweep_spec import SpecError, describe, load_spec
 
@@ -192,8 +197,9 @@ def test_an_infeasible_trial_is_told_to_optuna_as_pruned():
     searcher.suggest("t2")
     searcher.on_trial_complete("t1", {"peak_memory_mb": 900.0, "infeasible": 1.0})
     searcher.on_trial_complete("t2", {"miou": 10.0, "peak_memory_mb": 100.0})
-    states = {t.number: t.state for t in searcher._ot_study.trials}
-    values = {t.number: t.values for t in searcher._ot_study.trials}
+    study, _ = optuna_state(searcher)
+    states = {t.number: t.state for t in study.trials}
+    values = {t.number: t.values for t in study.trials}
     assert states == {0: optuna.trial.TrialState.PRUNED, 1: optuna.trial.TrialState.COMPLETE}
     assert values[1] == [10.0, 100.0]
 
@@ -343,6 +349,32 @@ def test_the_summary_prints_the_front_the_best_under_each_constraint_and_the_inf
     assert view["columns"][:2] == ["miou", "peak_memory_mb"] and "front_size" in view["columns"]
 
 
+def test_rays_optuna_searcher_still_has_the_private_state_objectives_touches():
+    """``optuna_state`` reads ``OptunaSearch._ot_study`` and ``_ot_trials``, which Ray does not
+    document: with the installed Ray they are the study and its open trial per Tune trial, and
+    a trial told failed and forgotten is asked anew by the next ``suggest``."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(
+        space={"w": optuna.distributions.CategoricalDistribution(["a", "b"])},
+        metric="miou",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    first = searcher.suggest("t1")
+    study, trials = optuna_state(searcher)
+    assert isinstance(study, optuna.Study) and list(trials) == ["t1"]
+    assert trials["t1"].number == 0 and trials["t1"].params == first
+    fail_suggestion(searcher, "t1")
+    assert "t1" not in trials and study.trials[0].state == optuna.trial.TrialState.FAIL
+    searcher.suggest("t1")
+    assert trials["t1"].number == 1 and len(study.trials) == 2
+    del searcher._ot_trials  # a Ray without it: one error naming it
+    with pytest.raises(RuntimeError, match="OptunaSearch has no attribute '_ot_trials'"):
+        optuna_state(searcher)
+
+
 def test_the_searcher_does_not_propose_a_configuration_twice():
     import optuna
 
@@ -364,7 +396,7 @@ def test_the_searcher_does_not_propose_a_configuration_twice():
     assert len(set(seen)) == 4
     # nothing new is left: the fifth is trained after RESAMPLES draws, not refused forever
     assert isinstance(searcher.suggest("t4"), dict) and searcher.repeats >= 20
-    states = [t.state for t in searcher._ot_study.trials]
+    states = [t.state for t in optuna_state(searcher)[0].trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4
     assert states.count(optuna.trial.TrialState.FAIL) == searcher.repeats
 

@@ -327,12 +327,74 @@ def test_system_metrics_of_a_gpu_trial_keep_its_own_gpu(monkeypatch):
 
     from dakd.tracking import system
 
-    gpus = SimpleNamespace(gpu_handles=["h0", "h1", "h2"], num_gpus=3)
-    monitor = SimpleNamespace(monitors=[SimpleNamespace(), gpus])
-    uuids = {"h0": "GPU-0000", "h1": b"GPU-1A2B", "h2": "GPU-2222"}
+    uuids = {"h0": "GPU-0000", "h1": b"GPU-1A2B", "h2": "GPU-2222", "h3": "GPU-1a2b"}
     monkeypatch.setattr(pynvml, "nvmlDeviceGetUUID", uuids.get)
     monkeypatch.setattr(
         torch.cuda, "get_device_properties", lambda device: SimpleNamespace(uuid="1a2b")
     )
-    system._only_gpu(monitor, torch.device("cuda", 1))
-    assert gpus.gpu_handles == ["h1"] and gpus.num_gpus == 1
+    keep = system._own_gpu(torch.device("cuda", 1))
+    assert keep(["h0", "h1", "h2"]) == ["h1"]
+    assert keep(["h0", "h2"]) == ["h0", "h2"]  # none matches: every GPU
+    assert keep(["h1", "h3"]) == ["h1", "h3"]  # two match: every GPU
+
+
+def _nvml(monkeypatch, handles: list[str]) -> None:
+    """NVML answered by hand, without a GPU: handle ``hK`` uses K+1 MB of 4 MB, 10*K % of its
+    time and (K+1) W of 10 W."""
+    import pynvml
+
+    calls = {
+        "nvmlInit": lambda: None,
+        "nvmlDeviceGetCount": lambda: len(handles),
+        "nvmlDeviceGetHandleByIndex": lambda i: handles[i],
+        "nvmlDeviceGetMemoryInfo": lambda h: SimpleNamespace(used=(int(h[1]) + 1) * 1e6, total=4e6),
+        "nvmlDeviceGetUtilizationRates": lambda h: SimpleNamespace(gpu=10 * int(h[1])),
+        "nvmlDeviceGetPowerUsage": lambda h: 1000 * (int(h[1]) + 1),
+        "nvmlDeviceGetEnforcedPowerLimit": lambda h: 10000,
+    }
+    for name, call in calls.items():
+        monkeypatch.setattr(pynvml, name, call)
+
+
+def test_mlflow_still_has_what_adapt_monitor_touches(tmp_path, monkeypatch, caplog):
+    """``adapt_monitor`` writes attributes MLflow does not document: the installed MLflow's
+    monitor still writes its metrics through ``mlflow_logger.client.log_batch``, and its GPU
+    monitor still makes and samples ``gpu_handles`` (and ``num_gpus``)."""
+    from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from dakd.tracking.runs import RunLogger
+    from dakd.tracking.store import get_run
+    from dakd.tracking.system import adapt_monitor
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = RunLogger(uri, prepare(uri, "system"), run_name="adapted").run_id
+    monitor = SystemMetricsMonitor(run_id, tracking_uri=uri)
+    _nvml(monkeypatch, ["h0", "h1", "h2"])
+    gpu = GPUMonitor()
+    assert (gpu.gpu_handles, gpu.num_gpus) == (["h0", "h1", "h2"], 3)
+    monitor.monitors = [m for m in monitor.monitors if not isinstance(m, GPUMonitor)] + [gpu]
+    assert adapt_monitor(monitor, lambda handles: handles[1:2]) == []
+    assert (gpu.gpu_handles, gpu.num_gpus) == (["h1"], 1)
+    gpu.collect_metrics()
+    sampled = gpu.aggregate_metrics()
+    assert sampled["gpu_0_memory_usage_megabytes"] == 2.0  # h1's, as GPU 0
+    assert sampled["gpu_0_utilization_percentage"] == 10.0
+    assert sampled["gpu_0_power_usage_watts"] == 2.0
+    assert not [k for k in sampled if not k.startswith("gpu_0_")]
+
+    batches = []
+    store = monitor.mlflow_logger.client.client  # MLflow's client, wrapped by adapt_monitor
+    monitor.mlflow_logger.client.client = SimpleNamespace(
+        log_batch=lambda *a, **k: batches.append(1) or store.log_batch(*a, **k)
+    )
+    monitor.mlflow_logger.record_metrics({"system/cpu_utilization_percentage": 5.0}, 0)
+    monitor.mlflow_logger.flush()
+    assert batches == [1]
+    assert get_run(uri, run_id).data.metrics["system/cpu_utilization_percentage"] == 5.0
+
+    with caplog.at_level("WARNING", logger="dakd.tracking.system"):
+        assert adapt_monitor(SimpleNamespace(monitors=[])) == [
+            "SystemMetricsMonitor.mlflow_logger.client"
+        ]
+    assert "has no SystemMetricsMonitor.mlflow_logger.client" in caplog.text

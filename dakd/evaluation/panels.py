@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dakd.data.labels import CLASS_NAMES, colorize
+from dakd.tabular import markdown_table
 
 if TYPE_CHECKING:
     from dakd.evaluation.segmentation import SegMetrics
@@ -231,10 +232,10 @@ def confusion_figure(
 def per_class_table(metrics: SegMetrics) -> str:
     """A Markdown table ``| class | IoU (%) |`` over the 19 classes (``n/a`` where a class is absent
     from both ground truth and prediction), closed by an mIoU row."""
-    lines = ["| class | IoU (%) |", "|:--|--:|"]
-    for name, value in zip(CLASS_NAMES, metrics.iou, strict=False):
-        shown = "n/a" if math.isnan(value) else f"{100 * float(value):.2f}"
-        lines.append(f"| {name} | {shown} |")
+    rows = [
+        [name, "n/a" if math.isnan(value) else f"{100 * float(value):.2f}"]
+        for name, value in zip(CLASS_NAMES, metrics.iou, strict=False)
+    ]
     miou = "n/a" if math.isnan(metrics.miou) else f"{100 * metrics.miou:.2f}"
-    lines.append(f"| **mIoU** | **{miou}** |")
-    return "\n".join(lines) + "\n"
+    rows.append(["**mIoU**", f"**{miou}**"])
+    return markdown_table(["class", "IoU (%)"], rows, align="lr") + "\n"

@@ -25,6 +25,7 @@ from dakd.recipes.stages import (
     stage_config,
     with_stages,
 )
+from dakd.tabular import markdown_table
 
 #: Rows of the calibration table, in order: (row name, key of its builder).
 CALIBRATION_ROWS = (
@@ -242,15 +243,15 @@ def format_calibration(
     lines = [
         f"Target val mIoU (%), mean +- std over seeds {list(seeds)}",
         "",
-        "| row | " + " | ".join(scenarios) + " |",
-        "|---|" + "---|" * len(scenarios),
     ]
+    rows = []
     for name, _ in CALIBRATION_ROWS:
-        cells = []
+        cells = [name]
         for scenario in scenarios:
             mean, std = mean_std(results[scenario][name])
             cells.append(f"{mean:.1f} +- {std:.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines.append(markdown_table(["row", *scenarios], rows))
     checks = calibration_targets(results)
     if checks:
         lines += [

@@ -13,6 +13,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dakd.tabular import markdown_table
+
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if not values:
@@ -157,14 +159,16 @@ def _meets(difference: float, margin: float | None) -> bool:
 
 def format_targets(checks: list[dict[str, Any]]) -> str:
     """A Markdown table of :func:`calibration_targets`."""
-    lines = [
-        "| scenario | target | difference of means | per seed | met | in every seed |",
-        "|---|---|---|---|---|---|",
+    header = ["scenario", "target", "difference of means", "per seed", "met", "in every seed"]
+    rows = [
+        [
+            c["scenario"],
+            c["target"],
+            f"{c['difference']:+.1f}",
+            ", ".join(f"{d:+.1f}" for d in c["per_seed"]),
+            "yes" if c["met"] else "no",
+            "yes" if c["every_seed"] else "no",
+        ]
+        for c in checks
     ]
-    for c in checks:
-        seeds = ", ".join(f"{d:+.1f}" for d in c["per_seed"])
-        lines.append(
-            f"| {c['scenario']} | {c['target']} | {c['difference']:+.1f} | {seeds} | "
-            f"{'yes' if c['met'] else 'no'} | {'yes' if c['every_seed'] else 'no'} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(header, rows)

@@ -18,8 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dakd.data.labels import CLASS_NAMES
-from dakd.tracking.load import is_bookkeeping
-from dakd.tracking.runs import finite_float
+from dakd.tracking.runs_table import finite_float, is_bookkeeping
 
 __all__ = [
     "BASELINE_ROW",

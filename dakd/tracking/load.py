@@ -1,9 +1,10 @@
 """Reading a study's runs from MLflow into one Arrow table, one row per run.
 
 :func:`select` names the runs (an experiment, optionally one sweep's parent run) and
-:func:`load_runs` reads them into a :class:`pyarrow.Table` (saved as ``runs.parquet`` by
-:func:`write_runs`), the table every later step (:mod:`dakd.tracking.groups`,
-:mod:`dakd.tracking.tables`, :mod:`dakd.tracking.plots`) starts from.
+:func:`load_runs` reads them into the runs table (:mod:`dakd.tracking.runs_table`, saved as
+``runs.parquet``), the table every later step (:mod:`dakd.tracking.groups`,
+:mod:`dakd.tracking.tables`, :mod:`dakd.tracking.plots`) starts from; those steps never import
+MLflow.
 
 What a run is comes from its params (the flattened config) and tags:
 
@@ -12,7 +13,7 @@ What a run is comes from its params (the flattened config) and tags:
   ``DAKD (a)`` ... ``DAKD (d)``. Sweep parent runs (tag ``stage=sweep``) and teacher-output
   cache builds (``stage=teacher_cache``) are not data.
 * ``config`` is a hash of every param except the seed and run bookkeeping
-  (:data:`BOOKKEEPING_PARAMS`: names, output folders, checkpoint paths, the ``sweep.*`` copies
+  (:data:`~dakd.tracking.runs_table.BOOKKEEPING_PARAMS`: names, output folders, checkpoint paths, the ``sweep.*`` copies
   of the sampled values), plus the row. Runs with the same ``config`` are one group.
 * A param whose config key was renamed since (:mod:`dakd.config.renamed`) is read under its
   current name (``params.train.ema_decay`` for a run that logged ``train.ema``), and enters
@@ -34,8 +35,6 @@ This module reads MLflow; it never trains and does not import Ray.
 from __future__ import annotations
 
 import ast
-import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +42,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from dakd.config.renamed import current_key, stored_names
+from dakd.config.renamed import current_key
 from dakd.paradigms import AUTO
+from dakd.tracking.runs_table import AnalysisError, config_hash, mark_duplicates, records_table
 from dakd.tracking.store import retry_locked, search_runs
 from dakd.tracking.tags import (
     LEVELS,
@@ -64,34 +63,7 @@ from dakd.tracking.tags import (
     tag_filter,
 )
 
-__all__ = [
-    "BOOKKEEPING_PARAMS",
-    "AnalysisError",
-    "Selection",
-    "existing_client",
-    "is_bookkeeping",
-    "load_runs",
-    "row_name",
-    "select",
-    "write_runs",
-]
-
-#: Params that say who a run is or where it wrote, not what it trained: ignored when grouping.
-#: ``init``/``teacher`` are checkpoint paths that differ per seed; their presence is in the row.
-BOOKKEEPING_PARAMS = (
-    "name",
-    "out_dir",
-    "seed",
-    "init",
-    "teacher",
-    "data.cache_dir",
-    "train.progress",
-    "train.log_interval",
-)
-
-
-class AnalysisError(ValueError):
-    """A selection that cannot be analysed (no such experiment, sweep or runs); one line."""
+__all__ = ["Selection", "existing_client", "load_runs", "row_name", "select"]
 
 
 @dataclass(frozen=True)
@@ -198,18 +170,6 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def is_bookkeeping(key: str) -> bool:
-    return key in BOOKKEEPING_PARAMS or key.startswith("sweep.")
-
-
-def _config_hash(params: dict[str, str], row: str) -> str:
-    """What was trained, apart from the seed: 12 hex digits (renamed params under the names
-    they had before, so the hash of a run does not change with a rename)."""
-    key = stored_names({k: v for k, v in params.items() if not is_bookkeeping(k)})
-    key["row"] = row
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def _history_at(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     """``(step, value)`` of one metric, by step (the last value logged at a step wins)."""
     by_step = {m.step: m.value for m in retry_locked(client.get_metric_history, run_id, key)}
@@ -260,71 +220,13 @@ def _record(client: MlflowClient, run: Run, linked: bool) -> dict[str, Any]:
         "paradigm": paradigm,
         "levels": _levels(params, tags) if stage == "dakd" else None,
         "seed": _int(params.get("seed") or tags.get(SEED)),
-        "config": _config_hash(params, row),
+        "config": config_hash(params, row),
     }
     record.update({f"tags.{k}": v for k, v in tags.items()})
     record.update({f"params.{k}": v for k, v in params.items()})
     record.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
     record.update(_best_evaluation(client, run))
     return record
-
-
-_FIXED_TYPES = {
-    "run_id": pa.string(),
-    "run_name": pa.string(),
-    "experiment_id": pa.string(),
-    "status": pa.string(),
-    "parent_run_id": pa.string(),
-    "start_time": pa.timestamp("ms", tz="UTC"),
-    "end_time": pa.timestamp("ms", tz="UTC"),
-    "linked": pa.bool_(),
-    "row": pa.string(),
-    "stage": pa.string(),
-    "scenario": pa.string(),
-    "paradigm": pa.string(),
-    "levels": pa.string(),
-    "seed": pa.int64(),
-    "config": pa.string(),
-    "duplicate": pa.bool_(),
-}
-
-
-def _column_type(name: str) -> pa.DataType:
-    if name in _FIXED_TYPES:
-        return _FIXED_TYPES[name]
-    if name == "best.step":
-        return pa.int64()
-    if name.startswith(("metrics.", "best.")):
-        return pa.float64()
-    return pa.string()
-
-
-def _records_table(records: list[dict[str, Any]]) -> pa.Table:
-    """Records with different keys -> one table (the union of columns, nulls where absent)."""
-    fixed = [k for k in _FIXED_TYPES if any(k in r for r in records)]
-    rest = sorted({k for r in records for k in r} - set(fixed))
-    prefixes = ("tags.", "params.", "metrics.", "best.")
-    rest.sort(key=lambda k: next((i for i, p in enumerate(prefixes) if k.startswith(p)), 4))
-    columns = {k: pa.array([r.get(k) for r in records], type=_column_type(k)) for k in fixed + rest}
-    return pa.table(columns)
-
-
-def _mark_duplicates(records: list[dict[str, Any]]) -> None:
-    """Set ``duplicate``: of several records of one configuration and seed, all but the newest
-    finished one (the newest one, if none finished)."""
-    newest: dict[tuple, dict[str, Any]] = {}
-    for record in sorted(records, key=lambda r: r["start_time"] or 0):
-        record["duplicate"] = False
-        if record["seed"] is None:
-            continue
-        key = (record["config"], record["seed"])
-        kept = newest.get(key)
-        if kept is None or record["status"] == "FINISHED" or kept["status"] != "FINISHED":
-            if kept is not None:
-                kept["duplicate"] = True
-            newest[key] = record
-        else:
-            record["duplicate"] = True
 
 
 def _stage_names(runs: Iterable[Run]) -> set[str]:
@@ -374,13 +276,5 @@ def load_runs(selection: Selection, page_size: int = 1000) -> pa.Table:
     linked = [r for r in _linked_stages(client, runs, page_size) if r.info.run_id not in selected]
     records = [_record(client, run, False) for run in runs]
     records += [_record(client, run, True) for run in linked]
-    _mark_duplicates(records)
-    return _records_table(records)
-
-
-def write_runs(runs: pa.Table, out: str | Path) -> Path:
-    """``runs.parquet`` in ``out``: the table every later analysis can start from."""
-    path = Path(out) / "runs.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(runs, path)
-    return path
+    mark_duplicates(records)
+    return records_table(records)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from dakd.tabular import markdown_table
 from dakd.tracking.drawing import (
     UNKNOWN,
     figure,
@@ -156,7 +157,7 @@ def _cell(column: str, value: Any) -> str:
         return DASH
     number = _number(value)
     if isinstance(value, str) or math.isnan(number):
-        return str(value).replace("|", "\\|")
+        return str(value)
     if column in DIGITS:
         return f"{number:.{DIGITS[column]}f}"
     return f"{number:.4g}"
@@ -175,10 +176,11 @@ def front_table(
     if columns is None:
         present = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
         columns = present + [o for o in objectives if o not in present]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in nondominated_rows(rows, objectives, modes):
-        lines.append("| " + " | ".join(_cell(c, row.get(c)) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+    cells = [
+        [_cell(c, row.get(c)) for c in columns]
+        for row in nondominated_rows(rows, objectives, modes)
+    ]
+    return markdown_table(columns, cells) + "\n"
 
 
 def best_under(

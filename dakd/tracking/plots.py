@@ -36,7 +36,7 @@ from dakd.tracking.groups import (
     varying_params,
 )
 from dakd.tracking.placement import place_labels
-from dakd.tracking.runs import finite_float
+from dakd.tracking.runs_table import finite_float
 
 __all__ = [
     "make_plots",

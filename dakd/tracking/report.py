@@ -2,11 +2,9 @@
 
 The chain is :func:`~dakd.tracking.load.select` (an experiment, optionally one sweep's parent
 run) -> :func:`~dakd.tracking.load.load_runs` (one row per run in a :class:`pyarrow.Table`,
-saved as ``runs.parquet``) -> :func:`~dakd.tracking.groups.aggregate` (runs that differ only in
-their seed form one group: mean, sample std, n) -> the paper's tables
-(:func:`~dakd.tracking.tables.build_tables`, written as Markdown, LaTeX, CSV and Parquet by
-:func:`~dakd.tracking.tables.write_tables`) and plots (:func:`~dakd.tracking.plots.make_plots`,
-PNG). :func:`write_report` runs it into a folder (``analysis/tables.py``, ``analysis/plots.py``);
+saved as ``runs.parquet``) -> :func:`~dakd.tracking.results.write_results` (seeds averaged, the
+paper's tables and plots; it needs the runs table alone, not MLflow). :func:`write_report` runs
+it into a folder (``python -m dakd tables``, ``analysis/tables.py``, ``analysis/plots.py``);
 :func:`log_sweep_analysis` into the artifacts of a sweep's parent run (the sweep driver, at the
 end of a sweep).
 
@@ -19,13 +17,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import pyarrow.compute as pc
-
-from dakd.tracking.groups import aggregate
-from dakd.tracking.load import Selection, existing_client, load_runs, select, write_runs
-from dakd.tracking.plots import make_plots
+from dakd.tracking.load import Selection, existing_client, load_runs, select
+from dakd.tracking.results import write_results
 from dakd.tracking.store import retry_locked
-from dakd.tracking.tables import FORMATS, build_tables, write_tables
 
 __all__ = ["log_files", "log_sweep_analysis", "write_report"]
 
@@ -35,28 +29,24 @@ def write_report(
     out: str | Path,
     tables: bool = True,
     plots: bool = False,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] | None = None,
     best_of_evaluations: bool = False,
     top: int = 10,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Load the selection, write ``runs.parquet`` and (as asked) its tables and plots into
     ``out``; the files written."""
-    runs = load_runs(selection)
-    groups = aggregate(runs, best_of_evaluations)
-    written = []
-    if tables:
-        written.append(write_runs(runs, out))
-        written += write_tables(build_tables(groups, best_of_evaluations, top), out, formats)
-    if plots:
-        written += make_plots(groups, out, best_of_evaluations, log)
-    linked = pc.sum(runs["linked"]).as_py() or 0
-    duplicates = pc.sum(runs["duplicate"]).as_py() or 0
-    log(
-        f"{selection.describe()}: {len(runs)} runs ({linked} linked stage runs, {duplicates} "
-        f"duplicate records), {len(groups)} configurations, {len(written)} files written"
+    return write_results(
+        load_runs(selection),
+        out,
+        tables=tables,
+        plots=plots,
+        formats=formats,
+        best_of_evaluations=best_of_evaluations,
+        top=top,
+        source=selection.describe(),
+        log=log,
     )
-    return written
 
 
 def log_files(selection: Selection, files: Sequence[Path], artifact_path: str = "analysis"):

@@ -27,13 +27,14 @@ from mlflow.utils.validation import (
 
 from dakd.config import flatten
 from dakd.tracking.locations import runs_view, ui_link, view_tag
+from dakd.tracking.runs_table import finite_float
 from dakd.tracking.store import client_for, retry_locked
 from dakd.tracking.tags import ERROR, MLFLOW_NOTE, MLFLOW_PARENT_RUN_ID
 
 if TYPE_CHECKING:
     from dakd.evaluation.segmentation import SegMetrics
 
-__all__ = ["STATUSES", "RunLogger", "finish_run", "finite_float", "save_view", "set_run_tags"]
+__all__ = ["STATUSES", "RunLogger", "finish_run", "save_view", "set_run_tags"]
 
 #: Terminal statuses accepted by :meth:`RunLogger.finish` and :func:`finish_run`.
 STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -44,18 +45,6 @@ T = TypeVar("T")
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def finite_float(value: Any) -> float | None:
-    """``float(value)`` if it is a finite number (or a numeric string), else ``None``; booleans
-    are not numbers here."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _check_status(status: str) -> str:

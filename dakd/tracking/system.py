@@ -15,17 +15,19 @@ NVML sees every GPU of the machine, whichever ones the process may use: given th
 ``device``, the GPU metrics are those of that GPU alone (as ``gpu_0_...``), matched by UUID; a
 GPU NVML cannot match (a MIG slice) leaves every GPU in. The metrics are written through
 :func:`dakd.tracking.store.retry_locked`, like every other write, so a busy SQLite store does not
-stop them.
+stop them. Both need attributes of MLflow's monitor that MLflow does not document: they are
+touched in :func:`adapt_monitor` alone, which names any that an installed MLflow lacks.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from dakd.tracking.store import client_for, retry_locked
 
-__all__ = ["start_system_metrics"]
+__all__ = ["adapt_monitor", "start_system_metrics"]
 
 _logger = logging.getLogger(__name__)
 
@@ -65,32 +67,63 @@ def start_system_metrics(
         node_id=node_id,
         tracking_uri=uri,
     )
-    batcher = getattr(monitor, "mlflow_logger", None)
-    if batcher is not None and hasattr(batcher, "client"):
-        batcher.client = _RetryingClient(batcher.client)
-    if device is not None and getattr(device, "type", None) == "cuda":
-        _only_gpu(monitor, device)
+    adapt_monitor(monitor, _own_gpu(device) if getattr(device, "type", None) == "cuda" else None)
     monitor.start()
     return monitor
 
 
-def _only_gpu(monitor, device) -> None:
-    """Keep the NVML handle of torch's ``device`` alone in the monitor's GPU monitor."""
-    gpus = [m for m in monitor.monitors if hasattr(m, "gpu_handles")]
-    if not gpus:
-        return
-    try:
-        import pynvml
-        import torch
+def adapt_monitor(monitor, keep_gpus: Callable[[list], list] | None = None) -> list[str]:
+    """Fit MLflow's ``monitor`` to this package: its metrics batcher's client
+    (``monitor.mlflow_logger.client``) is wrapped so that every write retries while the store
+    is locked, and, given ``keep_gpus``, its NVIDIA GPU monitor samples the NVML handles
+    ``keep_gpus(handles)`` returns (``gpu_handles``, ``num_gpus``).
 
-        wanted = _uuid(torch.cuda.get_device_properties(device).uuid)
-        mine = [h for h in gpus[0].gpu_handles if _uuid(pynvml.nvmlDeviceGetUUID(h)) == wanted]
-    except Exception as err:  # an old torch without uuid, NVML errors: keep every GPU
-        _logger.debug("system metrics of every GPU: %s", err)
-        return
-    if len(mine) == 1:
-        gpus[0].gpu_handles = mine
-        gpus[0].num_gpus = 1
+    The one place that touches these attributes, which MLflow does not document. One that an
+    installed MLflow lacks is a warning naming it (the monitor then runs as MLflow made it), and
+    is returned."""
+    from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+    missing = []
+    batcher = getattr(monitor, "mlflow_logger", None)
+    if hasattr(batcher, "client"):
+        batcher.client = _RetryingClient(batcher.client)
+    else:
+        missing.append("SystemMetricsMonitor.mlflow_logger.client")
+    gpus = [m for m in getattr(monitor, "monitors", ()) if isinstance(m, GPUMonitor)]
+    if keep_gpus is not None and gpus:
+        if hasattr(gpus[0], "gpu_handles") and hasattr(gpus[0], "num_gpus"):
+            gpus[0].gpu_handles = keep_gpus(list(gpus[0].gpu_handles))
+            gpus[0].num_gpus = len(gpus[0].gpu_handles)
+        else:
+            missing.append("GPUMonitor.gpu_handles, num_gpus")
+    for name in missing:
+        _logger.warning("MLflow %s has no %s: system metrics without it", _version(), name)
+    return missing
+
+
+def _version() -> str:
+    import mlflow
+
+    return mlflow.__version__
+
+
+def _own_gpu(device) -> Callable[[list], list]:
+    """Of NVML's handles, the one of torch's ``device``, matched by UUID; every handle when none
+    or several match, or NVML or torch cannot tell (an old torch without uuid, a MIG slice)."""
+
+    def keep(handles: list) -> list:
+        try:
+            import pynvml
+            import torch
+
+            wanted = _uuid(torch.cuda.get_device_properties(device).uuid)
+            mine = [h for h in handles if _uuid(pynvml.nvmlDeviceGetUUID(h)) == wanted]
+        except Exception as err:  # NVML errors: keep every GPU
+            _logger.debug("system metrics of every GPU: %s", err)
+            return handles
+        return mine if len(mine) == 1 else handles
+
+    return keep
 
 
 def _uuid(value) -> str:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from dakd.data.labels import CLASS_NAMES
 from dakd.paradigms import DEFAULT_LEVELS
+from dakd.tabular import latex_table, markdown_table
 from dakd.tracking.groups import (
     CLASS_KEYS,
     ROW_ORDER,
@@ -31,8 +32,7 @@ from dakd.tracking.groups import (
     score,
     varying_params,
 )
-from dakd.tracking.load import AnalysisError
-from dakd.tracking.runs import finite_float
+from dakd.tracking.runs_table import AnalysisError, finite_float
 
 __all__ = [
     "FORMATS",
@@ -67,66 +67,16 @@ class ResultTable:
     notes: list[str] = field(default_factory=list)
 
     def markdown(self) -> str:
-        def line(items: Sequence[str]) -> str:
-            return "| " + " | ".join(str(i).replace("|", "\\|") for i in items) + " |"
-
-        lines = [f"### {self.title}", "", self.caption, "", line(self.header)]
-        lines.append("|" + "|".join("---" for _ in self.header) + "|")
-        lines += [line(row) for row in self.cells]
+        lines = [f"### {self.title}", "", self.caption, ""]
+        lines.append(markdown_table(self.header, self.cells))
         if self.notes:
             lines += [""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
 
     def latex(self) -> str:
-        columns = "l" + "r" * (len(self.header) - 1)
-        wide = len(self.header) > 10
-        lines = [
-            "% needs \\usepackage{booktabs} (and graphicx, amssymb for wide tables and ticks)",
-            "\\begin{table}[t]",
-            "\\centering",
-            f"\\caption{{{_latex(self.title)}. {_latex(self.caption)}}}",
-            f"\\label{{tab:{self.name.replace('_', '-')}}}",
-        ]
-        if wide:
-            lines.append("\\resizebox{\\linewidth}{!}{%")
-        lines += [
-            f"\\begin{{tabular}}{{{columns}}}",
-            "\\toprule",
-            " & ".join(_latex(h) for h in self.header) + " \\\\",
-            "\\midrule",
-        ]
-        lines += [" & ".join(_latex(c) for c in row) + " \\\\" for row in self.cells]
-        lines += ["\\bottomrule", "\\end{tabular}" + ("}" if wide else "")]
-        for note in self.notes:
-            lines.append(f"\\par\\footnotesize {_latex(note)}")
-        lines.append("\\end{table}")
-        return "\n".join(lines) + "\n"
-
-
-_LATEX = {
-    "\\": "\\textbackslash{}",
-    "&": "\\&",
-    "%": "\\%",
-    "$": "\\$",
-    "#": "\\#",
-    "_": "\\_",
-    "{": "\\{",
-    "}": "\\}",
-    "~": "\\textasciitilde{}",
-    "^": "\\textasciicircum{}",
-    "±": "$\\pm$",
-    "–": "--",
-    "✓": "\\checkmark",
-    "Δ": "$\\Delta$",
-}
-
-
-def _latex(text: str) -> str:
-    """``text`` escaped for LaTeX; a leading minus of a number is set as one (``$-$``)."""
-    text = str(text)
-    if len(text) > 1 and text[0] == "-" and text[1].isdigit():
-        return "$-$" + _latex(text[1:])
-    return "".join(_LATEX.get(ch, ch) for ch in text)
+        caption = f"{self.title}. {self.caption}"
+        label = f"tab:{self.name.replace('_', '-')}"
+        return latex_table(self.header, self.cells, caption, label, self.notes)
 
 
 def _fmt(value: Any, digits: int = 2, sign: bool = False) -> str:

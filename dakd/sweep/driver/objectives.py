@@ -9,6 +9,9 @@ trial stays RUNNING in its study. :class:`ObjectivesSearch` tells such a trial a
 ASHA ranks trials by one metric; :class:`ParetoScheduler` stops a trial whose objectives at an
 evaluation are dominated by another trial's at the same evaluation (after ``grace_period``
 evaluations): such a trial cannot be on the front of that evaluation.
+
+``OptunaSearch``'s private state (its study, its open trials) is read in :func:`optuna_state`
+alone, which stops with one error when an installed Ray lacks it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -35,12 +39,11 @@ class ObjectivesSearch(OptunaSearch):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        optuna_state(self)  # stops here, at the sweep's start, if Ray's private state moved
         self.proposed: set[str] = set()
         self.repeats = 0
 
     def suggest(self, trial_id: str):
-        from optuna.trial import TrialState
-
         params = super().suggest(trial_id)
         for _ in range(RESAMPLES):
             if not isinstance(params, dict):
@@ -49,7 +52,7 @@ class ObjectivesSearch(OptunaSearch):
             if key not in self.proposed:
                 break
             self.repeats += 1
-            self._ot_study.tell(self._ot_trials.pop(trial_id), state=TrialState.FAIL)
+            fail_suggestion(self, trial_id)
             params = super().suggest(trial_id)
         if isinstance(params, dict):
             self.proposed.add(json.dumps(params, sort_keys=True, default=str))
@@ -60,6 +63,31 @@ class ObjectivesSearch(OptunaSearch):
         if result and any(_missing(result.get(m)) for m in metrics):
             result = None  # Ray then tells Optuna PRUNED (or FAIL when the trial errored)
         super().on_trial_complete(trial_id, result, error)
+
+
+def optuna_state(searcher: OptunaSearch) -> tuple[Any, dict[str, Any]]:
+    """``searcher``'s Optuna study (``None`` until it has a space and a metric) and the open
+    Optuna trial of each Tune trial id: the one place that reads ``OptunaSearch``'s private
+    attributes (``_ot_study``, ``_ot_trials``), which Ray does not document. A Ray without them
+    is one error naming them, not a sweep that silently trains repeated configurations."""
+    try:
+        return searcher._ot_study, searcher._ot_trials
+    except AttributeError as err:
+        import ray
+
+        raise RuntimeError(
+            f"Ray {ray.__version__}: OptunaSearch has no attribute {err.name!r}, which "
+            "dakd.sweep.driver.objectives.optuna_state reads; this Ray is not supported"
+        ) from None
+
+
+def fail_suggestion(searcher: OptunaSearch, trial_id: str) -> None:
+    """Tell Optuna that the open trial of ``trial_id`` failed and forget it, so that the next
+    ``searcher.suggest(trial_id)`` asks the study for a new one."""
+    from optuna.trial import TrialState
+
+    study, trials = optuna_state(searcher)
+    study.tell(trials.pop(trial_id), state=TrialState.FAIL)
 
 
 def _missing(value) -> bool:

@@ -16,6 +16,7 @@ from dakd.config import ConfigError
 from dakd.recipes.stages import error_line
 from dakd.sweep.driver.front import figures_of, front_markdown, trials_on_front
 from dakd.sweep.spec.sweep_spec import SpecError, SweepSpec, resolve, trial_label, trial_overrides
+from dakd.tabular import markdown_table
 from dakd.tracking.locations import ui_address, ui_link
 
 if TYPE_CHECKING:
@@ -176,14 +177,13 @@ def summary_markdown(result: SweepResult, spec: SweepSpec, top: int = 5) -> str:
         f"best trials of {spec.name} by final {metric} (of {len(result.rows)}; "
         f"{result.errors} failed):",
         "",
-        f"| trial | final {metric} | best {metric} | steps | status |",
-        "|---|---|---|---|---|",
     ]
-    for row in result.rows[:top]:
-        lines.append(
-            f"| {row['trial']} | {row['final']:.2f} | {row['best']:.2f} | {row['step']} "
-            f"| {row['status']} |"
-        )
+    header = ["trial", f"final {metric}", f"best {metric}", "steps", "status"]
+    cells = [
+        [row["trial"], f"{row['final']:.2f}", f"{row['best']:.2f}", row["step"], row["status"]]
+        for row in result.rows[:top]
+    ]
+    lines.append(markdown_table(header, cells))
     if result.failed_stages:
         lines += ["", f"stages that failed ({len(result.failed_stages)}; their trials failed):"]
         lines += ["", *(f"- {line}" for line in result.failed_stages)]
