@@ -58,28 +58,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-#: Cityscapes' 19 classes, as ``iou/<class>`` spells them (spaces as underscores).
-CLASSES = (
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic_light",
-    "traffic_sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
+from dakd.data.labels import CLASS_NAMES  # noqa: E402  (numpy only: light in every writer)
+
+#: The loss terms a DAKD (b) trial reports (``dakd.evaluation.run_metrics.LOSS_TERMS`` of its
+#: stage), written out: importing that module would import torch in every writer process.
 LOSS_TERMS = (
     "total",
     "seg",
@@ -93,7 +75,7 @@ LOSS_TERMS = (
 #: What one evaluation logs: 8 + 19 + 8 = 35 metrics.
 EVAL_METRICS = (
     ("miou", "pixel_acc", "step", "lr", "step_ms", "samples_per_s", "raw/miou", "raw/pixel_acc")
-    + tuple(f"iou/{name}" for name in CLASSES)
+    + tuple(f"iou/{name.replace(' ', '_')}" for name in CLASS_NAMES)
     + tuple(f"loss/{term}" for term in LOSS_TERMS)
 )
 #: What a step logs between evaluations (the first ``metrics_per_step`` of these, then extras).

@@ -130,3 +130,20 @@ def test_quick_run_on_the_cpu_prints_the_table_and_the_last_line(tmp_path, monke
     assert saved["settings"]["default"]["overrides"][-1] == "train.device=cpu"  # no switch set
     assert [p["processes"] for p in saved["processes"]] == [1]
     assert (tmp_path / "data" / "gta5" / "images" / "00001.png").exists()
+
+
+def test_the_tracking_load_bench_logs_the_names_a_dakd_b_trial_reports():
+    """bench/tracking_load.py writes its metric names out (its writers stay free of torch): they
+    are the names a DAKD (b) run reports, so the load it measures is a real trial's."""
+    from dakd.config import ExperimentConfig
+    from dakd.evaluation.run_metrics import reported_metrics
+
+    spec = importlib.util.spec_from_file_location(
+        "tracking_load", ROOT / "bench" / "tracking_load.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    reported = set(reported_metrics(ExperimentConfig()))
+    logged = {name for name in bench.EVAL_METRICS if name.startswith(("iou/", "loss/"))}
+    assert len(logged) == 19 + 8
+    assert logged <= reported, sorted(logged - reported)

@@ -18,9 +18,9 @@ import sys
 from collections.abc import Iterator
 
 #: Where each sweep module of the flat layout lives now (objects of these modules can be in
-#: Tune's pickled state).
+#: Tune's pickled state). ``dakd.sweep.spec`` is not among them: the name is the spec's package
+#: now, and Tune's state holds nothing of the old module.
 MOVED_MODULES = {
-    "dakd.sweep.spec": "dakd.sweep.spec.sweep_spec",
     "dakd.sweep.space": "dakd.sweep.spec.space",
     "dakd.sweep.settings": "dakd.sweep.spec.settings",
     "dakd.sweep.students": "dakd.sweep.spec.students",
@@ -48,37 +48,18 @@ class TuneStateError(RuntimeError):
     """A sweep's Tune state that this version of dakd cannot read."""
 
 
-class _OldPaths:
-    """A meta-path finder that answers an old module name with its new module."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name not in MOVED_MODULES:
-            return None
-        return importlib.util.spec_from_loader(name, self)
-
-    def create_module(self, spec):
-        return importlib.import_module(MOVED_MODULES[spec.name])
-
-    def exec_module(self, module) -> None:
-        return None
-
-
 @contextlib.contextmanager
 def old_module_paths() -> Iterator[None]:
     """While inside, ``import dakd.sweep.tuner`` (and the other old names) gives the module at its
-    new path; afterwards the old names are gone again, from ``sys.modules`` too."""
-    finder = _OldPaths()
-    before = {name: sys.modules.get(name) for name in MOVED_MODULES}
-    sys.meta_path.insert(0, finder)
+    new path; afterwards the old names are gone again from ``sys.modules``."""
+    aliased = [old for old in MOVED_MODULES if old not in sys.modules]
+    for old in aliased:
+        sys.modules[old] = importlib.import_module(MOVED_MODULES[old])
     try:
         yield
     finally:
-        sys.meta_path.remove(finder)
-        for name, module in before.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+        for old in aliased:
+            sys.modules.pop(old, None)
 
 
 def restore_tuner(previous: str, trainable):
