@@ -223,6 +223,34 @@ QUOTES: list[tuple[str, str, tuple[str, ...]]] = [
         ),
     ),
     (
+        "docs/guide.md",
+        rf"\(with one\s+thread per trial {N}\)",
+        ("measurements.bench.teacher_cache.ratio_one_thread",),
+    ),
+    (
+        "docs/teacher-cache.md",
+        rf"step ratio cached/live = {N}",
+        ("measurements.bench.teacher_cache.ratio",),
+    ),
+    (
+        "docs/teacher-cache.md",
+        rf"\*\*ratio {N}\*\*",
+        ("measurements.bench.teacher_cache.ratio_one_thread",),
+    ),
+    (
+        "docs/performance.md",
+        rf"3-minute trials \(450 steps\) {N} \([\d.]+ s against [\d.]+ s, {N}x\)",
+        (
+            "measurements.bench.sweep_overhead.efficiency_3min",
+            "measurements.bench.sweep_overhead.speedup_3min",
+        ),
+    ),
+    (
+        "docs/datasets.md",
+        rf"\({N}x more steps per second\)",
+        ("measurements.bench.data_loading.speedup",),
+    ),
+    (
         "sweeps/README.md",
         rf"two at a time: {N} s with reuse against {N} s without",
         ("measurements.bench.actor_reuse.with_s", "measurements.bench.actor_reuse.without_s"),
