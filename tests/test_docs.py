@@ -388,6 +388,10 @@ def prose(path: Path) -> list[tuple[int, str]]:
     return out
 
 
+def _where(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
 def path_problems(path: Path) -> list[str]:
     """Path-like tokens in a file that name no file or folder of the repository."""
     out = []
@@ -397,7 +401,7 @@ def path_problems(path: Path) -> list[str]:
             if DOWNLOADED.search(token) or token in ARTIFACTS or "..." in token:
                 continue  # a file to download, a run's artifact, or an elided path (docs/...)
             if not _resolves(token, path.parent):
-                out.append(f"{path.relative_to(ROOT)}:{number}: {token}")
+                out.append(f"{_where(path)}:{number}: {token}")
     return out
 
 
@@ -411,7 +415,7 @@ def link_problems(path: Path) -> list[str]:
                 continue  # http:, https:, mailto:
             file, _, anchor = target.partition("#")
             dest = (path.parent / file).resolve() if file else path
-            where = f"{path.relative_to(ROOT)}:{number}: {target}"
+            where = f"{_where(path)}:{number}: {target}"
             if not dest.exists():
                 out.append(f"{where} (no such file)")
             elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
@@ -429,20 +433,18 @@ def test_references_resolve():
 
 
 def test_reference_check_finds_what_is_broken(tmp_path):
+    (tmp_path / "other.md").write_text("# Other\n\n## A section\n\n```\n# not a heading\n```\n")
     page = tmp_path / "page.md"
     page.write_text(
-        "# A page\n\nSee docs/nothing.md, [method](method.md#no-such-heading), "
-        "[x](missing.md) and [ok](#a-page).\n"
+        "# A page\n\nSee docs/nothing.md and docs/method.md, [x](other.md#a-section), "
+        "[y](other.md#not-a-heading), [z](missing.md), [ok](#a-page), [no](#b-page).\n"
     )
-    page = page.rename(DOCS / ".test_docs_probe.md")
-    try:
-        found = path_problems(page) + link_problems(page)
-    finally:
-        page.unlink()
-    assert [p.split(": ", 1)[1] for p in found] == [
+    found = [p.split(": ", 1)[1] for p in path_problems(page) + link_problems(page)]
+    assert found == [
         "docs/nothing.md",
-        "method.md#no-such-heading (no heading 'no-such-heading' in method.md)",
+        "other.md#not-a-heading (no heading 'not-a-heading' in other.md)",
         "missing.md (no such file)",
+        "#b-page (no heading 'b-page' in page.md)",
     ]
     assert slug("Sweep overhead: Ray Tune + MLflow against a plain loop") == (
         "sweep-overhead-ray-tune--mlflow-against-a-plain-loop"
