@@ -137,6 +137,14 @@ QUOTES: list[tuple[str, str, tuple[str, ...]]] = [
             "measurements.main_job.summary.teacher",
         ),
     ),
+    (
+        "README.md",
+        rf"next come \(b\) with a small\s+lambda_pseudoT at {N} and \(c\) at {N} \(stopped at 100",
+        (
+            "measurements.main_job.summary.second_b",
+            "measurements.main_job.summary.c_stopped_at_100",
+        ),
+    ),
     ("sweeps/README.md", rf"\| 8 \| {T} from a fresh clone \|", ("measurements.main_job.wall",)),
     # the quickstart
     (
