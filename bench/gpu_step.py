@@ -467,7 +467,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--no-record",
         dest="record",
         action="store_false",
-        help="on a GPU at scale 1, do not record the step times in dakd/step_times.json (the "
+        help="on a GPU at scale 1, do not record the step times in dakd/runtime/step_times.json (the "
         "figures the dry run costs sweeps with)",
     )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per process")
@@ -625,7 +625,7 @@ def bench(args, device: torch.device, cuda: bool, cpus: int, work: Path) -> int:
         }
         args.json.write_text(json.dumps(figures, indent=2))
     if cuda and args.scale == 1 and args.record:
-        # the figures the planner costs sweeps with (dakd/step_times.json), per setting
+        # the figures the planner costs sweeps with (dakd/runtime/step_times.json), per setting
         for setting, r in results.items():
             if setting == "default":
                 continue  # what "default" resolves to is one of the named settings
@@ -640,7 +640,7 @@ def bench(args, device: torch.device, cuda: bool, cpus: int, work: Path) -> int:
                     date=time.strftime("%Y-%m-%d"),
                 )
             )
-        print(f"step times recorded in dakd/step_times.json for {recipe_of(cfg)} on {name}")
+        print(f"step times recorded in dakd/runtime/step_times.json for {recipe_of(cfg)} on {name}")
     bf16 = results["bf16"]
     if not cuda:
         print(f"(on a CPU: the share is of a {dtype_name} torch.mm peak; no bf16 peak measured)")

@@ -14,7 +14,7 @@ Why an average: adversarial alignment swings by about +-2.5 mIoU from one evalua
 next, so the last iterate of a teacher-DA run is a draw from that band, and a longer schedule
 alone does not help. An exponential moving average of the weights (``train.ema_decay``, torch's
 ``AveragedModel``) holds steady; the measurements behind the recipe are in
-``docs/benchmark-history.md``.
+``docs/history/benchmark.md``.
 
 The run is the trainer itself, so it resumes from ``WORK/teacher_da-SCENARIO/last.pt`` and is
 deterministic for a given thread count. Weights are stored in float16 (half the bytes; the
