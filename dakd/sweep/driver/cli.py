@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 EPILOG = """spec sections: name, experiment, stages, search, tune, resources, tracking, storage
@@ -25,7 +26,8 @@ lists; --resume alone continues the latest run of the spec.
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     """The spec, ``--resume [ID]``, the cluster, the dry run's planning options, ``--smoke``
     and ``--set``."""
-    parser.add_argument("spec", help="sweep spec YAML (e.g. sweeps/quickstart.yaml)")
+    # optional only so that `--resume SPEC` (--resume before the spec) reads as it always did
+    parser.add_argument("spec", nargs="?", help="sweep spec YAML (e.g. sweeps/quickstart.yaml)")
     parser.add_argument(
         "--resume",
         nargs="?",
@@ -100,6 +102,11 @@ def run_command(args: argparse.Namespace) -> int:
     status for every way it can stop."""
     from dakd.optional_deps import missing_sweep_extra
 
+    if args.spec is None and isinstance(args.resume, str) and not is_sweep_id(args.resume):
+        args.spec, args.resume = args.resume, True  # `--resume SPEC`: the spec, not an id
+    if args.spec is None:
+        print("error: no spec given (dakd sweep SPEC.yaml [--resume [ID]])", file=sys.stderr)
+        return 2
     missing = missing_sweep_extra("the sweep")
     if missing:
         print(missing, file=sys.stderr)
@@ -142,6 +149,11 @@ def run_command(args: argparse.Namespace) -> int:
         )
         return 1
     return 1 if result.errors else 0
+
+
+def is_sweep_id(text: str) -> bool:
+    """Whether ``text`` can be a sweep's id or its prefix (hex digits), not a spec's path."""
+    return re.fullmatch(r"[0-9a-f]+", text) is not None
 
 
 def dry_run(spec, args) -> int:
