@@ -1,5 +1,5 @@
-"""Command line: ``python -m dakd {train,eval,calibrate,pretrain,scenes,models,deploy,data,tables,
-cluster} ...``."""
+"""Command line: ``dakd {train,eval,calibrate,pretrain,scenes,models,deploy,data,sweep,sweeps,
+compare,tables,plots,cluster} ...`` (``python -m dakd`` is the same; docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,12 @@ EXAMPLES = """examples:
   python -m dakd models
   python -m dakd deploy configs/embedded.yaml --network student --size 1024 2048 --device cpu
   python -m dakd data check --dataset cityscapes --root /data/cityscapes
+  dakd sweep sweeps/quickstart.yaml --dry-run           (python sweeps/run.py is the same)
+  dakd sweeps                                            (past sweeps, newest first, their ids)
+  dakd sweep sweeps/quickstart.yaml --resume 3f2a        (continue the sweep of that id)
+  dakd compare 3f2a 9c41                                 (two sweeps' best trials and tables)
   python -m dakd tables --runs runs/analysis/paradigms/runs.parquet --plots   (no MLflow needed)
+  dakd plots --experiment loss_weights --sweep latest
   python -m dakd cluster local up --nodes 3      (PostgreSQL, an MLflow server, 3 Ray nodes)
 """
 
@@ -240,11 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     from dakd.cluster.cli import add_cluster_parser
-    from dakd.tracking.cli import add_tables_parser
+    from dakd.sweep.driver.cli import add_sweep_parsers
+    from dakd.tracking.cli import add_plots_parser, add_tables_parser
 
     for add in (_train, _eval, _calibrate, _pretrain, _scenes, _models, _deploy, _data):
         add(sub)
+    add_sweep_parsers(sub)
     add_tables_parser(sub)
+    add_plots_parser(sub)
     add_cluster_parser(sub)
     return parser
 

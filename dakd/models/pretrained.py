@@ -70,8 +70,10 @@ def teacher_file(scenario: str) -> str:
 
 
 def shipped_dir() -> Path:
-    """The folder of the shipped weights in this checkout."""
-    return Path(__file__).resolve().parents[2] / SHIPPED_DIR
+    """The folder of the shipped weights: in this clone, or in the installed package."""
+    from dakd.models.shipped import shipped_root
+
+    return shipped_root() / SHIPPED_DIR
 
 
 def shipped_backbone(model, folder: Path | None = None) -> Path | None:

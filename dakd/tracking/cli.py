@@ -1,4 +1,5 @@
-"""``python -m dakd tables``, and the options ``analysis/tables.py`` and ``analysis/plots.py`` share.
+"""``dakd tables`` and ``dakd plots`` (``analysis/tables.py`` and ``analysis/plots.py`` are the
+same commands), and the options they share.
 
 The runs come from a saved runs table (``--runs runs.parquet``: PyArrow is all it needs, MLflow
 and Ray are never imported) or from a tracking store (``--experiment``, ``--sweep``,
@@ -16,9 +17,12 @@ __all__ = [
     "FORMATS",
     "add_source",
     "add_table_options",
+    "add_plots_parser",
     "add_tables_parser",
     "check_args",
+    "plots_main",
     "run",
+    "tables_main",
 ]
 
 #: The table formats (:data:`dakd.tracking.tables.FORMATS`, which needs PyArrow to import).
@@ -186,3 +190,57 @@ def add_tables_parser(sub) -> None:
     add_table_options(p)
     p.add_argument("--plots", action="store_true", help="also write the plots (PNG)")
     p.set_defaults(func=lambda args: run(args, True, args.plots, check_args(p, args)))
+
+
+PLOTS_EPILOG = """writes, as the runs allow: sensitivity.png (mIoU against each swept loss weight, seed
+std as error bars), miou_vs_parameters.png (teacher-DA, student-DA, DAKD students) and
+per_class_<scenario>.png (the best student against the teacher); a plot the runs cannot
+support is skipped with a one-line notice.
+
+examples:
+  dakd plots --experiment loss_weights --sweep latest
+  dakd plots --runs runs/analysis/paradigms/runs.parquet      (no MLflow needed)
+"""
+
+PLOTS_DESCRIPTION = "Plots (PNG) from a study's MLflow runs or a saved runs.parquet."
+
+
+def add_plots_parser(sub) -> None:
+    """The ``plots`` subcommand of ``dakd``."""
+    p = sub.add_parser(
+        "plots",
+        help="result plots (PNG) from a runs.parquet or a tracking store",
+        description=PLOTS_DESCRIPTION,
+        epilog=PLOTS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_source(p)
+    p.set_defaults(func=lambda args: run(args, False, True, check_args(p, args)))
+
+
+def plots_main(argv: list[str] | None = None, prog: str = "dakd plots") -> int:
+    """``dakd plots`` as a command of its own (``analysis/plots.py``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=PLOTS_DESCRIPTION,
+        epilog=PLOTS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_source(parser)
+    args = parser.parse_args(argv)
+    return run(args, tables=False, plots=True, formats=check_args(parser, args))
+
+
+def tables_main(argv: list[str] | None = None, prog: str = "dakd tables") -> int:
+    """``dakd tables`` without ``--plots``, as a command of its own (``analysis/tables.py``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Result tables (Markdown, LaTeX, CSV, Parquet) from a study's MLflow runs "
+        "or a saved runs.parquet.",
+        epilog=TABLES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_source(parser)
+    add_table_options(parser)
+    args = parser.parse_args(argv)
+    return run(args, tables=True, plots=False, formats=check_args(parser, args))

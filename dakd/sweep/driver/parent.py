@@ -63,6 +63,7 @@ def open_parent(spec: SweepSpec, the_plan: Plan, uri: str, name: str, tags: dict
                 "scheduler": spec.tune.scheduler,
                 "seeds": spec.tune.seeds,
                 "metric": ", ".join(spec.tune.objectives),
+                "mode": ", ".join(spec.tune.modes),  # which way each metric is better
             }
         )
         parent.log_artifact(spec.path, "spec")

@@ -65,7 +65,7 @@ class Sweep:
         self,
         spec: SweepSpec,
         *,
-        resume: bool = False,
+        resume: bool | str = False,
         address: str | None = None,
         root: Path | None = None,
         log: Callable[[str], None] = print,
@@ -159,7 +159,8 @@ class Sweep:
         self._check_tracking()
         self._cost()
         if self.resume:
-            self.previous, self.state = resumed_attempt(spec, self.plan.storage, self.uri)
+            sweep_id = self.resume if isinstance(self.resume, str) else None
+            self.previous, self.state = resumed_attempt(spec, self.plan.storage, self.uri, sweep_id)
         stamp = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.name = Path(self.previous).name if self.previous else stamp
         self.tags = {SWEEP: spec.name, GIT_COMMIT: git_commit(self.root) or "unknown"}
@@ -421,13 +422,15 @@ def _wait_for(processes: list, timeout: float = 10.0) -> None:
 
 def run_sweep(
     spec: SweepSpec,
-    resume: bool = False,
+    resume: bool | str = False,
     address: str | None = None,
     root: Path | None = None,
     log: Callable[[str], None] = print,
     autoscale: bool = False,
 ) -> SweepResult:
     """Run (or with ``resume`` continue) a sweep; return its summary rows (best first).
+    ``resume``: True continues the spec's latest sweep, a sweep id (or its unique prefix) that
+    sweep.
 
     ``autoscale``: the cluster adds nodes on demand, so trial resources it lacks now are not
     an error (:func:`check_cluster_resources`)."""

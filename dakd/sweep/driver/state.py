@@ -58,20 +58,46 @@ def read_state(experiment: str) -> dict[str, Any]:
         return {}
 
 
-def resumed_attempt(spec: SweepSpec, storage: str, uri: str) -> tuple[str, dict[str, Any]]:
-    """The Tune experiment ``--resume`` continues (the sweep's latest under ``storage``) and its
-    state; :class:`SpecError` when there is none to continue, or it was tracked elsewhere."""
+def resumed_attempt(
+    spec: SweepSpec, storage: str, uri: str, sweep_id: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The Tune experiment ``--resume`` continues (the sweep's latest under ``storage``, or with
+    ``sweep_id`` that sweep's: :func:`sweep_experiment`) and its state; :class:`SpecError` when
+    there is none to continue, or it was tracked elsewhere."""
     from ray import tune
 
-    previous = latest_experiment(storage, spec.name)
+    if sweep_id:
+        previous = sweep_experiment(spec, storage, uri, sweep_id)
+    else:
+        previous = latest_experiment(storage, spec.name)
     # a sweep is resumable from the moment its parent run exists (the state file is
     # written then): killed in its stages, it has no Tune experiment yet
     state = read_state(previous) if previous else {}
     if previous is None or not (state or tune.Tuner.can_restore(previous)):
-        raise SpecError(f"{spec.path}: --resume: no interrupted sweep {spec.name!r} in {storage}")
+        which = f"sweep {sweep_id!r}" if sweep_id else f"interrupted sweep {spec.name!r}"
+        raise SpecError(f"{spec.path}: --resume: no {which} in {storage}")
     if state.get("tracking_uri", uri) != uri:
         raise SpecError(
             f"{spec.path}: --resume: the latest sweep {Path(previous).name} was tracked in "
             f"{state['tracking_uri']}, not {uri}; resume with its tracking.uri"
         )
     return previous, state
+
+
+def sweep_experiment(spec: SweepSpec, storage: str, uri: str, sweep_id: str) -> str:
+    """The Tune experiment of the sweep whose parent run id is (or starts with) ``sweep_id``, in
+    ``storage``; :class:`SpecError` (one line, the nearest ids) for an id the store does not
+    have, or the sweep of another spec."""
+    from dakd.sweep.driver.history import SweepLookupError, SweepRecord, find_sweep
+    from dakd.tracking.runs_table import AnalysisError
+
+    try:
+        record = SweepRecord(find_sweep(uri, sweep_id))
+    except (SweepLookupError, AnalysisError) as err:
+        raise SpecError(f"{spec.path}: --resume: {err}") from None
+    if record.name != spec.name or not record.tune_experiment:
+        raise SpecError(
+            f"{spec.path}: --resume: sweep {record.run_id} is a run of {record.name!r}, not of "
+            f"{spec.name!r}; resume it with its own spec"
+        )
+    return f"{storage.rstrip('/')}/{record.tune_experiment}"

@@ -11,6 +11,7 @@ from typing import Any
 
 from dakd.config import ExperimentConfig, from_dict
 from dakd.evaluation.deploy import network_label
+from dakd.models.shipped import input_file
 from dakd.paradigms import AUTO, AUTO_STAGES
 from dakd.recipes.stages import (
     dependency_config,
@@ -51,6 +52,11 @@ class SweepContext:
         if not path or "://" in path or os.path.isabs(path):
             return path
         return os.path.join(self.root, path)
+
+    def input(self, path: str) -> str:
+        """A file a run reads: under the root, else the shipped file of that name (a spec run
+        outside the clone that names ``weights/embedded/...``: :mod:`dakd.models.shipped`)."""
+        return input_file(path, self.root)
 
 
 def stage_overrides(context: SweepContext) -> dict[str, Any]:
@@ -96,14 +102,14 @@ def input_paths(cfg: ExperimentConfig, context: SweepContext, overrides=None) ->
     as absolute paths, and its ``teacher``/``init`` checkpoints unless they are ``auto``."""
     flat = cfg.flat()
     out = {
-        k: context.absolute(value)
+        k: context.input(value)
         for k in INPUT_PATHS
         if (value := (overrides or {}).get(k, flat[k])) != AUTO  # auto: the shipped weights
     }
     for key in ("teacher", "init"):
         value = (overrides or {}).get(key, flat[key])
         if value and value != AUTO:
-            out[key] = context.absolute(value)
+            out[key] = context.input(value)
     return out
 
 

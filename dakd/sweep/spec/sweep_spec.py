@@ -207,7 +207,12 @@ def _apply_overrides(raw: dict, overrides: Sequence[str]) -> tuple[dict[str, Any
 
 
 def _base_file(base: Any, path: Path) -> Path:
-    """The ``experiment.base`` file: absolute, or beside the spec, or in the current folder."""
+    """The ``experiment.base`` file: absolute, or beside the spec, or in the current folder, or
+    the shipped file the spec's shipped siblings in ``sweeps/`` name so
+    (``../configs/embedded.yaml``: :mod:`dakd.models.shipped`, which an installed package
+    carries)."""
+    from dakd.models.shipped import shipped_file
+
     require(
         isinstance(base, str) and bool(base.strip()),
         "experiment.base",
@@ -215,10 +220,13 @@ def _base_file(base: Any, path: Path) -> Path:
     )
     candidates = [Path(base)] if Path(base).is_absolute() else [path.parent / base, Path(base)]
     found = next((Path(os.path.normpath(c)) for c in candidates if c.is_file()), None)
+    if found is None and not Path(base).is_absolute():
+        found = shipped_file(os.path.join("sweeps", base))
     if found is None:
         fail(
             "experiment.base",
-            f"no such config file {base!r} (looked in {path.parent or '.'} and the current folder)",
+            f"no such config file {base!r} (looked in {path.parent or '.'}, the current folder "
+            "and the package's shipped configs)",
         )
     return found
 
