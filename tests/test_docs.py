@@ -328,6 +328,8 @@ PREFIXES += ("examples", ".ci", "cluster")
 DOWNLOADED = re.compile(r"weights/drn_d_\d+-[0-9a-f]{8}\.pth$")
 #: Paths inside an MLflow run's artifacts, which the docs name with the same prefixes.
 ARTIFACTS = {"weights/model.pt", "analysis/pareto_front.png", "analysis/sensitivity.png"}
+#: What a built package carries and the checkout does not (setup.py copies the shipped files).
+BUILT = {"dakd/_shipped"}
 #: An upper-case word in a path is a placeholder (teacher_da-SCENARIO.pt): any name matches.
 PLACEHOLDER = re.compile(r"[A-Z][A-Z_]{2,}")
 #: Where references are looked for: docs, specs and the code's comments and docstrings.
@@ -406,7 +408,7 @@ def path_problems(path: Path) -> list[str]:
     for number, line in prose(path):
         for match in PATH_TOKEN.finditer(line):
             token = match.group(1).rstrip(".,;:")
-            if DOWNLOADED.search(token) or token in ARTIFACTS or "..." in token:
+            if DOWNLOADED.search(token) or token in ARTIFACTS | BUILT or "..." in token:
                 continue  # a file to download, a run's artifact, or an elided path (docs/...)
             if not _resolves(token, path.parent):
                 out.append(f"{_where(path)}:{number}: {token}")

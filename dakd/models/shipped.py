@@ -30,7 +30,7 @@ def shipped_root() -> Path:
 
 
 def shipped_file(path: str | os.PathLike) -> Path | None:
-    """The shipped file a relative ``path`` names (``weights/embedded/x.pt``,
+    """The shipped file a relative ``path`` names (``weights/embedded/teacher_da-synth_to_real.pt``,
     ``configs/embedded.yaml``; ``..`` parts are resolved first), or None when the package ships
     no such file."""
     relative = os.path.normpath(path)

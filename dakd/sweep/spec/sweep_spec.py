@@ -208,9 +208,8 @@ def _apply_overrides(raw: dict, overrides: Sequence[str]) -> tuple[dict[str, Any
 
 def _base_file(base: Any, path: Path) -> Path:
     """The ``experiment.base`` file: absolute, or beside the spec, or in the current folder, or
-    the shipped file the spec's shipped siblings in ``sweeps/`` name so
-    (``../configs/embedded.yaml``: :mod:`dakd.models.shipped`, which an installed package
-    carries)."""
+    the shipped file the spec's shipped siblings in ``sweeps/`` name so (``configs/embedded.yaml``
+    one folder up: :mod:`dakd.models.shipped`, which an installed package carries)."""
     from dakd.models.shipped import shipped_file
 
     require(
