@@ -7,17 +7,22 @@ Every function returns a scalar tensor, averaged over the pixels it is defined o
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from dakd import loss_terms
 from dakd.data.labels import IGNORE_INDEX
+from dakd.loss_terms import TermInputs
 
 #: AdaptSegNet's discriminator labels: source predictions are 0, target predictions are 1.
 SOURCE_LABEL = 0.0
 TARGET_LABEL = 1.0
 
-DISTILL_TERMS = ("kl", "mse", "pseudo")
+#: The built-in distillation terms; every registered one is in :mod:`dakd.loss_terms`.
+DISTILL_TERMS = tuple(term.name for term in loss_terms.BUILTIN)
 
 
 def upsample(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -93,6 +98,29 @@ def pseudo_ce(student_logits, teacher_logits, threshold: float = 0.0) -> torch.T
     return F.cross_entropy(student_logits, labels, ignore_index=IGNORE_INDEX)
 
 
+def kl_term(x: TermInputs) -> torch.Tensor:
+    """The registered ``kl`` term: :func:`kl_divergence` at ``loss.temperature``."""
+    return kl_divergence(x.student, x.teacher, x.loss.temperature)
+
+
+def mse_term(x: TermInputs) -> torch.Tensor:
+    """The registered ``mse`` term: :func:`mse` of the level's maps."""
+    return mse(x.student, x.teacher)
+
+
+def pseudo_term(x: TermInputs) -> torch.Tensor:
+    """The registered ``pseudo`` term: :func:`pseudo_ce` against the teacher's output level."""
+    return pseudo_ce(x.student, x.teacher_output, x.loss.pseudo_threshold)
+
+
+@dataclass(frozen=True)
+class TermSettings:
+    """The loss settings a term reads when no config's ``loss`` section is given."""
+
+    temperature: float = 1.0
+    pseudo_threshold: float = 0.0
+
+
 def distill_terms(
     student: Mapping[str, torch.Tensor],
     teacher: Mapping[str, torch.Tensor],
@@ -100,23 +128,32 @@ def distill_terms(
     temperature: float = 1.0,
     threshold: float = 0.0,
     pseudo: Mapping[str, torch.Tensor] | None = None,
+    *,
+    names: Sequence[str] = DISTILL_TERMS,
+    domain: str = "source",
+    loss: Any = None,
 ) -> dict[str, torch.Tensor]:
-    """The unweighted distillation terms on one batch, summed over the selected levels.
+    """The unweighted distillation terms ``names`` on one batch, each summed over its levels.
 
     ``student`` and ``teacher`` map a level name (``"output"``, ``"feature"``) to logits of the same
-    shape. At each level: KL between the level's class distributions, MSE between the level's maps,
-    and cross-entropy of the level's student logits against the teacher's *output-level* argmax
-    (the teacher's final prediction is the pseudo ground truth for every student head, as ground
-    truth is for L_seg). ``pseudo`` gives that output-level prediction per level when the levels'
-    maps differ in size (:func:`at_logit_grid`); by default every level reads
-    ``teacher["output"]``.
+    shape. The built-in terms at each level: KL between the level's class distributions, MSE
+    between the level's maps, and cross-entropy of the level's student logits against the
+    teacher's *output-level* argmax (the teacher's final prediction is the pseudo ground truth
+    for every student head, as ground truth is for L_seg). ``pseudo`` gives that output-level
+    prediction per level when the levels' maps differ in size (:func:`at_logit_grid`); by
+    default every level reads ``teacher["output"]``. A registered term is computed at the
+    levels of ``levels`` it reads (:mod:`dakd.loss_terms`); ``loss`` is the config's ``loss``
+    section (default: ``temperature`` and ``threshold``).
     """
-    terms = {name: student[levels[0]].new_zeros(()) for name in DISTILL_TERMS}
+    settings = loss if loss is not None else TermSettings(temperature, threshold)
+    entries = [loss_terms.get_term(name) for name in names]
+    terms = {term.name: student[levels[0]].new_zeros(()) for term in entries}
     for level in levels:
         pseudo_source = teacher["output"] if pseudo is None else pseudo[level]
-        terms["kl"] = terms["kl"] + kl_divergence(student[level], teacher[level], temperature)
-        terms["mse"] = terms["mse"] + mse(student[level], teacher[level])
-        terms["pseudo"] = terms["pseudo"] + pseudo_ce(student[level], pseudo_source, threshold)
+        inputs = TermInputs(student[level], teacher[level], pseudo_source, level, domain, settings)
+        for term in entries:
+            if level in term.levels:
+                terms[term.name] = terms[term.name] + term.function()(inputs)
     return terms
 
 
@@ -138,9 +175,12 @@ def at_logit_grid(
 def weighted_distill(
     terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]
 ) -> torch.Tensor:
-    """``lambda_KL * KL + lambda_MSE * MSE + lambda_pseudoT * pseudoT`` for one domain."""
+    """``lambda_KL * KL + lambda_MSE * MSE + lambda_pseudoT * pseudoT`` (and every other
+    registered term in ``terms``) for one domain, in the registry's order."""
     total = None
-    for name in DISTILL_TERMS:
+    for name in loss_terms.names():
+        if name not in terms:
+            continue
         weight = float(weights[name])
         if weight == 0.0:
             continue

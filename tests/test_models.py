@@ -38,13 +38,13 @@ def _few_threads():
 
 
 def test_registered_names():
-    assert set(list_models()) == {
-        "drn_d_22",
-        "drn_d_38",
-        "drn_d_54",
-        "drn_d_105",
-        "deeplabv2_resnet101",
-    }
+    """The package's networks, and those of the installed plugins (the dev environment
+    installs the example plugin, examples/dakd-plugin-example)."""
+    builtin = {"drn_d_22", "drn_d_38", "drn_d_54", "drn_d_105", "deeplabv2_resnet101"}
+    from dakd.config.plugins import installed_modules
+
+    plugins = {"tiny_fcn"} if ("dakd_plugin_example", "example") in installed_modules() else set()
+    assert set(list_models()) == builtin | plugins
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,7 @@ LAYERS = (
     (
         "dakd.paradigms",
         "dakd.losses",
+        "dakd.loss_terms",
         "dakd.config",
         "dakd.data",
         "dakd.models",

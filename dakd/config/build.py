@@ -145,31 +145,62 @@ def coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
     return _coerce_scalar(value, tp, key)
 
 
+def open_keys(cls: type) -> tuple[str, list[str]]:
+    """A dataclass's open keys: ``(field, names)`` where ``cls.OPEN_FIELD`` names a mapping field
+    that holds the values of the keys ``cls.open_keys()`` lists (registered names without a
+    field of their own, e.g. the loss terms' weights); ``("", [])`` for other dataclasses."""
+    name = getattr(cls, "OPEN_FIELD", "")
+    return (name, list(cls.open_keys())) if name else ("", [])
+
+
 def build(cls: type, data: dict[str, Any], prefix: str = "", defaults: Any = None) -> Any:
     """The dataclass ``cls`` from a mapping of its fields; missing fields keep ``defaults``'
-    values (``cls()`` when None). Keys and types are checked here, values by the caller."""
+    values (``cls()`` when None). Keys and types are checked here, values by the caller. A
+    dataclass with open keys (:func:`open_keys`) takes those keys beside its fields, into its
+    open field, which is not a key itself."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    reject_unknown(data, sorted(names), prefix)
+    open_field, extra = open_keys(cls)
+    reject_unknown(data, sorted([n for n in names if n != open_field] + extra), prefix)
     defaults = defaults if defaults is not None else cls()
     kwargs = {}
     for name in names:
-        if name in data:
+        if name == open_field:
+            _, item_tp = typing.get_args(hints[name])
+            given = {k: coerce(v, item_tp, prefix + k) for k, v in data.items() if k in extra}
+            kwargs[name] = {**getattr(defaults, name), **given}
+        elif name in data:
             kwargs[name] = coerce(data[name], hints[name], prefix + name, getattr(defaults, name))
         else:
             kwargs[name] = getattr(defaults, name)
     return cls(**kwargs)
 
 
+def lift_open_fields(obj: Any, tree: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` (``dataclasses.asdict(obj)``) with each open field's entries lifted into the
+    mapping of its dataclass, as a config writes them (:func:`build` reads them back)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            lift_open_fields(value, tree[f.name])
+    open_field = getattr(obj, "OPEN_FIELD", "")
+    if open_field:
+        tree.update(tree.pop(open_field))
+    return tree
+
+
 def path_kind(cls: type, key: str) -> str | None:
-    """``"leaf"``/``"section"`` when ``key`` is a dotted path into the dataclass ``cls``, else None."""
+    """``"leaf"``/``"section"`` when ``key`` is a dotted path into the dataclass ``cls``, else
+    None. Open keys are leaves; so is any path into a mapping field (``models.student.args.x``)."""
     tp: Any = cls
     for part in key.split("."):
+        if typing.get_origin(tp) is dict:
+            return "leaf"
         if not dataclasses.is_dataclass(tp):
             return None
         hints = typing.get_type_hints(tp)
-        if part not in hints:
-            return None
+        if part not in hints or part == open_keys(tp)[0]:
+            return "leaf" if part in open_keys(tp)[1] else None
         tp = hints[part]
     return "section" if dataclasses.is_dataclass(tp) else "leaf"
 

@@ -11,16 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dakd import loss_terms
 from dakd.config.build import (
     ConfigError,
     build,
     flatten,
+    lift_open_fields,
     parse_override,
     read_yaml,
     require,
     set_dotted,
 )
 from dakd.config.data import DataConfig
+from dakd.config.plugins import load_plugins
 from dakd.config.renamed import current_key, current_tree, stored_names
 from dakd.config.sections import (
     DistillConfig,
@@ -83,6 +86,9 @@ class ExperimentConfig:
     ``init``: checkpoint whose weights start the trained network (DAKD starts from student-DA).
     ``teacher``: checkpoint of the frozen teacher (stage ``dakd``).
     ``network``: which of ``models.teacher``/``models.student`` the source-only and oracle stages train.
+    ``plugins``: modules that register students and loss terms (``dakd.config.plugins``),
+    imported before the config is built; not part of fingerprints (what they register is, by
+    the names and weights the config uses).
     """
 
     name: str = "experiment"
@@ -100,6 +106,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
+    plugins: list[str] = field(default_factory=list)
 
     # -- derived --------------------------------------------------------------------------
     @property
@@ -120,7 +127,12 @@ class ExperimentConfig:
         return Path(self.out_dir) / self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The plain tree: registered loss terms' weights under ``loss`` beside the built-in
+        ones; ``plugins`` only when there are some (so configs without keep their shape)."""
+        tree = lift_open_fields(self, dataclasses.asdict(self))
+        if not tree["plugins"]:
+            del tree["plugins"]
+        return tree
 
     def flat(self) -> dict[str, Any]:
         """``{"loss.kl": 0.1, ...}``: the dotted view used for sweep axes and tracking params."""
@@ -136,6 +148,7 @@ class ExperimentConfig:
             "train.progress",
             "train.log_interval",
             "data.prefetch",
+            "plugins",
         ),
     ) -> str:
         """A short hash of everything that changes the trained weights (for stage reuse).
@@ -144,6 +157,8 @@ class ExperimentConfig:
         reductions, and a run with 1 thread does not reproduce a run with 2 bit for bit. So is
         the embedded renderer's version: a changed scene generator is different data. So are the
         speed switches when they are on (they change float arithmetic); see ``FINGERPRINT_NEUTRAL``.
+        A registered loss term's weight enters only when it differs from the term's default
+        (:func:`dakd.loss_terms.fingerprint_neutral`), a network's ``args`` only when set.
         Real datasets enter with their absolute folders (the same config on other data is another
         stage). Backbone weight files enter by their content's sha256 (shipped ones through their
         manifest, others through the digest remembered beside them: :mod:`dakd.config.weights`),
@@ -156,10 +171,13 @@ class ExperimentConfig:
             k: FINGERPRINT_AUTO[k] if k in FINGERPRINT_AUTO and v == AUTO else v
             for k, v in self.flat().items()
         }
+        neutral = set(loss_terms.fingerprint_neutral(flat))
         flat = {
             k: v
             for k, v in flat.items()
-            if k not in exclude and not (k in FINGERPRINT_NEUTRAL and FINGERPRINT_NEUTRAL[k] == v)
+            if k not in exclude
+            and k not in neutral
+            and not (k in FINGERPRINT_NEUTRAL and FINGERPRINT_NEUTRAL[k] == v)
         }
         if self.data.dataset == "scenes":
             from dakd.data.scenes import renderer_version
@@ -258,10 +276,20 @@ def from_dict(
     if not isinstance(tree, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}")
     tree = current_tree(tree)
+    load_plugins(_plugins_named(tree, overrides or {}))
     for key, value in (overrides or {}).items():
         key = current_key(key)
         set_dotted(tree, key, current_tree(value, key + ".") if isinstance(value, dict) else value)
     return validate(build(ExperimentConfig, tree))
+
+
+def _plugins_named(tree: dict[str, Any], overrides: dict[str, Any]) -> list[str]:
+    """The plugin modules a tree and its overrides name (checked as a list of strings)."""
+    plugins = overrides.get("plugins", tree.get("plugins", []))
+    plugins = [] if plugins is None else plugins
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"plugins: expected a list of module names, got {plugins!r}")
+    return plugins
 
 
 def load_config(

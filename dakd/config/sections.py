@@ -8,8 +8,11 @@ Each section checks its own values (``check``), naming the dotted key; the build
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+from dakd import loss_terms
 from dakd.config.build import require
+from dakd.loss_terms import BUILTIN_DEFAULTS
 from dakd.paradigms import DEFAULT_LEVELS, LEVELS, RESOLUTIONS
 
 
@@ -26,12 +29,17 @@ class ModelConfig:
     ``output_stride``: stride of the output-level logits. 8 is the paper's DRN; 4 or 2 add a
     light decoder that fuses an early stage (DRN only), so that thin and small classes survive
     on the logit grid of small inputs. The feature level stays at stride 8.
+
+    ``args``: keyword arguments for the network's builder (``register_model``), beyond name,
+    width and output stride; when set they enter the fingerprints of the stages that build the
+    network and the checkpoint's description of it.
     """
 
     name: str = "drn_d_22"
     width: float = 1.0
     pretrained: str = ""
     output_stride: int = 8
+    args: dict[str, Any] = field(default_factory=dict)
 
     def check(self, key: str) -> None:
         """Reject impossible values, naming the key; ``key`` is where the network sits
@@ -56,6 +64,26 @@ class ModelConfig:
             f"{self.output_stride} needs a decoder, which only the DRN networks have ({self.name} "
             "has output stride 8)",
         )
+        if self.args:
+            self._check_args(key)
+
+    def _check_args(self, key: str) -> None:
+        from dakd.models import check_model_args
+
+        for arg, field_name in (("num_classes", ""), ("width", "width")):
+            where = f" (set {key}.{field_name})" if field_name else ""
+            require(
+                arg not in self.args, f"{key}.args", f"{arg!r} is not a builder argument{where}"
+            )
+        require(
+            "output_stride" not in self.args,
+            f"{key}.args",
+            f"'output_stride' is not a builder argument (set {key}.output_stride)",
+        )
+        try:
+            check_model_args(self.name, self.width, self.args)
+        except ValueError as err:
+            require(False, f"{key}.args", str(err))
 
 
 @dataclass
@@ -72,22 +100,48 @@ class ModelsConfig:
 
 @dataclass
 class LossConfig:
-    """Loss weights (docs/method.md). ``kl``, ``mse``, ``pseudo`` are lambda_KL, lambda_MSE, lambda_pseudoT."""
+    """Loss weights (docs/method.md). ``kl``, ``mse``, ``pseudo`` are lambda_KL, lambda_MSE,
+    lambda_pseudoT; every other registered distillation term (:mod:`dakd.loss_terms`) has its
+    weight under its own name too (``loss.<name>``, default the term's), held in ``terms``
+    (not a key of its own: ``to_dict`` lists those set at ``loss.<name>``)."""
 
     seg_aux: float = 0.1
     adv_output: float = 1e-3
     adv_feature: float = 2e-4
     adv_kind: str = "bce"
-    kl: float = 0.1
-    mse: float = 0.01
-    pseudo: float = 1.0
+    kl: float = BUILTIN_DEFAULTS["kl"]
+    mse: float = BUILTIN_DEFAULTS["mse"]
+    pseudo: float = BUILTIN_DEFAULTS["pseudo"]
     target: float = 1.0
     temperature: float = 1.0
     pseudo_threshold: float = 0.0
+    terms: dict[str, float] = field(default_factory=dict)
+
+    #: The field that holds the other registered terms' weights (``dakd.config.build``).
+    OPEN_FIELD: ClassVar[str] = "terms"
+
+    @classmethod
+    def open_keys(cls) -> list[str]:
+        """The keys of ``loss`` that are registered terms' weights without a field of their own."""
+        return [name for name in loss_terms.names() if name not in BUILTIN_DEFAULTS]
+
+    def weight(self, name: str) -> float:
+        """The weight of the registered term ``name``."""
+        if name in BUILTIN_DEFAULTS:
+            return getattr(self, name)
+        return float(self.terms.get(name, loss_terms.get_term(name).default))
+
+    def weights(self) -> dict[str, float]:
+        """Every registered term's weight, in the registry's order."""
+        return {name: self.weight(name) for name in loss_terms.names()}
 
     def check(self) -> None:
         for name in ("seg_aux", "adv_output", "adv_feature", "kl", "mse", "pseudo", "target"):
             value = getattr(self, name)
+            require(value >= 0, f"loss.{name}", f"must be >= 0, got {value}")
+        known = self.open_keys()
+        for name, value in self.terms.items():
+            require(name in known, f"loss.{name}", "is not a registered loss term")
             require(value >= 0, f"loss.{name}", f"must be >= 0, got {value}")
         require(self.adv_kind in ("bce", "lsgan"), "loss.adv_kind", "must be 'bce' or 'lsgan'")
         require(self.temperature > 0, "loss.temperature", "must be > 0")

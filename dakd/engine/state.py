@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from dakd import losses
+from dakd import loss_terms, losses
 from dakd.config import ExperimentConfig
 from dakd.data.labels import NUM_CLASSES
 from dakd.data.loader import DeviceFeed, Prefetcher
@@ -295,8 +295,9 @@ class TrainState:
         terms["adv_output"], terms["adv_feature"] = adv["output"], adv["feature"]
 
     def _distillation(self, student, src, tgt, terms) -> torch.Tensor:
-        """L_distill: KL, MSE and pseudo-teacher CE against the frozen teacher on the domains the
-        paradigm's current phase distils on, weighted per domain (``loss.target``).
+        """L_distill: KL, MSE and pseudo-teacher CE (and every other registered term,
+        ``dakd.loss_terms``) against the frozen teacher on the domains the paradigm's current
+        phase distils on, weighted per domain (``loss.target``).
 
         ``student`` maps a domain to the student's (raw, image-size) logits. The terms compare
         the maps at the images' size (``distill.resolution: image``, the paper's form) or on
@@ -305,8 +306,7 @@ class TrainState:
         cfg, lw = self.cfg, self.cfg.loss
         phase = phase_at(cfg.paradigm, self.step, cfg.train.steps, cfg.distill.sequential_split)
         levels = cfg.distill.levels
-        args = (levels, lw.temperature, lw.pseudo_threshold)
-        weights = {"kl": lw.kl, "mse": lw.mse, "pseudo": lw.pseudo}
+        weights = lw.weights()
         at_image = cfg.distill.resolution == "image"
         read = [*levels, *(["output"] if "output" not in levels else [])]
         teacher_pred = {}
@@ -320,11 +320,16 @@ class TrainState:
         per_domain = {}
         for name, (raw, pred) in student.items():
             if name in teacher_pred:
+                chosen = {"names": loss_terms.active(weights, name), "domain": name, "loss": lw}
                 if at_image:
-                    per_domain[name] = losses.distill_terms(pred, teacher_pred[name], *args)
+                    per_domain[name] = losses.distill_terms(
+                        pred, teacher_pred[name], levels, **chosen
+                    )
                 else:
                     s_maps, t_maps, pseudo = losses.at_logit_grid(raw, teacher_pred[name], levels)
-                    per_domain[name] = losses.distill_terms(s_maps, t_maps, *args, pseudo=pseudo)
+                    per_domain[name] = losses.distill_terms(
+                        s_maps, t_maps, levels, pseudo=pseudo, **chosen
+                    )
                 for term, value in per_domain[name].items():
                     terms[f"{term}_{name}"] = value
         distill = losses.distillation_objective(

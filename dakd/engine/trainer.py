@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from dakd.config import ConfigError, ExperimentConfig
+from dakd.config.plugins import load_plugins
 from dakd.engine.hooks import HOOK_STATES, Hook, Report, ReportCallback, default_hooks, overrides
 from dakd.engine.state import NonFiniteLossError, TrainState
 from dakd.evaluation.run_metrics import metrics_of
@@ -68,6 +69,7 @@ class Trainer:
     first; a stable sort: hooks of one priority keep the order given)."""
 
     def __init__(self, cfg: ExperimentConfig, hooks: Sequence[Hook]):
+        load_plugins(cfg.plugins)  # a config sent to another process: its terms and networks
         self.cfg = cfg
         self.hooks = sorted(hooks, key=lambda hook: hook.priority)
         _check_state_keys(self.hooks)

@@ -159,6 +159,7 @@ def _build(model_cfg: ModelConfig, num_classes: int, device: str | None = None) 
     """The network with random weights (on ``device``, e.g. ``meta``, when given); a name or a
     width the registry rejects is a :class:`DeployError`."""
     extra = {"output_stride": model_cfg.output_stride} if model_cfg.output_stride != 8 else {}
+    extra.update(model_cfg.args)
     try:
         with torch.device(device) if device else nullcontext():
             return create_model(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dakd import losses
+from dakd import loss_terms as terms_registry
 from dakd.config import ExperimentConfig, current_tree, from_dict
 from dakd.data.datasets import protocols
 from dakd.data.labels import CLASS_NAMES
@@ -31,17 +31,15 @@ def metrics_of(result: SegMetrics, cfg: ExperimentConfig) -> dict[str, float]:
     return out
 
 
-#: The loss terms a step can report (``loss/<term>``), by stage and paradigm.
-LOSS_TERMS = (
-    "total",
-    "seg",
-    "seg_aux",
-    "adv_output",
-    "adv_feature",
-    "disc",
-    "distill",
-    *(f"{term}_{domain}" for domain in ("source", "target") for term in losses.DISTILL_TERMS),
-)
+#: The loss terms of every step a run can report (``loss/<term>``), by stage and paradigm;
+#: the distillation terms' per domain follow them (:func:`loss_terms`).
+STEP_TERMS = ("total", "seg", "seg_aux", "adv_output", "adv_feature", "disc", "distill")
+
+
+def loss_terms() -> tuple[str, ...]:
+    """Every loss term a step can report: :data:`STEP_TERMS`, then each registered
+    distillation term per domain (``kl_source``, ..., ``kl_target``, ...)."""
+    return (*STEP_TERMS, *terms_registry.metric_names())
 
 
 def reported_metrics(cfg: ExperimentConfig) -> list[str]:
@@ -52,7 +50,7 @@ def reported_metrics(cfg: ExperimentConfig) -> list[str]:
     names = ["miou", "pixel_acc", "step", "lr", *TIMING_KEYS, "raw/miou", "raw/pixel_acc"]
     names += list(protocols(cfg.data))
     names += [f"iou/{name.replace(' ', '_')}" for name in CLASS_NAMES]
-    return names + [f"loss/{term}" for term in LOSS_TERMS]
+    return names + [f"loss/{term}" for term in loss_terms()]
 
 
 def evaluate_on(

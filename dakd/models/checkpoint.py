@@ -63,13 +63,20 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 
 def network_spec(
-    name: str, width: float, num_classes: int, output_stride: int = 8
+    name: str,
+    width: float,
+    num_classes: int,
+    output_stride: int = 8,
+    args: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a checkpoint says it holds; ``output_stride`` is named only when it is not 8, so
-    checkpoints written before the option existed describe the same network as before."""
+    """What a checkpoint says it holds; ``output_stride`` is named only when it is not 8 and the
+    builder's ``args`` only when there are some, so checkpoints written before the options
+    existed describe the same network as before."""
     spec = {"name": name, "width": float(width), "num_classes": int(num_classes)}
     if output_stride != 8:
         spec["output_stride"] = int(output_stride)
+    if args:
+        spec["args"] = dict(args)
     return spec
 
 
@@ -97,6 +104,8 @@ def describe(spec: dict[str, Any]) -> str:
     if not spec:
         return "an unknown network"
     stride = f", output stride {spec['output_stride']}" if "output_stride" in spec else ""
+    args = f", args {spec['args']}" if spec.get("args") else ""
     return (
-        f"{spec.get('name')} (width {spec.get('width')}, {spec.get('num_classes')} classes{stride})"
+        f"{spec.get('name')} (width {spec.get('width')}, {spec.get('num_classes')} classes"
+        f"{stride}{args})"
     )

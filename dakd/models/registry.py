@@ -15,8 +15,11 @@ Networks are registered by name with :func:`register_model` (segmenter factories
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,6 +28,7 @@ from dakd.paradigms import LEVELS
 
 __all__ = [
     "Segmenter",
+    "check_model_args",
     "count_parameters",
     "create_backbone",
     "create_model",
@@ -140,8 +144,16 @@ def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]
     return decorator
 
 
+def _installed() -> None:
+    """Installed plugins register their networks before a name is looked up."""
+    from dakd.config.plugins import load_installed
+
+    load_installed()
+
+
 def list_models() -> list[str]:
-    """Names of the registered segmenters, sorted."""
+    """Names of the registered segmenters (installed plugins' included), sorted."""
+    _installed()
     return sorted(_MODELS)
 
 
@@ -151,6 +163,7 @@ def list_backbones() -> list[str]:
 
 
 def _lookup(table: dict, name: str, kind: str):
+    _installed()
     try:
         return table[name]
     except KeyError:
@@ -172,6 +185,29 @@ def create_model(name: str, num_classes: int = 19, width: float = 1.0, **kwargs)
     if width <= 0:
         raise ValueError(f"width must be > 0, got {width}")
     return factory(num_classes=num_classes, width=width, **kwargs)
+
+
+def check_model_args(name: str, width: float, args: dict[str, Any]) -> None:
+    """A ``ValueError`` naming the network and the argument unless the builder of ``name``
+    takes every keyword of ``args``: read from its signature, or, for a builder that passes
+    ``**kwargs`` on, by building the network on the ``meta`` device (no memory, no weights)."""
+    factory = _lookup(_MODELS, name, "model")
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        taken = [p for p, v in params.items() if v.kind is not inspect.Parameter.VAR_POSITIONAL]
+        for arg in args:
+            if arg not in params:
+                raise ValueError(f"{name} takes no argument {arg!r} (it takes {', '.join(taken)})")
+    try:
+        with torch.device("meta"):
+            factory(num_classes=19, width=width, **args)
+    except TypeError as err:
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if match:
+            raise ValueError(f"{name} takes no argument {match.group(1)!r}") from None
+        raise ValueError(f"{name} with args {args}: {err}") from None
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise ValueError(f"{name} with args {args}: {err}") from None
 
 
 def create_backbone(name: str, width: float = 1.0, **kwargs) -> nn.Module:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dakd import loss_terms
 from dakd.config import ExperimentConfig, from_dict
 from dakd.engine.hooks import Hook
 from dakd.engine.trainer import train
@@ -30,22 +31,27 @@ def stage_config(base: ExperimentConfig, stage: str, **changes: Any) -> Experime
     return cfg
 
 
-#: Keys only distillation reads. The stages a DAKD run depends on (teacher-DA, student-DA) are
-#: built with these at their defaults, so runs that differ only here share the same stages.
+#: Keys only distillation reads besides the loss terms' weights (:func:`distill_only`).
 DISTILL_ONLY = (
     "paradigm",
     "network",
     "teacher",
     "init",
-    "loss.kl",
-    "loss.mse",
-    "loss.pseudo",
     "loss.target",
     "loss.temperature",
     "loss.pseudo_threshold",
     "distill.levels",
     "distill.sequential_split",
 )
+
+
+def distill_only() -> list[str]:
+    """Keys only distillation reads: :data:`DISTILL_ONLY` and the weight of every registered
+    term that is ``distill_only`` (``dakd.loss_terms``: ``loss.kl``, ``loss.mse``,
+    ``loss.pseudo``, ...). The stages a DAKD run depends on (teacher-DA, student-DA) are built
+    with these at their defaults, so runs that differ only here share the same stages."""
+    return [*DISTILL_ONLY, *loss_terms.distill_only_keys()]
+
 
 #: The network each reused stage does not train: its keys are reset to their defaults too, so
 #: a sweep over teachers shares one student-DA baseline and a sweep over students one teacher.
@@ -63,13 +69,20 @@ def dependency_config(
     stage its own schedule.
     """
     defaults = ExperimentConfig().flat()
-    changes: dict[str, Any] = {key: defaults[key] for key in DISTILL_ONLY}
+    changes: dict[str, Any] = {key: defaults[key] for key in distill_only() if key in defaults}
     unused = UNUSED_NETWORK.get(stage)
     if unused:
         changes.update({k: v for k, v in defaults.items() if k.startswith(unused)})
+        changes[unused + "args"] = {}
     changes["stage"] = stage
     changes.update(overrides or {})
     dep = from_dict(cfg.to_dict(), changes)
+    # the other registered terms' distillation-only weights: unset, as in a default config
+    dep.loss.terms = {
+        name: weight
+        for name, weight in dep.loss.terms.items()
+        if f"loss.{name}" not in distill_only()
+    }
     dep.name = f"{stage}-{dep.fingerprint()}"
     return dep
 

@@ -96,12 +96,13 @@ def usable_cpus() -> int:
 
 def build_network(spec: dict[str, Any]) -> torch.nn.Module:
     extra = {"output_stride": spec["output_stride"]} if "output_stride" in spec else {}
+    extra.update(spec.get("args", {}))
     return create_model(spec["name"], num_classes=spec["num_classes"], width=spec["width"], **extra)
 
 
 def spec_of(model: ModelConfig, num_classes: int = NUM_CLASSES) -> dict[str, Any]:
     """The checkpoint description of the network ``model`` (``models.teacher``/``student``)."""
-    return ckpt.network_spec(model.name, model.width, num_classes, model.output_stride)
+    return ckpt.network_spec(model.name, model.width, num_classes, model.output_stride, model.args)
 
 
 def network_from_checkpoint(path) -> tuple[torch.nn.Module, dict[str, Any]]:

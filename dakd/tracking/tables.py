@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet as pq
 
+from dakd import loss_terms
 from dakd.data.labels import CLASS_NAMES
 from dakd.paradigms import DEFAULT_LEVELS
 from dakd.tabular import latex_table, markdown_table
@@ -47,8 +48,19 @@ __all__ = [
 
 #: Output formats of :func:`write_tables`.
 FORMATS = ("md", "tex", "csv", "parquet")
-#: Distillation terms of the loss ablation: param -> column header.
-LOSS_TERMS = {"loss.kl": "KL", "loss.mse": "MSE", "loss.pseudo": "pseudo-T"}
+
+
+def loss_columns(groups: Sequence[dict[str, Any]] = ()) -> dict[str, str]:
+    """Distillation terms of the loss ablation, param -> column header, from the registry
+    (``dakd.loss_terms``): the ``always`` (built-in) terms, and any other whose weight a
+    group has."""
+    return {
+        t.key: t.title
+        for t in loss_terms.terms()
+        if t.always or any(f"params.{t.key}" in g for g in groups)
+    }
+
+
 LEVEL_ORDER = (*DEFAULT_LEVELS, "+".join(DEFAULT_LEVELS))
 DASH = "–"
 
@@ -190,24 +202,27 @@ def scenario_tables(groups: list[dict[str, Any]], best: bool = False) -> list[Re
     return tables
 
 
-def _terms(group: dict[str, Any]) -> tuple[bool, ...]:
-    return tuple((finite_float(group.get(f"params.{k}")) or 0.0) > 0 for k in LOSS_TERMS)
+def _terms(group: dict[str, Any], columns: dict[str, str]) -> tuple[bool, ...]:
+    return tuple((finite_float(group.get(f"params.{k}")) or 0.0) > 0 for k in columns)
 
 
 def loss_ablation_table(groups: list[dict[str, Any]], best: bool = False) -> ResultTable | None:
     """Which of KL, MSE and pseudo-teacher CE are on (✓) -> mIoU; ``None`` unless the DAKD
     runs switch terms on and off."""
     dakd = dakd_groups(groups)
-    if len({_terms(g) for g in dakd}) < 2:
+    columns = loss_columns(dakd)
+    if len({_terms(g, columns) for g in dakd}) < 2:
         return None
     baselines = baseline_means(groups)
-    extra = varying_params(dakd, exclude=[f"params.{k}" for k in LOSS_TERMS])
-    dakd.sort(key=lambda g: (sum(_terms(g)), [not on for on in _terms(g)], score(g)))
-    header = [*LOSS_TERMS.values(), *(k.removeprefix("params.") for k in extra)]
+    extra = varying_params(dakd, exclude=[f"params.{k}" for k in columns])
+    dakd.sort(
+        key=lambda g: (sum(_terms(g, columns)), [not on for on in _terms(g, columns)], score(g))
+    )
+    header = [*columns.values(), *(k.removeprefix("params.") for k in extra)]
     header += ["mIoU", "n", "ΔmIoU"]
     rows, cells, notes = [], [], []
     for g in dakd:
-        marks = ["✓" if on else "" for on in _terms(g)]
+        marks = ["✓" if on else "" for on in _terms(g, columns)]
         cells.append(
             [
                 *marks,
@@ -219,7 +234,7 @@ def loss_ablation_table(groups: list[dict[str, Any]], best: bool = False) -> Res
         )
         rows.append(
             {
-                **{k: finite_float(g.get(f"params.{k}")) for k in LOSS_TERMS},
+                **{k: finite_float(g.get(f"params.{k}")) for k in columns},
                 **{k.removeprefix("params."): g.get(k) for k in extra},
                 "scenario": g["scenario"],
                 "config": g["config"],
@@ -228,19 +243,20 @@ def loss_ablation_table(groups: list[dict[str, Any]], best: bool = False) -> Res
                 **{c: g.get(c) for c in _number_columns("miou")},
             }
         )
-        label = " + ".join(t for t, on in zip(LOSS_TERMS.values(), _terms(g)) if on) or "none"
+        on = zip(columns.values(), _terms(g, columns))
+        label = " + ".join(t for t, term_on in on if term_on) or "none"
         note = _failure_note(label, g["n_failed"], g["n_unfinished"])
         notes += [note] if note else []
-    columns = [*LOSS_TERMS, *(k.removeprefix("params.") for k in extra), "scenario", "config"]
-    columns += ["n", "n_failed", "n_unfinished"]
-    columns += [*_number_columns("miou"), "delta_miou"]
+    names = [*columns, *(k.removeprefix("params.") for k in extra), "scenario", "config"]
+    names += ["n", "n_failed", "n_unfinished"]
+    names += [*_number_columns("miou"), "delta_miou"]
     return ResultTable(
         name="loss_ablation",
         title="Loss ablation (distillation terms)",
         caption=_caption(best) + " ✓: the term's weight is non-zero; ΔmIoU: against student-DA.",
         header=header,
         cells=cells,
-        data=_data(rows, columns),
+        data=_data(rows, names),
         notes=notes,
     )
 
