@@ -60,7 +60,7 @@ if str(ROOT) not in sys.path:
 
 from dakd.data.labels import CLASS_NAMES  # noqa: E402  (numpy only: light in every writer)
 
-#: The loss terms a DAKD (b) trial reports (``dakd.evaluation.run_metrics.LOSS_TERMS`` of its
+#: The loss terms a DAKD (b) trial reports (``dakd.evaluation.run_metrics.loss_terms()`` of its
 #: stage), written out: importing that module would import torch in every writer process.
 LOSS_TERMS = (
     "total",
