@@ -52,6 +52,7 @@ from dakd.sweep.spec.settings import (
     Tracking,
     TuneSettings,
     check_metric,
+    check_schedule,
     check_workers,
     section,
     storage_of,
@@ -66,6 +67,7 @@ from dakd.sweep.spec.space import (
     label_of,
     pinned,
     search_space,
+    writes,
 )
 from dakd.sweep.spec.students import check_students, deploy_settings, students_of
 from dakd.sweep.spec.tree import (
@@ -336,6 +338,7 @@ def _spec(path: Path, raw: dict, overrides: Sequence[str]) -> SweepSpec:
     storage = raw.get("storage", "runs/ray")
     resources = section(raw.get("resources"), Resources, "resources")
     check_workers(resources, base, axes)
+    check_schedule(tune, axes, {a: writes(a, d) for a, d in axes.items()}, resources, base)
     require(
         deploy is None or resources.workers == 1,
         "deploy",
