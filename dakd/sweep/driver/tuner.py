@@ -111,7 +111,8 @@ def new_tuner(spec: SweepSpec, trainable, storage: str, name: str, uri: str, at_
             name=name,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # PBT restores a trial from another's checkpoint some reports after it was saved
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if t.scheduler == "pbt" else 2),
             callbacks=[_status_callback(uri)],
             verbose=1,
         ),
