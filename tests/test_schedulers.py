@@ -84,6 +84,7 @@ BAD = [
     (["tune.scheduler=hyperband", "tune.hyperband.reduction_factor=1"], "must be > 1"),
     (["tune.scheduler=hyperband", "tune.hyperband.max_t=0"], "tune.hyperband.max_t: must be"),
     (["tune.scheduler=hyperband", "resources.workers=2"], "hyperband pauses trials"),
+    (["tune.scheduler=hyperband", "tune.search=optuna"], "use asha with optuna"),
 ]
 
 

@@ -100,7 +100,7 @@ class LossWeights(Hook):
     priority = LOW
 
     def __init__(self, logger, cfg: ExperimentConfig):
-        from dakd.sweep.spec.settings import pbt_mutable
+        from dakd.sweep.spec.schedule import pbt_mutable
 
         flat = cfg.flat()
         self.logger = logger

@@ -47,12 +47,12 @@ from dakd.config import (
 )
 from dakd.config.renamed import STORED_NAMES
 from dakd.paradigms import AUTO
+from dakd.sweep.spec.schedule import check_schedule
 from dakd.sweep.spec.settings import (
     Resources,
     Tracking,
     TuneSettings,
     check_metric,
-    check_schedule,
     check_workers,
     section,
     storage_of,
