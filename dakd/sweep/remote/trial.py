@@ -4,7 +4,9 @@ A trial is the DAKD trainer (:func:`dakd.engine.trainer.train`) with a ``report`
 evaluation to Ray Tune (metrics plus the resumable checkpoint, for schedulers and retries) and to
 MLflow (a child run of the sweep's parent run). A retried or resumed trial gets its checkpoint
 back from Tune, copies it into its run directory and continues exactly where it stopped, in the
-same MLflow run. A trial that trains on a GPU also logs MLflow's system metrics (its GPU's
+same MLflow run; so does a trial HyperBand paused. Under PBT a trial may get another trial's
+checkpoint (each names its trial): it goes on from those weights, optimiser and step with its
+own, mutated config, in its own MLflow run, which records whose weights it took. A trial that trains on a GPU also logs MLflow's system metrics (its GPU's
 utilisation, memory and power, the machine's CPU and memory) to its run while it trains
 (``tracking.system_metrics``: auto, true or false; :class:`dakd.sweep.remote.hooks.SystemMetrics`).
 
