@@ -522,7 +522,7 @@ def test_bad_overrides_name_file_and_key(write, override, message):
             r"tune\.search: 'bayes' is not one of grid, random, optuna",
         ),
         ({"tune": {"mode": "maximum"}}, r"tune\.mode: 'maximum' is not one of max, min"),
-        ({"tune": {"scheduler": "pbt"}}, r"tune\.scheduler: 'pbt' is not one of fifo, asha"),
+        ({"tune": {"scheduler": "median"}}, r"tune\.scheduler: 'median' is not one of fifo, asha"),
         ({"tune": {"num_samples": 0}}, r"tune\.num_samples: must be >= 1"),
         ({"tune": {"num_samples": True}}, r"tune\.num_samples: expected an integer"),
         ({"tune": {"seeds": []}}, r"tune\.seeds: expected a non-empty list"),

@@ -453,6 +453,8 @@ def test_every_spec_runs_in_smoke_mode(path, local_ray, place):
             assert "weights/model.pt" in names, run.info.run_name
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
+    for run in [parent, *children]:  # stages, the fair baseline, trials: MLflow's commit tag too
+        assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git_commit"]
     assert "summary.md" in {a.path for a in client.list_artifacts(result.parent_run_id)}
 
 

@@ -30,6 +30,9 @@ MLFLOW_SAVED_VIEW = "mlflow.sharedViewState."
 SWEEP = "sweep"
 #: The commit the sweep ran from (``unknown`` outside a git work tree).
 GIT_COMMIT = "git_commit"
+#: MLflow's own tag of a run's commit, which its UI shows on the run's page (Source, Git
+#: Commit): ``mlflow.utils.mlflow_tags.MLFLOW_GIT_COMMIT``. Set beside :data:`GIT_COMMIT`.
+MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
 #: The config's ``stage`` (``teacher_da``, ``dakd``, ...), or :data:`SWEEP_STAGE` /
 #: :data:`TEACHER_CACHE_STAGE` for runs that train nothing.
 STAGE = "stage"
@@ -94,6 +97,19 @@ DEPLOY = "deploy"
 INFEASIBLE = "infeasible"
 #: ``true`` on the trial runs on the sweep's Pareto front (several objectives).
 PARETO_FRONT = "pareto_front"
+#: The trial whose weights PBT last started a trial from (``kl=0.1 ... (trial 1a2b_00001)``).
+PBT_EXPLOITED = "pbt_exploited"
+#: Every time PBT started a trial from another's weights, a line each: the step, the trial, the
+#: values it went on with.
+PBT_HISTORY = "pbt_history"
+
+
+def commit_tags(commit: str | None) -> dict[str, str]:
+    """The tags of the commit a run comes from: :data:`GIT_COMMIT` (``unknown`` outside a git
+    work tree) and MLflow's :data:`MLFLOW_GIT_COMMIT` where it is known."""
+    if not commit:
+        return {GIT_COMMIT: "unknown"}
+    return {GIT_COMMIT: commit, MLFLOW_GIT_COMMIT: commit}
 
 
 def tag_filter(tag: str, value: str) -> str:

@@ -43,7 +43,7 @@ from dakd.sweep.driver.tuner import one_line_trial_errors, tuner_for
 from dakd.sweep.spec.context import SweepContext
 from dakd.sweep.spec.sweep_spec import SpecError, SweepSpec
 from dakd.tracking.locations import git_commit, ui_command
-from dakd.tracking.tags import GIT_COMMIT, SWEEP
+from dakd.tracking.tags import SWEEP, commit_tags
 
 if TYPE_CHECKING:
     from dakd.tracking.runs import RunLogger
@@ -163,7 +163,7 @@ class Sweep:
             self.previous, self.state = resumed_attempt(spec, self.plan.storage, self.uri, sweep_id)
         stamp = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.name = Path(self.previous).name if self.previous else stamp
-        self.tags = {SWEEP: spec.name, GIT_COMMIT: git_commit(self.root) or "unknown"}
+        self.tags = {SWEEP: spec.name, **commit_tags(git_commit(self.root))}
         self._start()
         self.context = SweepContext(
             spec=spec,

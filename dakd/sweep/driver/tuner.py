@@ -59,10 +59,11 @@ def build_tuner_parts(spec: SweepSpec, at_once: int = 0):
         searcher = ObjectivesSearch(sampler=_sampler(t), points_to_evaluate=points, **objectives)
         search_alg = Repeater(searcher, repeat=len(t.seeds)) if len(t.seeds) > 1 else searcher
     else:
-        # a SearchGenerator ignores TuneConfig.max_concurrent_trials: it takes its own limit
-        search_alg = BasicVariantGenerator(
-            random_state=t.search_seed, max_concurrent=trial_limit(spec, at_once)
-        )
+        # a SearchGenerator ignores TuneConfig.max_concurrent_trials: it takes its own limit.
+        # HyperBand counts a paused trial as live: with a limit, a bracket waiting for trials
+        # not yet created would wait for ever, so its trials wait for the cluster's resources
+        limit = 0 if t.scheduler == "hyperband" else trial_limit(spec, at_once)
+        search_alg = BasicVariantGenerator(random_state=t.search_seed, max_concurrent=limit)
     scheduler = None
     if t.scheduler == "asha":
         scheduler = ASHAScheduler(
@@ -75,6 +76,10 @@ def build_tuner_parts(spec: SweepSpec, at_once: int = 0):
         scheduler = ParetoScheduler(
             t.objectives, t.modes, grace_period=int(t.pareto.get("grace_period", 1))
         )
+    elif t.scheduler in ("hyperband", "pbt"):
+        from dakd.sweep.driver import schedulers
+
+        scheduler = getattr(schedulers, t.scheduler)(spec)
     return search_alg, scheduler
 
 
@@ -106,7 +111,8 @@ def new_tuner(spec: SweepSpec, trainable, storage: str, name: str, uri: str, at_
             name=name,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # PBT restores a trial from another's checkpoint some reports after it was saved
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if t.scheduler == "pbt" else 2),
             callbacks=[_status_callback(uri)],
             verbose=1,
         ),

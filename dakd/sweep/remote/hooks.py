@@ -92,6 +92,28 @@ class TrialTracking(Hook):
         self.logger.finish("FAILED")
 
 
+class LossWeights(Hook):
+    """The loss weights a trial trains with, as metrics at every evaluation (``weight/loss.kl``,
+    ...): under PBT a trial goes on with values other than those it started with (which its
+    params keep), and a run's params cannot be logged again with a new value."""
+
+    priority = LOW
+
+    def __init__(self, logger, cfg: ExperimentConfig):
+        from dakd.sweep.spec.schedule import pbt_mutable
+
+        flat = cfg.flat()
+        self.logger = logger
+        self.weights = {
+            f"weight/{key}": float(flat[key])
+            for key in pbt_mutable()
+            if isinstance(flat.get(key), int | float) and not isinstance(flat[key], bool)
+        }
+
+    def after_evaluation(self, trainer, metrics, checkpoint) -> None:
+        self.logger.log_metrics(self.weights, step=int(metrics["step"]))
+
+
 class SystemMetrics(Hook):
     """MLflow's system metrics on a trial's run while it trains (``tracking.system_metrics``;
     :func:`dakd.tracking.system.start_system_metrics`): started once the trainer is built, when

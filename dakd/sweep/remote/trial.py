@@ -4,7 +4,9 @@ A trial is the DAKD trainer (:func:`dakd.engine.trainer.train`) with a ``report`
 evaluation to Ray Tune (metrics plus the resumable checkpoint, for schedulers and retries) and to
 MLflow (a child run of the sweep's parent run). A retried or resumed trial gets its checkpoint
 back from Tune, copies it into its run directory and continues exactly where it stopped, in the
-same MLflow run. A trial that trains on a GPU also logs MLflow's system metrics (its GPU's
+same MLflow run; so does a trial HyperBand paused. Under PBT a trial may get another trial's
+checkpoint (each names its trial): it goes on from those weights, optimiser and step with its
+own, mutated config, in its own MLflow run, which records whose weights it took. A trial that trains on a GPU also logs MLflow's system metrics (its GPU's
 utilisation, memory and power, the machine's CPU and memory) to its run while it trains
 (``tracking.system_metrics``: auto, true or false; :class:`dakd.sweep.remote.hooks.SystemMetrics`).
 
@@ -38,7 +40,13 @@ from dakd.recipes.stages import (
 )
 from dakd.runtime.device import check_device
 from dakd.sweep.remote.deployment import Deployment, measure_trial
-from dakd.sweep.remote.hooks import SystemMetrics, TrialTracking, TuneReport, log_final_artifacts
+from dakd.sweep.remote.hooks import (
+    LossWeights,
+    SystemMetrics,
+    TrialTracking,
+    TuneReport,
+    log_final_artifacts,
+)
 from dakd.sweep.remote.stages import ensure_stage
 from dakd.sweep.spec.context import (
     RUN_ID_FILE,
@@ -54,6 +62,8 @@ from dakd.tracking.tags import (
     DEPLOY,
     ERROR,
     INFEASIBLE,
+    PBT_EXPLOITED,
+    PBT_HISTORY,
     RAY_NODE_ID,
     RAY_TRIAL_ID,
     REUSED,
@@ -94,23 +104,53 @@ def _clear_error(logger) -> None:
         retry_locked(logger.client.delete_tag, logger.run_id, ERROR)
 
 
-def _restore(run_dir: Path, trial_dir: Path) -> str | None:
-    """Put Tune's checkpoint (if any) into ``run_dir``; return the MLflow run id it carries."""
-    run_id = None
+#: A trial's checkpoint names the trial it is of (id, label, step): a checkpoint of another
+#: trial is PBT starting this one from that trial's weights.
+SOURCE_FILE = "trial.json"
+
+
+def _restore(run_dir: Path, trial_dir: Path) -> tuple[str | None, dict | None]:
+    """Put Tune's checkpoint (if any) into ``run_dir``; return the MLflow run id it carries, and
+    where it came from when it is another trial's (PBT exploiting it; the run id is then this
+    trial's own, from its folder or the tracking store)."""
+    run_id = source = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             run_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(folder) / "last.pt", run_dir / "last.pt")
-            id_file = Path(folder) / RUN_ID_FILE
-            if id_file.exists():
-                run_id = id_file.read_text().strip()
+            origin = Path(folder) / SOURCE_FILE
+            if origin.exists() and json.loads(origin.read_text())["trial_id"] != _trial_id():
+                source = json.loads(origin.read_text())
+            elif (Path(folder) / RUN_ID_FILE).exists():
+                run_id = (Path(folder) / RUN_ID_FILE).read_text().strip()
     elif (run_dir / "last.pt").exists():
         (run_dir / "last.pt").unlink()  # no checkpoint from Tune: this trial starts over
     id_file = trial_dir / RUN_ID_FILE
     if run_id is None and id_file.exists():
         run_id = id_file.read_text().strip()
-    return run_id
+    return run_id, source
+
+
+def _record_exploit(logger, source: dict, label: str) -> None:
+    """PBT started this trial from ``source``'s checkpoint with mutated values: the run says
+    so (:data:`PBT_EXPLOITED`, a line more in :data:`PBT_HISTORY`, ``pbt/exploits`` at the
+    step it continues from); its params keep the values it started with."""
+    from dakd.tracking.store import retry_locked
+
+    tags = retry_locked(logger.client.get_run, logger.run_id).data.tags
+    lines = [line for line in tags.get(PBT_HISTORY, "").splitlines() if line]
+    lines.append(
+        f"step {source['step']}: weights of {source['label']} (trial {source['trial_id']}), "
+        f"continued as {label}"
+    )
+    logger.set_tags(
+        {
+            PBT_EXPLOITED: f"{source['label']} (trial {source['trial_id']})",
+            PBT_HISTORY: "\n".join(lines),
+        }
+    )
+    logger.log_metrics({"pbt/exploits": len(lines)}, step=int(source["step"]))
 
 
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
@@ -154,27 +194,35 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     # an earlier attempt's MLflow run continues: named by Tune's checkpoint, or found by the
     # trial id (an attempt killed before its first checkpoint, or a resumed sweep whose trial
     # folder is new)
-    run_id = _restore(run_dir, trial_dir) or _trial_run_id(context, _trial_id())
-    logger = _open_trial_run(context, cfg, config, run_id)
+    run_id, source = _restore(run_dir, trial_dir)
+    logger = _open_trial_run(context, cfg, config, run_id or _trial_run_id(context, _trial_id()))
     (trial_dir / RUN_ID_FILE).write_text(logger.run_id)
+    label = trial_label(spec, config)
+    if source is not None:
+        _record_exploit(logger, source, label)
     figures = _log_deployment(logger, deployment)
+    origin = {"trial_id": _trial_id(), "label": label}
 
     def send(metrics: dict[str, float], checkpoint: Path) -> None:
         with tempfile.TemporaryDirectory() as folder:
             shutil.copyfile(checkpoint, Path(folder) / "last.pt")
             (Path(folder) / RUN_ID_FILE).write_text(logger.run_id)
+            source = {**origin, "step": int(metrics["step"])}
+            (Path(folder) / SOURCE_FILE).write_text(json.dumps(source))
             tune.report(
                 {**metrics, **figures, "steps": cfg.train.steps, "mlflow_run_id": logger.run_id},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
 
     system = SystemMetrics(context.tracking_uri, logger.run_id, spec.tracking)
-    label = trial_label(spec, config)
     report = TuneReport(send)
     tracking = TrialTracking(
         logger, checkpoints.get("teacher"), started, label=label, report=report
     )
-    train(cfg, resume=True, hooks=[system, tracking, report])
+    hooks = [system, tracking, report]
+    if spec.tune.scheduler == "pbt":  # the values change while it trains: a metric each
+        hooks.append(LossWeights(logger, cfg))
+    train(cfg, resume=True, hooks=hooks)
 
 
 def _log_deployment(logger, deployment: Deployment | None) -> dict[str, float]:

@@ -16,7 +16,22 @@ from typing import Any
 from dakd.config import ExperimentConfig, coerce, fail, reject_unknown, require
 
 SEARCHERS = ("grid", "random", "optuna")
-SCHEDULERS = ("fifo", "asha", "pareto")
+SCHEDULERS = ("fifo", "asha", "pareto", "hyperband", "pbt")
+#: Schedulers that pause trials and start them again from their Tune checkpoint (PBT also from
+#: another trial's): a data-parallel trial, which resumes from its Ray Train run, cannot.
+PAUSING = ("hyperband", "pbt")
+#: ``tune.pbt`` options: evaluations between perturbations and before the first, the fraction
+#: of the population that exploits (bottom) and is exploited (top), the chance that a mutated
+#: value is drawn anew from its axis instead of scaled by 0.8 or 1.2, and synchronous rounds.
+PBT_OPTIONS = (
+    "perturbation_interval",
+    "burn_in",
+    "quantile_fraction",
+    "resample_probability",
+    "synch",
+)
+#: ``tune.hyperband`` options, in evaluations like ``tune.asha``'s.
+HYPERBAND_OPTIONS = ("max_t", "reduction_factor")
 #: Optuna's samplers a sweep can pick: TPE (one or several objectives) and NSGA-II (several).
 SAMPLERS = ("tpe", "nsga2")
 #: Bounds of a constraint: ``{peak_memory_mb: {max: 512}}``.
@@ -75,6 +90,11 @@ class TuneSettings:
     sampler: str = "tpe"
     #: the pareto scheduler: evaluations before a trial may be stopped
     pareto: dict[str, Any] = field(default_factory=lambda: {"grace_period": 1})
+    #: Ray's synchronous HyperBand (:data:`HYPERBAND_OPTIONS`); ``max_t`` defaults to a trial's
+    #: evaluations
+    hyperband: dict[str, Any] = field(default_factory=lambda: {"reduction_factor": 3})
+    #: population-based training over the search axes (:data:`PBT_OPTIONS`)
+    pbt: dict[str, Any] = field(default_factory=dict)
     constraints: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Optuna only: configurations TPE tries first (e.g. the paper's weights), each giving
     #: every search axis a value; stored as Tune sees them (labels of choice options)
@@ -190,12 +210,103 @@ class TuneSettings:
         require(grace >= 1, "tune.pareto.grace_period", f"must be >= 1, got {grace}")
         if self.multi:
             require(
-                self.scheduler != "asha",
+                self.scheduler in ("fifo", "pareto"),
                 "tune.scheduler",
-                f"asha ranks trials by one metric, but tune.metric has {len(self.objectives)} "
-                f"({', '.join(self.objectives)}); use pareto (stops trials dominated at the same "
-                "evaluation) or fifo",
+                f"{self.scheduler} ranks trials by one metric, but tune.metric has "
+                f"{len(self.objectives)} ({', '.join(self.objectives)}); use pareto (stops "
+                "trials dominated at the same evaluation) or fifo",
             )
+        self._check_hyperband()
+        self._check_pbt()
+
+    def _check_hyperband(self) -> None:
+        reject_unknown(self.hyperband, HYPERBAND_OPTIONS, "tune.hyperband.")
+        if "max_t" in self.hyperband:
+            max_t = coerce(self.hyperband["max_t"], int, "tune.hyperband.max_t")
+            require(max_t >= 1, "tune.hyperband.max_t", f"must be >= 1 evaluation, got {max_t}")
+        factor = number(
+            self.hyperband.get("reduction_factor", 3), "tune.hyperband.reduction_factor"
+        )
+        require(factor > 1, "tune.hyperband.reduction_factor", f"must be > 1, got {factor:g}")
+        require(
+            self.scheduler != "hyperband" or self.search != "optuna",
+            "tune.scheduler",
+            "hyperband waits for every trial of a bracket, but Optuna suggests a trial only as "
+            "an earlier one ends (tune.max_concurrent): use asha with optuna",
+        )
+
+    def _check_pbt(self) -> None:
+        options = self.pbt_options
+        interval = options["perturbation_interval"]
+        require(
+            interval >= 1,
+            "tune.pbt.perturbation_interval",
+            f"must be >= 1 evaluation, got {interval}",
+        )
+        burn_in = options["burn_in"]
+        require(burn_in >= 0, "tune.pbt.burn_in", f"must be >= 0 evaluations, got {burn_in}")
+        fraction = options["quantile_fraction"]
+        require(
+            0 < fraction <= 0.5,
+            "tune.pbt.quantile_fraction",
+            f"must be in (0, 0.5] (the bottom and top fractions of the population), got "
+            f"{fraction:g}",
+        )
+        chance = options["resample_probability"]
+        require(
+            0 <= chance <= 1,
+            "tune.pbt.resample_probability",
+            f"must be in [0, 1], got {chance:g}",
+        )
+        if self.scheduler != "pbt":
+            return
+        require(
+            self.search != "optuna",
+            "tune.search",
+            "pbt is not used with Optuna's searcher: PBT evolves its population itself, "
+            "copying and mutating configurations Optuna would not know of; use tune.search random",
+        )
+        require(
+            self.search == "random",
+            "tune.search",
+            f"pbt samples its population at random and then mutates it; use tune.search random, "
+            f"not {self.search}",
+        )
+        require(
+            self.num_samples >= 2,
+            "tune.num_samples",
+            f"pbt needs a population of >= 2 trials to exploit one another, got {self.num_samples}",
+        )
+        require(
+            len(self.seeds) == 1,
+            "tune.seeds",
+            f"{len(self.seeds)} seeds: pbt copies weights between trials, so a trial's seed would "
+            "not say where its weights came from; give one seed (a sweep per seed)",
+        )
+
+    @property
+    def pbt_options(self) -> dict[str, Any]:
+        """``tune.pbt`` with its defaults, each of its type (a ConfigError naming the key)."""
+        reject_unknown(self.pbt, PBT_OPTIONS, "tune.pbt.")
+        given = {
+            "perturbation_interval": 1,
+            "burn_in": 0,
+            "quantile_fraction": 0.25,
+            "resample_probability": 0.25,
+            "synch": False,
+            **self.pbt,
+        }
+        return {
+            "perturbation_interval": coerce(
+                given["perturbation_interval"], int, "tune.pbt.perturbation_interval"
+            ),
+            "burn_in": coerce(given["burn_in"], int, "tune.pbt.burn_in"),
+            "quantile_fraction": number(given["quantile_fraction"], "tune.pbt.quantile_fraction"),
+            "resample_probability": number(
+                given["resample_probability"], "tune.pbt.resample_probability"
+            ),
+            "synch": coerce(given["synch"], bool, "tune.pbt.synch"),
+        }
 
     def _check_constraints(self) -> None:
         for name, bounds in self.constraints.items():

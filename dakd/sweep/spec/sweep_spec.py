@@ -47,6 +47,7 @@ from dakd.config import (
 )
 from dakd.config.renamed import STORED_NAMES
 from dakd.paradigms import AUTO
+from dakd.sweep.spec.schedule import check_schedule
 from dakd.sweep.spec.settings import (
     Resources,
     Tracking,
@@ -66,6 +67,7 @@ from dakd.sweep.spec.space import (
     label_of,
     pinned,
     search_space,
+    writes,
 )
 from dakd.sweep.spec.students import check_students, deploy_settings, students_of
 from dakd.sweep.spec.tree import (
@@ -343,6 +345,7 @@ def _spec(path: Path, raw: dict, overrides: Sequence[str]) -> SweepSpec:
     storage = raw.get("storage", "runs/ray")
     resources = section(raw.get("resources"), Resources, "resources")
     check_workers(resources, base, axes)
+    check_schedule(tune, axes, {a: writes(a, d) for a, d in axes.items()}, resources, base)
     require(
         deploy is None or resources.workers == 1,
         "deploy",
