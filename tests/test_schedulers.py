@@ -186,3 +186,15 @@ def test_hyperband_stops_trials_at_its_milestones_and_the_sweep_finishes(local_r
         assert [m.step for m in client.get_metric_history(r.info.run_id, "miou")] == [2]
     for r in runs:
         assert r.data.tags[MLFLOW_GIT_COMMIT] == r.data.tags[tags.GIT_COMMIT] != "unknown"
+
+
+def test_pbt_mutates_every_registered_distillation_weight():
+    """The weights of registered terms (built-in and plugins') are PBT's to mutate, the stage
+    inputs are not."""
+    from dakd import loss_terms
+    from dakd.sweep.spec.schedule import pbt_mutable
+
+    mutable = set(pbt_mutable())
+    assert {"loss.kl", "loss.mse", "loss.pseudo", "loss.temperature"} <= mutable
+    assert set(loss_terms.distill_only_keys()) <= mutable
+    assert not mutable & {"paradigm", "teacher", "init", "distill.levels", "loss.seg_aux"}

@@ -15,9 +15,9 @@ def pbt_mutable() -> tuple[str, ...]:
     built without) that a trial reads at every step and its checkpoint does not depend on, the
     loss weights and the temperature; not the paradigm, levels, teacher or start, which decide
     what a trial's networks and teacher outputs are."""
-    from dakd.recipes.stages import DISTILL_ONLY
+    from dakd.recipes.stages import distill_only
 
-    return tuple(key for key in DISTILL_ONLY if key.startswith("loss."))
+    return tuple(key for key in distill_only() if key.startswith("loss."))
 
 
 def check_schedule(
