@@ -74,6 +74,10 @@ def test_default_uri_and_ui_command(tmp_path):
         f"uv run mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
     )
     assert "'sqlite:///a b/mlflow.db'" in locations.ui_command("sqlite:///a b/mlflow.db")
+    # outside a uv project (an installed dakd), the environment's own mlflow
+    assert locations.ui_command(uri, cwd=tmp_path) == (
+        f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    )
 
 
 def test_a_servers_ui_is_the_server():

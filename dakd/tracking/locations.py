@@ -127,13 +127,17 @@ def ui_address(uri: str) -> str:
     return uri.rstrip("/") if is_server(uri) else UI_ADDRESS
 
 
-def ui_command(uri: str) -> str:
-    """The shell command that opens the MLflow UI on ``uri`` (http://127.0.0.1:5000); a
-    tracking server serves its UI itself, so for one this says where."""
+def ui_command(uri: str, cwd: str | Path | None = None) -> str:
+    """The shell command that opens the MLflow UI on ``uri`` (http://127.0.0.1:5000): through
+    ``uv run`` in a uv project (``cwd`` or a folder above it holds a ``uv.lock``, as a clone
+    does), else ``mlflow ui`` of the environment dakd is installed in; a tracking server serves
+    its UI itself, so for one this says where."""
     if is_server(uri):
         return f"the server's UI: {ui_address(uri)}"
     quoted = uri if re.fullmatch(r"[\w./:@%+=-]+", uri) else "'" + uri.replace("'", "'\\''") + "'"
-    return f"uv run mlflow ui --backend-store-uri {quoted} --host 127.0.0.1 --port 5000"
+    here = Path(cwd if cwd is not None else Path.cwd()).resolve()
+    uv = any((folder / "uv.lock").is_file() for folder in (here, *here.parents))
+    return f"{'uv run ' if uv else ''}mlflow ui --backend-store-uri {quoted} --host 127.0.0.1 --port 5000"
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
