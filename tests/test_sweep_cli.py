@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
@@ -158,9 +159,26 @@ def test_resume_with_an_id_continues_that_sweep_not_the_latest(store, capsys):
 
 
 def test_plots_of_a_sweep(store, tmp_path, capsys):
-    argv = ["plots", "--experiment", "quickstart", "--sweep", store["ids"][0]]
+    argv = ["plots", "--experiment", "quickstart", "--sweep", store["ids"][0][:8]]  # a prefix
     argv += ["--tracking-uri", store["uri"], "--out", str(tmp_path), "--no-log"]
     assert main(argv) == 0
     written = [Path(line) for line in capsys.readouterr().out.splitlines() if line.endswith(".png")]
     assert written and all(p.parent == tmp_path and p.stat().st_size > 0 for p in written)
     assert not list(tmp_path.glob("*.md"))  # plots only
+
+
+def test_tables_of_a_sweep_by_a_prefix_and_an_unknown_one(store, tmp_path, capsys):
+    first, second = store["ids"]
+    argv = ["tables", "--experiment", "quickstart", "--tracking-uri", store["uri"], "--no-log"]
+    assert main([*argv, "--sweep", second[:6], "--out", str(tmp_path / "prefix")]) == 0
+    assert main([*argv, "--sweep", second, "--out", str(tmp_path / "whole")]) == 0
+    by_prefix, by_id = (
+        sorted(pq.read_table(tmp_path / f / "runs.parquet").column("run_id").to_pylist())
+        for f in ("prefix", "whole")
+    )
+    assert by_prefix and by_prefix == by_id
+    typo = "f" * 6 if not first.startswith("f" * 6) else "e" * 6
+    capsys.readouterr()
+    assert main([*argv, "--sweep", typo, "--out", str(tmp_path / "x")]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no sweep {typo!r}" in err, err

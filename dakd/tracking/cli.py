@@ -43,8 +43,8 @@ def add_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sweep",
         default=None,
-        metavar="PARENT_RUN_ID",
-        help="only the runs of this sweep (its parent run id, or 'latest' for the newest); "
+        metavar="ID",
+        help="only the runs of this sweep (its parent run id or a unique start of it, as `dakd sweeps` lists them, or 'latest' for the newest); "
         "default: every run of the experiment",
     )
     parser.add_argument(

@@ -35,6 +35,7 @@ This module reads MLflow; it never trains and does not import Ray.
 from __future__ import annotations
 
 import ast
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,13 +127,41 @@ def select(uri: str, experiment: str, sweep: str | None = None) -> Selection:
     elif sweep:
         try:
             run = retry_locked(client.get_run, sweep)
-        except MlflowException:
-            raise AnalysisError(f"no run {sweep!r} in {uri}") from None
+        except MlflowException:  # not a whole run id: the start of a sweep's id
+            parents = retry_locked(
+                client.search_runs,
+                [experiment_id],
+                filter_string=tag_filter(STAGE, SWEEP_STAGE),
+                order_by=["attributes.start_time DESC"],
+            )
+            run = sweep_by_id(parents, sweep, uri)
+            sweep = run.info.run_id
         if run.info.experiment_id != experiment_id:
             raise AnalysisError(f"run {sweep} is not in experiment {experiment!r}")
         if not _is_parent(run):
             raise AnalysisError(f"run {sweep} is not a sweep's parent run (tag stage=sweep)")
     return Selection(uri, experiment, experiment_id, sweep or None)
+
+
+def sweep_by_id(parents: list, sweep_id: str, uri: str):
+    """The parent run among ``parents`` (newest first) whose id is ``sweep_id`` or starts with
+    it; one :class:`AnalysisError` line naming the nearest ids when none or several do."""
+    matches = [r for r in parents if r.info.run_id.startswith(sweep_id)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise AnalysisError(
+            f"sweep id {sweep_id!r} is the start of {len(matches)} sweeps' ids "
+            f"({', '.join(r.info.run_id for r in matches)}): give more of it"
+        )
+    ids = [r.info.run_id for r in parents]
+    starts = {i[: len(sweep_id)]: i for i in reversed(ids)}  # each id by as much as was given
+    near = [starts[s] for s in difflib.get_close_matches(sweep_id, list(starts), n=3, cutoff=0.3)]
+    nearest = f"nearest: {', '.join(near)}" if near else f"the store has {len(ids)} sweeps"
+    raise AnalysisError(
+        f"no sweep {sweep_id!r} in {uri} ({nearest}; list them with: "
+        f"dakd sweeps --tracking-uri {uri})"
+    )
 
 
 def row_name(stage: str | None, paradigm: str | None, init: str | None, network: str | None) -> str:

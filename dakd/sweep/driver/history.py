@@ -11,7 +11,6 @@ runs tagged ``trial``. MLflow is imported in the functions only.
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
 import sys
 import time
@@ -36,11 +35,6 @@ class SweepLookupError(ValueError):
     """A sweep id that names no sweep (or several), or sweeps that cannot be compared."""
 
 
-def list_command(uri: str) -> str:
-    """The command that lists the sweeps of the store ``uri``."""
-    return f"dakd sweeps --tracking-uri {uri}"
-
-
 def parent_runs(uri: str, experiment: str | None = None) -> list[Run]:
     """The sweeps' parent runs of the store (of one experiment), newest first; raises
     :class:`~dakd.tracking.runs_table.AnalysisError` when there is no store at ``uri``."""
@@ -62,22 +56,13 @@ def parent_runs(uri: str, experiment: str | None = None) -> list[Run]:
 def find_sweep(uri: str, sweep_id: str) -> Run:
     """The parent run whose id is ``sweep_id`` or starts with it; one
     :class:`SweepLookupError` line naming the nearest ids when none or several do."""
-    runs = parent_runs(uri)
-    ids = [r.info.run_id for r in runs]
-    matches = [r for r in runs if r.info.run_id.startswith(sweep_id)]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise SweepLookupError(
-            f"sweep id {sweep_id!r} is the start of {len(matches)} sweeps' ids "
-            f"({', '.join(r.info.run_id for r in matches)}): give more of it"
-        )
-    starts = {i[: len(sweep_id)]: i for i in reversed(ids)}  # each id by as much as was given
-    near = [starts[s] for s in difflib.get_close_matches(sweep_id, list(starts), n=3, cutoff=0.3)]
-    nearest = f"nearest: {', '.join(near)}" if near else f"the store has {len(ids)} sweeps"
-    raise SweepLookupError(
-        f"no sweep {sweep_id!r} in {uri} ({nearest}; list them with: {list_command(uri)})"
-    )
+    from dakd.tracking.load import sweep_by_id
+    from dakd.tracking.runs_table import AnalysisError
+
+    try:
+        return sweep_by_id(parent_runs(uri), sweep_id, uri)
+    except AnalysisError as err:
+        raise SweepLookupError(str(err)) from None
 
 
 @dataclass(frozen=True)
