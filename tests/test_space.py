@@ -241,6 +241,18 @@ SHIPPED = {
         "loss.kl=0.1 loss.mse=0.0 loss.pseudo=0.0 seed=0",
         21,
     ),
+    "loss_schedule": (
+        {
+            "loss.kl": ("loguniform", 0.01, 1.0),
+            "loss.mse": ("loguniform", 0.001, 0.1),
+            "loss.pseudo": ("loguniform", 0.05, 2.0),
+            "loss.target": ("loguniform", 0.01, 2.0),
+            "loss.temperature": ("quniform", 1.0, 4.0, 0.5),
+            "seed": ("grid_search", 0),
+        },
+        "kl=0.01 mse=0.001 pseudo=0.05 target=0.01 temperature=1 seed=0",
+        4,
+    ),
     "loss_weights": (
         {
             "paradigm": ("choice", "a", "b", "c", "d"),
