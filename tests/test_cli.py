@@ -142,3 +142,12 @@ def test_tables_name_a_missing_runs_table_and_forbid_a_store_with_it(tmp_path, c
     with pytest.raises(SystemExit):
         main(["tables", "--runs", str(tmp_path), "--format", "html"])
     assert "--format: unknown format 'html'" in capsys.readouterr().err
+
+
+def test_resume_before_the_spec_reads_a_file_as_the_spec_and_hex_as_an_id(tmp_path, monkeypatch):
+    from dakd.sweep.driver.cli import is_sweep_id
+
+    assert is_sweep_id("3f2a9c") and not is_sweep_id("sweeps/quickstart.yaml")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "abc").write_text("name: x\n")  # a spec whose name is hex digits
+    assert is_sweep_id("abc") and not is_sweep_id("abc", exists=True)

@@ -636,8 +636,8 @@ def test_selection_errors_name_the_problem(store, tmp_path):
     uri, ids = store
     with pytest.raises(AnalysisError, match="no experiment 'nope'.*study"):
         select(uri, "nope")
-    with pytest.raises(AnalysisError, match="no run 'abc'"):
-        select(uri, "study", "abc")
+    with pytest.raises(AnalysisError, match="no sweep 'abc' in .*; list them with: dakd sweeps"):
+        select(uri, "study", "abc")  # neither a run id nor the start of a sweep's
     with pytest.raises(AnalysisError, match="not a sweep's parent run"):
         select(uri, "study", ids["student1"])
     with pytest.raises(AnalysisError, match="not in experiment 'study'"):
@@ -691,7 +691,8 @@ def test_cli_writes_tables_and_plots(store, tmp_path, capsys):
     assert tables.main(["--experiment", "nope", "--tracking-uri", uri]) == 2
     assert capsys.readouterr().err.startswith("error: no experiment 'nope'")
     assert tables.main(["--experiment", "study", "--sweep", "abc", "--tracking-uri", uri]) == 2
-    assert capsys.readouterr().err == f"error: no run 'abc' in {uri}\n"
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no sweep 'abc' in {uri} (") and err.count("\n") == 1
     empty = prepare(uri, "empty")
     _parent(uri, empty, "sweep empty")
     assert tables.main(["--experiment", "empty", "--tracking-uri", uri]) == 2

@@ -157,7 +157,11 @@ def sweep_by_id(parents: list, sweep_id: str, uri: str):
     ids = [r.info.run_id for r in parents]
     starts = {i[: len(sweep_id)]: i for i in reversed(ids)}  # each id by as much as was given
     near = [starts[s] for s in difflib.get_close_matches(sweep_id, list(starts), n=3, cutoff=0.3)]
-    nearest = f"nearest: {', '.join(near)}" if near else f"the store has {len(ids)} sweeps"
+    nearest = (
+        f"nearest: {', '.join(near)}"
+        if near
+        else f"{len(ids)} sweep{'' if len(ids) == 1 else 's'} there"
+    )
     raise AnalysisError(
         f"no sweep {sweep_id!r} in {uri} ({nearest}; list them with: "
         f"dakd sweeps --tracking-uri {uri})"

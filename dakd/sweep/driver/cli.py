@@ -102,7 +102,8 @@ def run_command(args: argparse.Namespace) -> int:
     status for every way it can stop."""
     from dakd.optional_deps import missing_sweep_extra
 
-    if args.spec is None and isinstance(args.resume, str) and not is_sweep_id(args.resume):
+    resume = args.resume
+    if args.spec is None and isinstance(resume, str) and not is_sweep_id(resume, exists=True):
         args.spec, args.resume = args.resume, True  # `--resume SPEC`: the spec, not an id
     if args.spec is None:
         print("error: no spec given (dakd sweep SPEC.yaml [--resume [ID]])", file=sys.stderr)
@@ -151,8 +152,11 @@ def run_command(args: argparse.Namespace) -> int:
     return 1 if result.errors else 0
 
 
-def is_sweep_id(text: str) -> bool:
-    """Whether ``text`` can be a sweep's id or its prefix (hex digits), not a spec's path."""
+def is_sweep_id(text: str, exists: bool = False) -> bool:
+    """Whether ``text`` can be a sweep's id or its prefix (hex digits), not a spec's path (with
+    ``exists``, a file of that name is the spec)."""
+    if exists and os.path.isfile(text):
+        return False
     return re.fullmatch(r"[0-9a-f]+", text) is not None
 
 
