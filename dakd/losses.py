@@ -98,6 +98,37 @@ def pseudo_ce(student_logits, teacher_logits, threshold: float = 0.0) -> torch.T
     return F.cross_entropy(student_logits, labels, ignore_index=IGNORE_INDEX)
 
 
+def confident_mask(
+    teacher_logits: torch.Tensor, threshold: float, class_share: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's argmax labels and which pixels keep them: top softmax probability at or
+    above ``threshold``, or (``class_share`` > 0, class-balanced selection as in CBST) among
+    the ``class_share`` most confident pixels the batch predicts as the same class, so that a
+    class the teacher is rarely sure of still gets labels and the frequent classes cannot
+    crowd them out."""
+    prob = F.softmax(teacher_logits.float(), dim=1)
+    confidence, labels = prob.max(dim=1)
+    keep = confidence >= threshold
+    if class_share > 0:
+        for c in labels.unique().tolist():
+            mine = labels == c
+            cut = torch.quantile(confidence[mine], 1.0 - class_share)
+            keep |= mine & (confidence >= cut)
+    return labels, keep
+
+
+def confident_ce(
+    student_logits, teacher_logits, threshold: float, class_share: float = 0.0
+) -> torch.Tensor:
+    """Cross-entropy against the teacher's argmax on the pixels :func:`confident_mask` keeps,
+    averaged over *all* pixels (a pixel not kept counts as a zero loss): the self-training term
+    of ``train.self_training``. Unlike :func:`pseudo_ce`, a batch with few kept pixels gives a
+    small loss, not a full-weight one on those few."""
+    labels, keep = confident_mask(teacher_logits, threshold, class_share)
+    per_pixel = F.cross_entropy(student_logits, labels, reduction="none")
+    return (per_pixel * keep).mean()
+
+
 def kl_term(x: TermInputs) -> torch.Tensor:
     """The registered ``kl`` term: :func:`kl_divergence` at ``loss.temperature``."""
     return kl_divergence(x.student, x.teacher, x.loss.temperature)

@@ -95,6 +95,30 @@ def test_dakd_paradigms_log_the_domains_they_distill_on(tiny):
     assert {"loss/kl_source", "loss/kl_target"} <= seen["d"]
 
 
+def test_paradigm_c_without_its_source_term_is_paradigm_b_bit_for_bit(tiny, monkeypatch):
+    """The control behind comparing (b) with (c): (c) adds D(source) to (b)'s objective and
+    nothing else. With that term dropped from the objective (the teacher still predicts the
+    source batch), (c) must train the same weights as (b), bit for bit: the source-side
+    teacher pass, the extra loss terms and the phase logic leave no trace (no random draw, no
+    BatchNorm statistic, no data order)."""
+    teacher = train(tiny("teacher_da"))
+    start = train(tiny("student_da"))
+    common = {"teacher": str(teacher.checkpoint), "init": str(start.checkpoint)}
+    train(tiny("dakd", name="b", paradigm="b", **common))
+    original = losses.distillation_objective
+
+    def target_only(source_terms, target_terms, weights, lambda_target=1.0):
+        assert source_terms is not None  # (c) did compute the source terms
+        return original(None, target_terms, weights, lambda_target)
+
+    monkeypatch.setattr(losses, "distillation_objective", target_only)
+    train(tiny("dakd", name="c", paradigm="c", **common))
+    b = ckpt.load(tiny("dakd", name="b", paradigm="b", **common).run_dir / "last.pt")
+    c = ckpt.load(tiny("dakd", name="c", paradigm="c", **common).run_dir / "last.pt")
+    assert b["model"].keys() == c["model"].keys()
+    assert all(torch.equal(b["model"][k], c["model"][k]) for k in b["model"])
+
+
 def test_sequential_paradigm_switches_to_target_only():
     assert [p.source for p in paradigm_phases("d", 0.25)] == [True, False]
     phases = [phase_at("d", step, 8, 0.25) for step in range(8)]

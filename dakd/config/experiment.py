@@ -47,6 +47,11 @@ FINGERPRINT_NEUTRAL = {
     "train.sync_bn": False,
     "train.ema_decay": 0.0,
     "train.ema_warmup": False,
+    "train.self_training": 0.0,
+    "train.self_training_threshold": 0.9,
+    "train.self_training_start": 0,
+    "train.self_training_class_share": 0.0,
+    "train.self_training_refresh": 1,
     "distill.resolution": "image",
     "models.teacher.pretrained": "",
     "models.student.pretrained": "",
@@ -214,6 +219,12 @@ class ExperimentConfig:
         )
         require(self.network in ("student", "teacher"), "network", "must be 'student' or 'teacher'")
         require(self.seed >= 0, "seed", "must be >= 0")
+        require(
+            self.train.self_training == 0.0 or STAGES.get(self.stage, STAGES["dakd"]).adversarial,
+            "train.self_training",
+            f"needs a stage that reads target images (teacher_da, student_da, dakd), not "
+            f"{self.stage!r}",
+        )
         require(bool(self.name.strip()), "name", "must not be empty")
         for section in (
             self.data,

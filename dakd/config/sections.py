@@ -323,6 +323,22 @@ class TrainConfig:
     weights so far until that reaches ``ema_decay``; so the first step's weights (the random
     heads of a pretrained start) keep a share of 1/t instead of ema_decay^t (0.30 after 600
     steps at 0.998).
+    ``self_training``: weight of a self-training term on target images (0: off): the weight
+    average's confident predictions are the trained network's labels, the mean-teacher
+    self-training of UDA frameworks (DACS, DAFormer) on top of the adversarial terms. Per step,
+    the average (``ema_decay`` must be on) predicts the target batch without gradient; pixels
+    whose top probability reaches ``self_training_threshold`` keep its argmax as their label,
+    the others count as zero, and the loss is the cross-entropy of both levels (the feature
+    level weighted by ``loss.seg_aux``) averaged over all pixels, so that a step with few
+    confident pixels moves the network little. ``self_training_class_share``: also keep, per
+    class the batch is labelled with, that share of its most confident pixels (class-balanced
+    selection, CBST; 0: the threshold alone), so that the frequent, easy classes cannot take
+    over the labels. ``self_training_start``: the first step that adds it (the average of the
+    first steps is mostly the initial weights). ``self_training_refresh``: 1 labels with the
+    average as it is at each step (the mean teacher); N > 1 with a frozen copy of it taken at
+    the start and every N steps after (rounds of self-training); 0 with the copy taken at the
+    start only. Reads no target label; stages that see target images only (teacher_da,
+    student_da, dakd).
     ``precise_bn_images`` and ``ema_decay`` were ``precise_bn`` and ``ema`` in earlier versions;
     the old names are still read for now (``dakd.config.renamed``).
     """
@@ -343,6 +359,11 @@ class TrainConfig:
     precise_bn_images: int = 0
     ema_decay: float = 0.0
     ema_warmup: bool = False
+    self_training: float = 0.0
+    self_training_threshold: float = 0.9
+    self_training_class_share: float = 0.0
+    self_training_start: int = 0
+    self_training_refresh: int = 1
 
     def check(self) -> None:
         require(self.steps >= 1, "train.steps", "must be >= 1")
@@ -358,6 +379,24 @@ class TrainConfig:
             0.0 <= self.ema_decay < 1.0,
             "train.ema_decay",
             "must be in [0, 1) (0: off; e.g. 0.998)",
+        )
+        require(self.self_training >= 0.0, "train.self_training", "must be >= 0 (0: off)")
+        require(
+            0.0 <= self.self_training_threshold < 1.0,
+            "train.self_training_threshold",
+            "must be in [0, 1) (a probability; e.g. 0.9)",
+        )
+        require(self.self_training_start >= 0, "train.self_training_start", "must be >= 0")
+        require(self.self_training_refresh >= 0, "train.self_training_refresh", "must be >= 0")
+        require(
+            0.0 <= self.self_training_class_share <= 1.0,
+            "train.self_training_class_share",
+            "must be in [0, 1] (a share of each class's pixels; 0: off)",
+        )
+        require(
+            self.self_training == 0.0 or self.ema_decay > 0.0,
+            "train.self_training",
+            "needs train.ema_decay > 0 (the weight average makes the pseudo-labels; e.g. 0.998)",
         )
         require(self.threads >= 0, "train.threads", "must be >= 0 (0 = torch's default)")
         require(

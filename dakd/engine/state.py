@@ -17,6 +17,7 @@ run inside the step (:attr:`TrainState.after_backward`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import sys
 from collections.abc import Callable
@@ -96,6 +97,8 @@ class TrainState:
         # the order below is the order the networks draw their initial weights in
         self._build_model()
         self.ema = weight_average(cfg, self.model)
+        #: the frozen labeller of ``train.self_training`` (refresh != 1), once taken
+        self.labeller: torch.nn.Module | None = None
         self.teacher_outputs: TeacherOutputs | None = None
         if self.stage.distill:
             datasets = {"source": self.dataset_of("source"), "target": self.dataset_of("target")}
@@ -237,6 +240,9 @@ class TrainState:
                 self._adversarial(pred_t, terms)
                 adv_output, adv_feature = terms["adv_output"], terms["adv_feature"]
                 total = total + lw.adv_output * adv_output + lw.adv_feature * adv_feature
+            if self.cfg.train.self_training > 0 and step >= self.cfg.train.self_training_start:
+                terms["self"] = self._self_training(tgt, pred_t)
+                total = total + self.cfg.train.self_training * terms["self"]
             if stage.distill:
                 student = {"source": (raw_s, pred_s), "target": (raw_t, pred_t)}
                 total = total + self._distillation(student, src, tgt, terms)
@@ -293,6 +299,45 @@ class TrainState:
             for level in LEVELS
         }
         terms["adv_output"], terms["adv_feature"] = adv["output"], adv["feature"]
+
+    def _labeller(self) -> torch.nn.Module:
+        """The network that labels target images for ``train.self_training``: the weight
+        average itself (``self_training_refresh: 1``), or a frozen copy of it (with the
+        trained network's BatchNorm statistics of the moment) taken at the term's first step
+        and every ``self_training_refresh`` steps after (0: never again)."""
+        train = self.cfg.train
+        if train.self_training_refresh == 1:
+            return self.averaged().eval()
+        since = self.step - train.self_training_start
+        due = since == 0 or (
+            train.self_training_refresh > 1 and since % train.self_training_refresh == 0
+        )
+        if self.labeller is None or due:
+            self.labeller = copy.deepcopy(self.averaged()).eval().requires_grad_(False)
+        return self.labeller
+
+    def _self_training(self, tgt, pred_t) -> torch.Tensor:
+        """``train.self_training``'s term: both levels of the trained network against the
+        labeller's confident argmax on the target batch (normalised with the batch's own
+        statistics, as the trained network's forward is; no gradient reaches the labeller)."""
+        labeller = self._labeller()
+        images = self.images(tgt)
+        with torch.no_grad():
+            # BatchNorm on the batch's own statistics: running statistics belong to the weights
+            # that gathered them, and the raw network's do not fit the average's weights (with
+            # them the average labels nearly every pixel as road); the labeller's own are left
+            # as they were
+            kept = [buffer.clone() for buffer in labeller.buffers()]
+            labeller.train()
+            logits = losses.upsample(labeller(images)["output"], images.shape[-2:])
+            labeller.eval()
+            for buffer, value in zip(labeller.buffers(), kept, strict=True):
+                buffer.copy_(value)
+        train = self.cfg.train
+        chosen = (train.self_training_threshold, train.self_training_class_share)
+        return losses.confident_ce(pred_t["output"], logits, *chosen) + (
+            self.cfg.loss.seg_aux * losses.confident_ce(pred_t["feature"], logits, *chosen)
+        )
 
     def _distillation(self, student, src, tgt, terms) -> torch.Tensor:
         """L_distill: KL, MSE and pseudo-teacher CE (and every other registered term,
@@ -416,6 +461,8 @@ class TrainState:
             state["grad_scaler"] = self.scaler.state_dict()
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.labeller is not None:
+            state["labeller"] = self.labeller.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any], path) -> None:
@@ -436,6 +483,10 @@ class TrainState:
                     f"checkpoint {path} has no weight average, but train.ema_decay is on"
                 )
             self.ema.load_state_dict(state["ema"])
+        if "labeller" in state:
+            self.labeller = copy.deepcopy(self.ema.module if self.ema is not None else self.model)
+            self.labeller.load_state_dict(state["labeller"])
+            self.labeller.eval().requires_grad_(False)
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
