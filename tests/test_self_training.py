@@ -262,3 +262,29 @@ def test_the_labeller_normalises_with_the_batch_and_keeps_its_statistics(tiny, m
         )
     )
     assert checks and all(checks)
+
+
+def test_a_self_trained_checkpoint_evaluates_and_teaches(tiny):
+    """A run made with ``train.self_training`` is read back as any checkpoint is: evaluation
+    and the calibration's BatchNorm check drop the training-only term (its stage check would
+    refuse the source-only stage evaluation reads with), and DAKD takes it as its teacher."""
+    from dakd.evaluation.run_metrics import evaluate_checkpoint
+    from dakd.recipes.calibration import bn_reestimation_check
+
+    made = tiny(
+        "teacher_da",
+        name="st",
+        train__ema_decay=0.5,
+        train__self_training=1.0,
+        train__self_training_start=1,
+        train__self_training_threshold=0.0,
+    )
+    result = train(made)
+    path = made.run_dir / "model.pt"
+    cfg, _, metrics = evaluate_checkpoint(path)
+    assert cfg.train.self_training == 0.0 and cfg.stage == "source_only"
+    assert 100.0 * metrics.miou == pytest.approx(result.metrics["miou"], abs=1e-6)
+    stored, _ = bn_reestimation_check(str(path))
+    assert stored == pytest.approx(result.metrics["miou"], abs=1e-6)
+    student = tiny("dakd", name="kd", teacher=str(path), paradigm="b")
+    assert train(student).metrics["miou"] >= 0.0

@@ -65,6 +65,14 @@ def evaluate_on(
     return evaluate(model, batches, device=device)
 
 
+def evaluation_tree(stored: dict[str, Any]) -> dict[str, Any]:
+    """A run's stored config as an evaluation reads it: its data, networks and evaluation
+    settings, without what only its training needed (the teacher, the initial weights, the
+    adversarial stage and the terms that need one, such as ``train.self_training``)."""
+    train = {**stored.get("train", {}), "self_training": 0.0}
+    return {**stored, "stage": "source_only", "init": "", "teacher": "", "train": train}
+
+
 def evaluate_checkpoint(path, overrides: dict[str, Any] | None = None):
     """Evaluate a checkpoint's network on its experiment's target val split.
 
@@ -74,8 +82,6 @@ def evaluate_checkpoint(path, overrides: dict[str, Any] | None = None):
     model, state = network_from_checkpoint(path)
     # evaluation needs neither the teacher nor the initial weights of the run
     # a stored config is read under the names it was written with (dakd.config.renamed)
-    stored = current_tree(state["config"], note=False)
-    base = {**stored, "stage": "source_only", "init": "", "teacher": ""}
-    cfg = from_dict(base, overrides or {})
+    cfg = from_dict(evaluation_tree(current_tree(state["config"], note=False)), overrides or {})
     device = training_device(cfg.train.device)
     return cfg, state["network"], evaluate_on(model.to(device), val_dataset(cfg), cfg, device)

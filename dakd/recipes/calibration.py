@@ -302,13 +302,13 @@ def bn_reestimation_check(checkpoint: str) -> tuple[float, float]:
     import torch
 
     from dakd.data.loader import eval_batches
-    from dakd.evaluation.run_metrics import evaluate_on
+    from dakd.evaluation.run_metrics import evaluate_on, evaluation_tree
     from dakd.models.domain_bn import reestimate
     from dakd.runtime.builders import build_data, network_from_checkpoint
 
     model, state = network_from_checkpoint(checkpoint)
     stored = current_tree(state["config"], note=False)  # under the names it was written with
-    cfg = from_dict({**stored, "stage": "source_only", "init": "", "teacher": ""})
+    cfg = from_dict(evaluation_tree(stored))
     cfg.data.prefetch = 0
     device = torch.device("cpu")
     _, target, val = build_data(cfg)
