@@ -801,3 +801,24 @@ assert not loaded and "pyarrow" in sys.modules, loaded
         "tables.md",
     ]
     assert done.stdout.splitlines()[-1] == str(out / "per_class_synth_to_real.png")
+
+
+def test_parameter_counts_follow_the_models_builder_arguments():
+    """A student logged with ``models.student.args.output_stride: 4`` (a skip decoder) counts
+    the decoder's parameters: the count is the built network's, not its name's and width's."""
+    import torch
+
+    from dakd.models import count_parameters, create_model
+    from dakd.tracking.groups import group_parameters_m
+
+    plain = {"row": "DAKD (a)", "params.models.student.name": "drn_d_22"}
+    plain["params.models.student.width"] = "0.125"
+    decoded = {**plain, "params.models.student.args.output_stride": "4"}
+    with torch.device("meta"):
+        want_plain = count_parameters(create_model("drn_d_22", width=0.125)) / 1e6
+        want_decoded = count_parameters(create_model("drn_d_22", width=0.125, output_stride=4))
+    assert group_parameters_m(plain) == pytest.approx(0.252152) == pytest.approx(want_plain)
+    assert group_parameters_m(decoded) == pytest.approx(want_decoded / 1e6)
+    assert group_parameters_m(decoded) > group_parameters_m(plain)
+    # an argument the builder does not take: not a number, not a wrong one
+    assert math.isnan(group_parameters_m({**plain, "params.models.student.args.depth": "9"}))

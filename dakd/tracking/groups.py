@@ -124,31 +124,53 @@ def aggregate(runs: pa.Table, best_of_evaluations: bool = False) -> pa.Table:
     return groups.sort_by([("row", "ascending"), ("config", "ascending")])
 
 
-def parameters_m(name: str, width: float) -> float:
-    """Parameters (millions) of the registered segmenter ``name`` at ``width``; NaN for a model
-    the registry cannot build. Counted once per (name, width), on the meta device."""
-    return _parameters_m(str(name), float(width))
+def parameters_m(name: str, width: float, args: dict[str, Any] | None = None) -> float:
+    """Parameters (millions) of the registered segmenter ``name`` at ``width``, built with the
+    builder arguments ``args`` (``models.*.args``: a decoder for ``output_stride`` 4 adds
+    parameters); NaN for a model the registry cannot build. Counted once per (name, width,
+    args), on the meta device."""
+    frozen = tuple(sorted((str(k), v) for k, v in (args or {}).items()))
+    return _parameters_m(str(name), float(width), frozen)
 
 
 @cache
-def _parameters_m(name: str, width: float) -> float:
+def _parameters_m(name: str, width: float, args: tuple[tuple[str, Any], ...]) -> float:
     import torch
 
     from dakd.models import count_parameters, create_model
 
     try:
         with torch.device("meta"):
-            model = create_model(name, width=width)
+            model = create_model(name, width=width, **dict(args))
     except (ValueError, TypeError, KeyError):
         return math.nan
     return count_parameters(model) / 1e6
+
+
+def _param_value(text: Any) -> Any:
+    """A logged param back to its value (MLflow stores ``str()``: ``"4"`` -> 4)."""
+    if not isinstance(text, str):
+        return text
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool, str)) else text
 
 
 def group_parameters_m(group: dict[str, Any]) -> float:
     role = "teacher" if group["row"] in TEACHER_ROWS else "student"
     name = group.get(f"params.models.{role}.name")
     width = finite_float(group.get(f"params.models.{role}.width"))
-    return parameters_m(name, width) if name and width else math.nan
+    prefix = f"params.models.{role}.args."
+    args = {
+        key[len(prefix) :]: _param_value(value)
+        for key, value in group.items()
+        if key.startswith(prefix) and value is not None and value != ""
+    }
+    return parameters_m(name, width, args) if name and width else math.nan
 
 
 def score(group: dict[str, Any]) -> float:
