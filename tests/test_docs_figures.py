@@ -27,6 +27,8 @@ DOCS = ROOT / "docs"
 #: Files whose figures are checked, relative to the repository.
 RECORD = "docs/measurements.json"
 CALIBRATION = "docs/calibration.json"
+#: The same calibration on seeds no choice was made on (5 and 6), run once after the choices.
+CALIBRATION_HELDOUT = "docs/calibration-heldout.json"
 #: The calibration the logit-grid comparison of docs/gpu.md was measured against (revision 3's
 #: shipped teachers): its seed 0 is that table's ``image`` column.
 CALIBRATION_R3 = "docs/history/calibration-r3.json"
@@ -182,6 +184,8 @@ def figures() -> dict[str, str]:
     out = {f"measurements.{k}": v for k, v in flatten(record).items()}
     out.update({f"calibration.{k}": v for k, v in calibration_figures(calibration).items()})
     out.update({f"calibration.{k}": v for k, v in shares_of_teacher(calibration).items()})
+    heldout = _load(CALIBRATION_HELDOUT)
+    out.update({f"heldout.{k}": v for k, v in calibration_figures(heldout).items()})
     out.update({f"dry_run.{k}": v for k, v in dry_run_cost().items()})
     out.update({f"student_search.{k}": v for k, v in student_search_figures(record).items()})
     out.update({f"proxy_miou.{k}": v for k, v in proxy_miou().items()})
@@ -209,6 +213,10 @@ def m(group: str, *keys: str) -> tuple[str, ...]:
 
 def c(*keys: str) -> tuple[str, ...]:
     return tuple(f"calibration.{k}" for k in keys)
+
+
+def h(*keys: str) -> tuple[str, ...]:
+    return tuple(f"heldout.{k}" for k in keys)
 
 
 #: (file, phrase with one group per figure, the figures' names), grouped by file. Whitespace in
@@ -261,6 +269,11 @@ QUOTES: list[tuple[str, str, tuple[str, ...]]] = [
         "README.md",
         rf"DAKD \(b\)-\(d\) beat the fair baseline in every seed, by {N} to {N}",
         c("gain_bcd_min", "gain_bcd_max"),
+    ),
+    (
+        "README.md",
+        rf"by {N} to {N} on the two seeds it never used",
+        h("gain_bcd_min", "gain_bcd_max"),
     ),
     # sweeps/README.md
     ("sweeps/README.md", rf"\| 8 \| {T} from a fresh clone \|", m("main_job", "wall")),
@@ -729,3 +742,47 @@ def test_calibration_md_is_calibration_json():
     assert not re.search(r"\d", rest), (
         f"docs/calibration.md has figures outside the table: {rest!r}"
     )
+
+
+def test_calibration_heldout_md_is_its_json():
+    data = _load(CALIBRATION_HELDOUT)
+    assert data["seeds"] == [5, 6] and "--seeds 5 6" in data["command"]
+    text = (DOCS / "calibration-heldout.md").read_text(encoding="utf-8")
+    assert data["table"].strip() in text
+
+
+def test_heldout_targets_in_the_guide_are_calibration_heldout_json():
+    """The guide's table of targets on seeds 5 and 6: every cell of differences is the JSON's,
+    per seed, and "met" says what the per-seed values say."""
+    data = _load(CALIBRATION_HELDOUT)
+    targets = {(t["scenario"], t["target"]): t for t in data["targets"]}
+    text = (DOCS / "guide.md").read_text(encoding="utf-8")
+    header = text.index("| target (seeds 5, 6) |")
+    rows = [line for line in text[header:].splitlines()[2:] if line.startswith("|")]
+    assert len(rows) >= 7
+    names = {"stretch: best DAKD >= its teacher": "stretch: best DAKD paradigm >= its teacher"}
+    for line in rows:
+        name, synth, synth_met, real, real_met = (c.strip() for c in line.strip("|").split("|"))
+        name = names.get(name, name)
+        for scenario, cell, met in (
+            ("synth_to_real", synth, synth_met),
+            ("real_to_real", real, real_met),
+        ):
+            key = next(k for k in targets if k[0] == scenario and k[1].startswith(name))
+            want = ", ".join(_fmt_gain(v) for v in targets[key]["per_seed"])
+            assert cell == want, f"docs/guide.md: {name} ({scenario}) {cell!r} != {want!r}"
+            bound = re.search(r"\+ (\d+(?:\.\d+)?)$", key[1])  # "... >= fair baseline + 2"
+            need = float(bound.group(1)) if bound else 0.0
+            strict = " < " in key[1]
+            misses = [
+                s
+                for s, v in zip(data["seeds"], targets[key]["per_seed"])
+                if (v <= need if strict else v < need)
+            ]
+            assert (not misses) == targets[key]["every_seed"], key
+            if not misses:
+                assert met == "every seed", f"{name} ({scenario}): met in every seed, not {met!r}"
+            elif len(misses) == len(data["seeds"]):
+                assert met == "no", f"{name} ({scenario}): met in no seed, not {met!r}"
+            else:
+                assert met == f"not seed {misses[0]}", f"{name} ({scenario}): {met!r}"
