@@ -822,3 +822,5 @@ def test_parameter_counts_follow_the_models_builder_arguments():
     assert group_parameters_m(decoded) > group_parameters_m(plain)
     # an argument the builder does not take: not a number, not a wrong one
     assert math.isnan(group_parameters_m({**plain, "params.models.student.args.depth": "9"}))
+    # a list (unhashable, so not cached) is read back as a list and reaches the builder
+    assert math.isnan(group_parameters_m({**plain, "params.models.student.args.depth": "[9, 9]"}))

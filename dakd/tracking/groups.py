@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dakd.data.labels import CLASS_NAMES
-from dakd.tracking.runs_table import finite_float, is_bookkeeping
+from dakd.tracking.runs_table import finite_float, is_bookkeeping, logged_value
 
 __all__ = [
     "BASELINE_ROW",
@@ -130,7 +130,10 @@ def parameters_m(name: str, width: float, args: dict[str, Any] | None = None) ->
     parameters); NaN for a model the registry cannot build. Counted once per (name, width,
     args), on the meta device."""
     frozen = tuple(sorted((str(k), v) for k, v in (args or {}).items()))
-    return _parameters_m(str(name), float(width), frozen)
+    try:
+        return _parameters_m(str(name), float(width), frozen)
+    except TypeError:  # an unhashable argument (a list): counted, not cached
+        return _parameters_m.__wrapped__(str(name), float(width), frozen)
 
 
 @cache
@@ -147,28 +150,15 @@ def _parameters_m(name: str, width: float, args: tuple[tuple[str, Any], ...]) ->
     return count_parameters(model) / 1e6
 
 
-def _param_value(text: Any) -> Any:
-    """A logged param back to its value (MLflow stores ``str()``: ``"4"`` -> 4)."""
-    if not isinstance(text, str):
-        return text
-    import yaml
-
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return value if isinstance(value, (int, float, bool, str)) else text
-
-
 def group_parameters_m(group: dict[str, Any]) -> float:
     role = "teacher" if group["row"] in TEACHER_ROWS else "student"
     name = group.get(f"params.models.{role}.name")
     width = finite_float(group.get(f"params.models.{role}.width"))
     prefix = f"params.models.{role}.args."
     args = {
-        key[len(prefix) :]: _param_value(value)
+        key[len(prefix) :]: logged_value(value)
         for key, value in group.items()
-        if key.startswith(prefix) and value is not None and value != ""
+        if key.startswith(prefix) and value
     }
     return parameters_m(name, width, args) if name and width else math.nan
 

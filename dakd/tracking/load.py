@@ -34,7 +34,6 @@ This module reads MLflow; it never trains and does not import Ray.
 
 from __future__ import annotations
 
-import ast
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,7 +48,13 @@ from mlflow.exceptions import MlflowException
 
 from dakd.config.renamed import current_key
 from dakd.paradigms import AUTO
-from dakd.tracking.runs_table import AnalysisError, config_hash, mark_duplicates, records_table
+from dakd.tracking.runs_table import (
+    AnalysisError,
+    config_hash,
+    logged_value,
+    mark_duplicates,
+    records_table,
+)
 from dakd.tracking.store import retry_locked, search_runs
 from dakd.tracking.tags import (
     LEVELS,
@@ -189,10 +194,7 @@ def _levels(params: dict[str, str], tags: dict[str, str]) -> str | None:
     raw = params.get("distill.levels")
     if not raw:
         return None
-    try:
-        levels = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw
+    levels = logged_value(raw)
     return "+".join(levels) if isinstance(levels, list | tuple) else str(levels)
 
 

@@ -14,6 +14,7 @@ This module imports pyarrow, never MLflow nor Ray.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
@@ -33,6 +34,7 @@ __all__ = [
     "config_hash",
     "finite_float",
     "is_bookkeeping",
+    "logged_value",
     "mark_duplicates",
     "read_runs",
     "records_table",
@@ -104,6 +106,16 @@ def finite_float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def logged_value(text: str) -> Any:
+    """A param as logged (``str()`` of its value, see ``RunLogger.log_params``) back to the
+    value: ``"4"`` -> 4, ``"['output']"`` -> ``['output']``; text that is no Python literal
+    stays text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError):
+        return text
 
 
 def is_bookkeeping(key: str) -> bool:
