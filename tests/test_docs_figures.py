@@ -760,10 +760,8 @@ def test_heldout_targets_in_the_guide_are_calibration_heldout_json():
     header = text.index("| target (seeds 5, 6) |")
     rows = [line for line in text[header:].splitlines()[2:] if line.startswith("|")]
     assert len(rows) >= 7
-    names = {"stretch: best DAKD >= its teacher": "stretch: best DAKD paradigm >= its teacher"}
     for line in rows:
         name, synth, synth_met, real, real_met = (c.strip() for c in line.strip("|").split("|"))
-        name = names.get(name, name)
         for scenario, cell, met in (
             ("synth_to_real", synth, synth_met),
             ("real_to_real", real, real_met),
