@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from matplotlib.colors import to_rgb
@@ -313,6 +314,59 @@ def test_stages_recorded_by_an_earlier_sweep_are_linked(store):
     table = build_tables(aggregate(runs))[0]
     dakd = table.data.to_pylist()[-1]
     assert dakd["row"] == "DAKD (c)" and dakd["delta_miou"] == pytest.approx(12.5 - 10.0)
+
+
+def test_a_trial_pbt_restarted_is_a_configuration_of_its_own(tmp_path):
+    """Three trials of one PBT population, one seed, all started with kl=0.1: the one PBT
+    restarted from another's weights trained another schedule, so it is neither averaged with
+    the others nor dropped as their duplicate, and the best-trials table shows the value it
+    ended with beside the one its params keep."""
+    uri = default_uri(tmp_path / "runs")
+    experiment = prepare(uri, "pbt")
+    parent = _parent(uri, experiment, "sweep pbt")
+    history = "step 2: weights of kl=0.1 (trial a_00000), continued as kl=0.669"
+    for name, miou, tags, kl_last in (
+        ("kl=0.1 (a_00000)", 10.0, None, 0.1),
+        ("kl=0.1 (a_00001)", 12.0, None, 0.1),
+        ("kl=0.669 (a_00002)", 15.0, {"pbt_history": history}, 0.669),
+    ):
+        run = _log_run(
+            uri, experiment, parent, name, [(2, 9.0)], "RUNNING", tags, stage="dakd", loss__kl=0.1
+        )
+        logger = RunLogger(uri, experiment, run_id=run)
+        logger.log_metrics(
+            {**_metrics(miou, 4), "weight/loss.kl": kl_last, "weight/loss.mse": 0.01}, step=4
+        )
+        logger.finish("FINISHED")
+    runs = load_runs(select(uri, "pbt", parent))
+    by_name = {r["run_name"]: r for r in runs.to_pylist()}
+    assert [by_name[n]["duplicate"] for n in sorted(by_name)] == [True, False, False]
+    fixed = {by_name["kl=0.1 (a_00000)"]["config"], by_name["kl=0.1 (a_00001)"]["config"]}
+    assert len(fixed) == 1 and by_name["kl=0.669 (a_00002)"]["config"] not in fixed
+    # the two that never restarted ran the same config and seed: the newer is kept, as for any
+    # rerun; the restarted one is its own group, with its schedule
+    groups = {g["config"]: g for g in aggregate(runs).to_pylist()}
+    assert sorted((g["n"], g["miou_mean"]) for g in groups.values()) == [(1, 12.0), (1, 15.0)]
+    runs = runs.filter(pc.invert(runs["duplicate"]))
+    assert sorted(runs["run_name"].to_pylist()) == ["kl=0.1 (a_00001)", "kl=0.669 (a_00002)"]
+
+    # two different fixed values as well, so the KL weight is a swept column
+    _log_run(uri, experiment, parent, "kl=0.3", [(4, 11.0)], stage="dakd", loss__kl=0.3)
+    runs = load_runs(select(uri, "pbt", parent))
+    best = _table(build_tables(aggregate(runs)), "best_trials")
+    assert best.header[:2] == ["rank", "loss.kl"]
+    assert [c[:3] for c in best.cells] == [
+        ["1", "0.1 → 0.669", "15.00 ± –"],
+        ["2", "0.1", "12.00 ± –"],
+        ["3", "0.3", "11.00 ± –"],
+    ]
+    assert best.notes == [
+        "rank 1: a PBT trial (1 restart(s) from other trials' weights), a configuration of its "
+        "own; a → b: the value it started with and ended with"
+    ]
+    assert best.data["loss.kl"].to_pylist() == [0.1, 0.1, 0.3]
+    assert best.data["loss.kl_final"].to_pylist() == [0.669, None, None]
+    assert best.data["pbt_history"].to_pylist() == [history, None, None]
 
 
 def test_runs_logged_before_a_key_was_renamed_are_the_same_configuration(tmp_path):

@@ -17,6 +17,8 @@ from dakd.sweep.driver.plan import smoke
 from dakd.sweep.driver.run import run_sweep
 from dakd.sweep.spec.sweep_spec import SpecError, load_spec
 from dakd.tracking import tags
+from dakd.tracking.groups import aggregate
+from dakd.tracking.load import load_runs, select
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "sweeps" / "loss_schedule.yaml"
@@ -153,6 +155,16 @@ def test_pbt_starts_weak_trials_from_strong_ones_and_mlflow_shows_the_weights_ov
     # its own run goes on from the other trial's step: one value per step, to the last
     assert [m.step for m in client.get_metric_history(run.info.run_id, "miou")] == [2, 4]
     assert "weights/model.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
+    # in the result tables it is a configuration of its own, shown with the values it ended with
+    table = load_runs(select(place["uri"], spec.experiment_name, result.parent_run_id))
+    assert len(set(table["config"].to_pylist())) == 2 and not any(table["duplicate"].to_pylist())
+    best = {g["config"]: g for g in aggregate(table).to_pylist()}
+    restarted = best[next(r["config"] for r in table.to_pylist() if r["run_id"] == run.info.run_id)]
+    assert restarted["tags.pbt_history"] == run.data.tags[tags.PBT_HISTORY]
+    for key in spec.search:
+        assert restarted[f"metrics.weight/{key}"] == pytest.approx(
+            client.get_metric_history(run.info.run_id, f"weight/{key}")[-1].value
+        )
     # every run of the sweep carries the commit, under MLflow's own tag too
     assert {r.data.tags.get(tags.STAGE) for r in runs} == {"sweep", "dakd"}
     for r in runs:

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from dakd.data.labels import CLASS_NAMES
 from dakd.tracking.runs_table import finite_float, is_bookkeeping, logged_value
+from dakd.tracking.tags import PBT_HISTORY
 
 __all__ = [
     "BASELINE_ROW",
@@ -73,7 +74,9 @@ def aggregate(runs: pa.Table, best_of_evaluations: bool = False) -> pa.Table:
     """One row per configuration (``config``): for mIoU, pixel accuracy and each class IoU the
     mean, sample std (ddof=1; null for one run) and count over its finished runs, the last step
     (``steps``), ``n`` (finished runs with an mIoU), ``n_failed``, ``n_unfinished``, and the
-    configuration's description (row, scenario, paradigm, levels, its ``params.*``)."""
+    configuration's description (row, scenario, paradigm, levels, its ``params.*``; for a trial
+    PBT restarted, which is a configuration of its own, its ``tags.pbt_history`` and the last
+    ``metrics.weight/*``: the values it ended with)."""
     runs = runs.filter(pc.invert(runs["duplicate"]))
     finished = runs.filter(pc.equal(runs["status"], "FINISHED"))
     values = {n: c for n in VALUES if (c := _value_column(runs, n, best_of_evaluations))}
@@ -113,7 +116,8 @@ def aggregate(runs: pa.Table, best_of_evaluations: bool = False) -> pa.Table:
     described = [
         c
         for c in runs.column_names
-        if c in ("row", "stage", "scenario", "paradigm", "levels") or c.startswith("params.")
+        if c in ("row", "stage", "scenario", "paradigm", "levels", f"tags.{PBT_HISTORY}")
+        or c.startswith(("params.", "metrics.weight/"))
     ]
     first = runs.group_by("config", use_threads=False).aggregate([(c, "first") for c in described])
     first = first.rename_columns([c.removesuffix("_first") for c in first.column_names])

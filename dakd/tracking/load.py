@@ -61,6 +61,7 @@ from dakd.tracking.tags import (
     MLFLOW_PARENT_RUN_ID,
     NOT_SET,
     PARADIGM,
+    PBT_HISTORY,
     SCENARIO,
     SEED,
     STAGE,
@@ -233,6 +234,17 @@ def _best_evaluation(client: MlflowClient, run: Run) -> dict[str, Any]:
     return best
 
 
+def _trained(params: dict[str, str], tags: dict[str, str]) -> dict[str, str]:
+    """What decides a run's weights, as its ``config`` hashes it: its params and, for a trial
+    that PBT restarted from another's weights, its :data:`PBT_HISTORY` (the steps, the trials
+    whose weights it took and the values it went on with). Such a trial's params keep the values
+    it started with (MLflow params are immutable), so without its history two trials of one
+    population that started alike would be one configuration: averaged together, or the older
+    dropped as a duplicate of the same seed, though they trained different schedules."""
+    history = tags.get(PBT_HISTORY)
+    return {**params, PBT_HISTORY: history} if history else params
+
+
 def _record(client: MlflowClient, run: Run, linked: bool) -> dict[str, Any]:
     """One row of :func:`load_runs`."""
     params = {current_key(k, note=False): v for k, v in run.data.params.items()}
@@ -255,7 +267,7 @@ def _record(client: MlflowClient, run: Run, linked: bool) -> dict[str, Any]:
         "paradigm": paradigm,
         "levels": _levels(params, tags) if stage == "dakd" else None,
         "seed": _int(params.get("seed") or tags.get(SEED)),
-        "config": config_hash(params, row),
+        "config": config_hash(_trained(params, tags), row),
     }
     record.update({f"tags.{k}": v for k, v in tags.items()})
     record.update({f"params.{k}": v for k, v in params.items()})

@@ -34,6 +34,7 @@ from dakd.tracking.groups import (
     varying_params,
 )
 from dakd.tracking.runs_table import AnalysisError, finite_float
+from dakd.tracking.tags import PBT_HISTORY
 
 __all__ = [
     "FORMATS",
@@ -324,6 +325,27 @@ def levels_table(groups: list[dict[str, Any]], best: bool = False) -> ResultTabl
     )
 
 
+def _ended_with(group: dict[str, Any], swept: Sequence[str]) -> dict[str, float]:
+    """For a trial PBT restarted: the values of the swept ``params.*`` it trained with last (its
+    last ``metrics.weight/*``; its params keep the values it started with). Empty otherwise."""
+    if not group.get(f"tags.{PBT_HISTORY}"):
+        return {}
+    ended = {}
+    for key in swept:
+        value = finite_float(group.get(f"metrics.weight/{key.removeprefix('params.')}"))
+        if value is not None:
+            ended[key] = value
+    return ended
+
+
+def _swept_value(started: str | None, ended: float | None) -> str:
+    """A swept value for display; ``a → b`` where a PBT trial ended with another value."""
+    shown = _value(started)
+    if ended is None or finite_float(started) == ended:
+        return shown
+    return f"{shown} → {_value(str(ended))}"
+
+
 def best_trials_table(
     groups: list[dict[str, Any]], best: bool = False, top: int = 10
 ) -> ResultTable | None:
@@ -338,10 +360,11 @@ def best_trials_table(
     header = ["rank", *(k.removeprefix("params.") for k in swept), "mIoU", "n", "steps", "ΔmIoU"]
     cells, rows, notes = [], [], []
     for rank, g in enumerate(ranked, 1):
+        ended = _ended_with(g, swept)
         cells.append(
             [
                 str(rank),
-                *(_value(g.get(k)) for k in swept),
+                *(_swept_value(g.get(k), ended.get(k)) for k in swept),
                 _mean_std(g),
                 str(g["n"]),
                 _fmt(g.get("steps"), 0),
@@ -352,6 +375,8 @@ def best_trials_table(
             {
                 "rank": rank,
                 **{k.removeprefix("params."): finite_float(g.get(k)) for k in swept},
+                **{f"{k.removeprefix('params.')}_final": ended.get(k) for k in swept},
+                "pbt_history": g.get(f"tags.{PBT_HISTORY}"),
                 "scenario": g["scenario"],
                 "config": g["config"],
                 "steps": g.get("steps"),
@@ -362,10 +387,19 @@ def best_trials_table(
         )
         note = _failure_note(f"rank {rank}", g["n_failed"], g["n_unfinished"])
         notes += [note] if note else []
+        if g.get(f"tags.{PBT_HISTORY}"):
+            restarts = len(g[f"tags.{PBT_HISTORY}"].splitlines())
+            notes.append(
+                f"rank {rank}: a PBT trial ({restarts} restart(s) from other trials' weights), a "
+                "configuration of its own; a → b: the value it started with and ended with"
+            )
     base = ", ".join(f"{s} {v:.2f}" for s, v in sorted(baselines.items()))
     caption = _caption(best) + f" Top {len(ranked)} of {len(dakd)} configurations"
     caption += f"; ΔmIoU against student-DA ({base})." if base else "."
-    columns = ["rank", *(k.removeprefix("params.") for k in swept), "scenario", "config", "n"]
+    columns = ["rank", *(k.removeprefix("params.") for k in swept)]
+    if any(g.get(f"tags.{PBT_HISTORY}") for g in ranked):
+        columns += [f"{k.removeprefix('params.')}_final" for k in swept] + ["pbt_history"]
+    columns += ["scenario", "config", "n"]
     columns += ["n_failed", "n_unfinished", *_number_columns("miou"), "steps", "delta_miou"]
     return ResultTable(
         name="best_trials",
