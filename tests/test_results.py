@@ -361,8 +361,8 @@ def test_a_trial_pbt_restarted_is_a_configuration_of_its_own(tmp_path):
         ["3", "0.3", "11.00 ± –"],
     ]
     assert best.notes == [
-        "rank 1: a PBT trial (1 restart(s) from other trials' weights), a configuration of its "
-        "own; a → b: the value it started with and ended with"
+        "rank 1 (1): PBT trials restarted from other trials' weights (restarts), each a "
+        "configuration of its own; a → b: the value it started with and ended with"
     ]
     assert best.data["loss.kl"].to_pylist() == [0.1, 0.1, 0.3]
     assert best.data["loss.kl_final"].to_pylist() == [0.669, None, None]

@@ -358,7 +358,7 @@ def best_trials_table(
     baselines = baseline_means(groups)
     ranked = sorted(dakd, key=score, reverse=True)[:top]
     header = ["rank", *(k.removeprefix("params.") for k in swept), "mIoU", "n", "steps", "ΔmIoU"]
-    cells, rows, notes = [], [], []
+    cells, rows, notes, restarted = [], [], [], []
     for rank, g in enumerate(ranked, 1):
         ended = _ended_with(g, swept)
         cells.append(
@@ -388,16 +388,18 @@ def best_trials_table(
         note = _failure_note(f"rank {rank}", g["n_failed"], g["n_unfinished"])
         notes += [note] if note else []
         if g.get(f"tags.{PBT_HISTORY}"):
-            restarts = len(g[f"tags.{PBT_HISTORY}"].splitlines())
-            notes.append(
-                f"rank {rank}: a PBT trial ({restarts} restart(s) from other trials' weights), a "
-                "configuration of its own; a → b: the value it started with and ended with"
-            )
+            restarted.append(f"{rank} ({len(g[f'tags.{PBT_HISTORY}'].splitlines())})")
+    if restarted:
+        notes.append(
+            f"rank {', '.join(restarted)}: PBT trials restarted from other trials' weights "
+            "(restarts), each a configuration of its own; a → b: the value it started with and "
+            "ended with"
+        )
     base = ", ".join(f"{s} {v:.2f}" for s, v in sorted(baselines.items()))
     caption = _caption(best) + f" Top {len(ranked)} of {len(dakd)} configurations"
     caption += f"; ΔmIoU against student-DA ({base})." if base else "."
     columns = ["rank", *(k.removeprefix("params.") for k in swept)]
-    if any(g.get(f"tags.{PBT_HISTORY}") for g in ranked):
+    if restarted:
         columns += [f"{k.removeprefix('params.')}_final" for k in swept] + ["pbt_history"]
     columns += ["scenario", "config", "n"]
     columns += ["n_failed", "n_unfinished", *_number_columns("miou"), "steps", "delta_miou"]
